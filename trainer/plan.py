@@ -149,7 +149,9 @@ class DataSpec:
                     "data.mask_values", "a sorted list of at least 2 distinct integers >= 0", mv
                 )
             if self.classes is not None and self.classes != len(mv):
-                raise _field_error("data.classes", f"len(data.mask_values) = {len(mv)}", self.classes)
+                raise _field_error(
+                    "data.classes", f"len(data.mask_values) = {len(mv)}", self.classes
+                )
         if not _is_number(self.image_scale) or not 0 < self.image_scale <= 4:
             raise _field_error("data.image_scale", "a number in (0, 4]", self.image_scale)
         _check_opt_int("data.crops_per_image", self.crops_per_image, 1)
@@ -277,16 +279,31 @@ class AugmentSpec:
         """The effective settings: the preset's values overridden by explicit fields."""
         presets = {
             "default": dict(
-                hflip=True, vflip=True, rot90=True, rotate_deg=15.0, scale=(0.8, 1.25),
-                brightness=0.15, contrast=0.2,
+                hflip=True,
+                vflip=True,
+                rot90=True,
+                rotate_deg=15.0,
+                scale=(0.8, 1.25),
+                brightness=0.15,
+                contrast=0.2,
             ),
             "gentle": dict(
-                hflip=True, vflip=False, rot90=False, rotate_deg=5.0, scale=(0.9, 1.1),
-                brightness=0.05, contrast=0.05,
+                hflip=True,
+                vflip=False,
+                rot90=False,
+                rotate_deg=5.0,
+                scale=(0.9, 1.1),
+                brightness=0.05,
+                contrast=0.05,
             ),
             "none": dict(
-                hflip=False, vflip=False, rot90=False, rotate_deg=0.0, scale=(1.0, 1.0),
-                brightness=0.0, contrast=0.0,
+                hflip=False,
+                vflip=False,
+                rot90=False,
+                rotate_deg=0.0,
+                scale=(1.0, 1.0),
+                brightness=0.0,
+                contrast=0.0,
             ),
         }
         out = dict(presets[self.preset])
@@ -434,7 +451,9 @@ class Plan:
         _check_int("accumulation_steps", self.accumulation_steps, 1)
         _check_choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.weights, str) or not self.weights:
-            raise _field_error("weights", "'none', 'imagenet' or a path to a weights file", self.weights)
+            raise _field_error(
+                "weights", "'none', 'imagenet' or a path to a weights file", self.weights
+            )
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_int("epochs", self.epochs, 1)
         _check_int("freeze_encoder_epochs", self.freeze_encoder_epochs, 0)
@@ -567,7 +586,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
     try:
         raw = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        raise PlanError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from exc
     except ValueError as exc:
         raise PlanError(f"{path}: {exc}") from exc
     try:
