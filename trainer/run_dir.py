@@ -1,0 +1,181 @@
+"""The run directory: every file a training run leaves, written so a kill loses nothing.
+
+Layout (docs/runs.md):
+
+    RUN/plan.json              the plan that ran (updated if the run stepped down)
+    RUN/state.json             resume state: epochs done, which `last` file, best so far
+    RUN/history.csv            one row per epoch
+    RUN/best.weights.h5        best weights by the plan's monitor
+    RUN/last-eNNNN.weights.h5  weights + optimizer state after epoch NNNN (resume)
+    RUN/metrics.json           the final summary
+
+Protocol for `last`: write the new file under a new name (atomically), then
+`state.json` naming it (atomically), then delete the old one. A kill at any point
+leaves `state.json` naming a complete file; files it does not name are leftovers
+of an interrupted write and are removed on resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from trainer.atomic import write_json, write_text, write_with
+from trainer.errors import DiskFullError, RunDirError
+from trainer.plan import Plan, load_plan, save_plan
+
+STATE_VERSION = 1
+
+
+class RunDir:
+    """A training run's directory. Create with `RunDir.create` or `RunDir.open_for_resume`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # -- paths -------------------------------------------------------------
+    @property
+    def plan_path(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / "best.weights.h5"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    def last_path(self, epoch: int) -> Path:
+        return self.path / f"last-e{epoch:04d}.weights.h5"
+
+    # -- lifecycle ---------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, plan: Plan) -> RunDir:
+        """Start a new run in `path`; refuse a folder that already holds a run."""
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirError(f"{run.path}: exists and is not a folder")
+        if run.plan_path.exists() or run.state_path.exists():
+            raise RunDirError(
+                f"{run.path}: already holds a run",
+                hint="continue it with `fitplan train --resume`, or choose another --out",
+            )
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{run.path}: cannot create the run folder ({exc.strerror})") from exc
+        save_plan(plan, run.plan_path)
+        return run
+
+    @classmethod
+    def open_for_resume(cls, path: str | os.PathLike) -> tuple[RunDir, Plan, dict[str, Any] | None]:
+        """Open an existing run: its plan and its state (`None` if no epoch finished)."""
+        run = cls(path)
+        if not run.plan_path.exists():
+            raise RunDirError(f"{run.path}: no plan.json here, so there is no run to resume")
+        plan = load_plan(run.plan_path)
+        state = run.read_state()
+        run.remove_leftovers(state)
+        return run, plan, state
+
+    def read_state(self) -> dict[str, Any] | None:
+        if not self.state_path.exists():
+            return None
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{self.state_path}: unreadable resume state ({exc})") from exc
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise RunDirError(f"{self.state_path}: not a fitplan resume state (version 1)")
+        last = state.get("last_weights")
+        if last and not (self.path / last).exists():
+            raise RunDirError(f"{self.path / last}: named by state.json but missing")
+        return state
+
+    def remove_leftovers(self, state: dict[str, Any] | None) -> None:
+        """Delete `last-*` files that `state.json` does not name, and stale temp files."""
+        keep = state.get("last_weights") if state else None
+        for p in self.path.glob("last-e*.weights.h5"):
+            if p.name != keep:
+                p.unlink(missing_ok=True)
+        for p in self.path.glob(".*.tmp*"):
+            p.unlink(missing_ok=True)
+
+    # -- writing -----------------------------------------------------------
+    def save_plan(self, plan: Plan) -> None:
+        save_plan(plan, self.plan_path)
+
+    def save_weights(self, model: Any, target: Path, max_bytes: int | None, others: int) -> int:
+        """Write `model`'s weights atomically to `target`; return the file size.
+
+        `others` is the byte count of the run's other checkpoints; the write is
+        refused (the old file kept) when the total would exceed `max_bytes`.
+        """
+        write_with(target, lambda tmp: model.save_weights(str(tmp)), suffix=".weights.h5")
+        size = target.stat().st_size
+        if max_bytes is not None and size + others > max_bytes:
+            target.unlink(missing_ok=True)
+            raise DiskFullError(
+                f"{target}: checkpoints would take {size + others} bytes, over the plan's "
+                f"checkpoints.max_bytes={max_bytes}",
+                hint='raise checkpoints.max_bytes or set checkpoints.keep to "best"',
+            )
+        return size
+
+    def commit_state(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Write history then state (the commit point), then drop the superseded `last` file."""
+        write_text(self.history_path, history_csv(history))
+        write_json(self.state_path, {"version": STATE_VERSION, **state})
+        self.remove_leftovers(state)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.metrics_path, metrics)
+
+    def checkpoint_bytes(self) -> int:
+        files = [self.best_path, *self.path.glob("last-e*.weights.h5")]
+        return sum(p.stat().st_size for p in files if p.exists())
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """History rows as CSV text; columns are the union of keys, `epoch` first."""
+    if not history:
+        return "epoch\n"
+    cols = ["epoch"] + sorted({k for row in history for k in row} - {"epoch"})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in cols})
+    return buf.getvalue()
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Parse history.csv back into rows of floats (epoch as int)."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if v in ("", None):
+                    continue
+                row[k] = int(v) if k == "epoch" else float(v)
+            rows.append(row)
+    return rows
+
+
+__all__ = ["RunDir", "history_csv", "read_history", "load_plan"]
