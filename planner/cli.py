@@ -132,5 +132,89 @@ def demo_data(
     err.print(f"wrote {n} pairs to {path}")
 
 
+@app.command()
+@handle_errors
+def train(
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="Plan file to execute (see docs/plan-schema.md).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Override the plan's data.path.")
+    ] = None,
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Validation root (same folder names as DATA).")
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option("--max-epochs", min=1)] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Cap micro-batches per epoch.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run in this folder.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a plan (`--plan P --out RUN`) or continue a killed run (`--resume RUN`)."""
+    import trainer.fit as fit
+    from trainer.plan import load_plan
+    from trainer.progress import RichProgress
+
+    if resume is None and (plan is None or out is None):
+        raise typer.BadParameter("give --plan and --out, or --resume RUN")
+    p = load_plan(resume / "plan.json" if resume is not None else plan)
+    progress = RichProgress(epochs=max_epochs or p.epochs, console=err)
+    try:
+        if resume is not None:
+            result = fit.resume(resume, data_path=_s(data), val_path=_s(val), callbacks=[progress])
+        else:
+            result = fit.train(
+                p,
+                out,
+                data_path=_s(data),
+                val_path=_s(val),
+                max_epochs=max_epochs,
+                max_steps=max_steps,
+                callbacks=[progress],
+            )
+    finally:
+        progress.close()
+    _render_train_result(result.metrics, result.run_dir, json_out)
+
+
+def _s(p: Path | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def _render_train_result(metrics: dict[str, Any], run_dir: Path, json_out: bool) -> None:
+    if json_out:
+        print_json({"run_dir": str(run_dir), **metrics})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"run {run_dir}", show_header=False)
+    for key in (
+        "best_val_dice",
+        "best_epoch",
+        "epochs",
+        "stopped_by",
+        "wall_time_s",
+        "images_per_s",
+        "peak_memory_bytes",
+        "predicted_peak_bytes",
+        "micro_batch",
+        "accumulation_steps",
+        "effective_batch",
+        "precision",
+        "backbone",
+    ):
+        v = metrics.get(key)
+        if key.endswith("bytes") and isinstance(v, (int, float)):
+            v = f"{v / 2**30:.2f} GiB"
+        elif isinstance(v, float):
+            v = f"{v:.4g}"
+        table.add_row(key, str(v))
+    Console().print(table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
