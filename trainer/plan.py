@@ -488,10 +488,10 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": self.version}
-        for f in dataclasses.fields(self):
-            if f.name in ("version", "notes"):
-                continue
-            out[f.name] = _jsonable(getattr(self, f.name))
+        names = [f.name for f in dataclasses.fields(self) if f.name not in ("version", "notes")]
+        names.sort(key=lambda n: _KEY_ORDER.index(n) if n in _KEY_ORDER else len(_KEY_ORDER))
+        for name in names:
+            out[name] = _jsonable(getattr(self, name))
         out.update(self.notes)
         return out
 
@@ -518,6 +518,17 @@ class Plan:
         """A copy with `changes` applied (nested specs as dataclasses), validated."""
         return dataclasses.replace(self, **changes).validate()
 
+
+# The fixed top-level keys first, in the order a reader wants them.
+_KEY_ORDER = [
+    "backbone",
+    "input_size",
+    "micro_batch",
+    "accumulation_steps",
+    "precision",
+    "weights",
+    "data",
+]
 
 _NESTED: dict[str, type] = {
     "data": DataSpec,
