@@ -1,0 +1,196 @@
+"""The default memory budget and precision policy, derived from a probe report.
+
+Pure functions of the report dict, so the planner can re-derive them from a
+saved report and tests can feed hand-written ones.
+"""
+
+from __future__ import annotations
+
+from planner.hardware.gpu import compute_capability, visible_indices
+
+# Share of the effective host memory a CPU run may plan for. The rest absorbs what a
+# dry run does not see: RSS creeps ~4% between step 3 and step 20 (MEASURED.md), and
+# other processes and the page cache move while training runs.
+CPU_FRACTION = 0.90
+
+# A CUDA 12 context with lazy module loading; it is created before TensorFlow asks
+# the driver for free memory, so it comes off NVML's free figure first. An estimate
+# from public reports (300-600 MiB on A100/H100), not measured on this project's
+# machines; the planner's verification run on the GPU catches a larger one.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
+# Below this a GPU is not worth planning for: the largest backbone's weights, gradients
+# and Adam state alone (ResNet50 U-Net, 32.6M parameters x 16 bytes) take 0.5 GiB.
+MIN_GPU_BUDGET_BYTES = 2**30
+
+_MIB = 2**20
+
+
+def tf_min_system_memory(free_bytes: int, cc_major: int | None, override_mb: str | None) -> int:
+    """The GPU memory TensorFlow itself keeps out of its allocator.
+
+    Mirrors `MinSystemMemory` in tensorflow/core/common_runtime/gpu/gpu_device.cc
+    (TF 2.21): room for cuDNN/cuBLAS handles and kernels that live outside the
+    BFC allocator, so the allocator's limit is free memory minus this figure.
+
+    Args:
+        free_bytes: free device memory.
+        cc_major: compute capability major version; `None` is treated as 8.
+        override_mb: `TF_DEVICE_MIN_SYS_MEMORY_IN_MB` as set, which TF obeys instead.
+    """
+    if override_mb and override_mb.strip().isdigit() and int(override_mb) * _MIB <= free_bytes:
+        return int(override_mb) * _MIB
+    if free_bytes < 2 * 2**30:
+        return 225 * _MIB
+    major = 8 if cc_major is None else cc_major
+    if major <= 6:
+        return 500 * _MIB
+    if major == 7:
+        return 1050 * _MIB
+    return 1536 * _MIB if major == 8 else 1800 * _MIB
+
+
+def gpu_reserve_bytes(gpu: dict, env: dict) -> int:
+    """CUDA context plus TensorFlow's own reserve: what the allocator can never use."""
+    cc = compute_capability(gpu)
+    tf_part = tf_min_system_memory(
+        gpu["memory_free_bytes"],
+        None if cc is None else cc[0],
+        env.get("TF_DEVICE_MIN_SYS_MEMORY_IN_MB"),
+    )
+    return CUDA_CONTEXT_BYTES + tf_part
+
+
+def default_budget(report: dict) -> dict:
+    """The device to train on and the bytes a plan may use there.
+
+    GPU when TensorFlow can use one: the visible GPU with the most free memory
+    (ties: lowest index), its free memory minus `gpu_reserve_bytes`. Otherwise CPU:
+    `CPU_FRACTION` of min(available RAM, cgroup limit - usage).
+
+    Args:
+        report: a `probe` report (only `gpus`, `host`, `tensorflow` and `env` are read).
+
+    Returns:
+        `{"device", "device_index", "device_name", "tf_device", "bytes", "source",
+        "derivation", "all_devices"}`; `all_devices` lists every GPU considered.
+    """
+    env = report.get("env") or {}
+    gpus, why_not = _usable_gpus(report, env)
+    options = []
+    for g in gpus:
+        reserve = gpu_reserve_bytes(g, env)
+        free = g["memory_free_bytes"]
+        options.append({"gpu": g, "reserve": reserve, "bytes": max(0, free - reserve)})
+    if options:
+        best = max(options, key=lambda o: (o["gpu"]["memory_free_bytes"], -o["gpu"]["index"]))
+        g = best["gpu"]
+        derivation = (
+            f"GPU {g['index']} free {fmt_bytes(g['memory_free_bytes'])} minus reserve "
+            f"{fmt_bytes(best['reserve'])} (CUDA context {fmt_bytes(CUDA_CONTEXT_BYTES)} + "
+            f"TensorFlow's own {fmt_bytes(best['reserve'] - CUDA_CONTEXT_BYTES)})"
+        )
+        if best["bytes"] >= MIN_GPU_BUDGET_BYTES:
+            order = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
+            order = order if order is not None else [x["gpu"]["index"] for x in options]
+            return {
+                "device": "gpu",
+                "device_index": g["index"],
+                "device_name": g.get("name"),
+                "tf_device": f"/GPU:{order.index(g['index'])}",
+                "bytes": best["bytes"],
+                "source": "probe",
+                "derivation": derivation,
+                "all_devices": [
+                    {
+                        "device_index": o["gpu"]["index"],
+                        "device_name": o["gpu"].get("name"),
+                        "free_bytes": o["gpu"]["memory_free_bytes"],
+                        "bytes": o["bytes"],
+                    }
+                    for o in options
+                ],
+            }
+        why_not = f"{derivation} leaves less than {fmt_bytes(MIN_GPU_BUDGET_BYTES)}"
+    return _cpu_budget(report, why_not)
+
+
+def _usable_gpus(report: dict, env: dict) -> tuple[list[dict], str | None]:
+    gpus = [g for g in report.get("gpus") or [] if g.get("memory_free_bytes") is not None]
+    if not gpus:
+        return [], None
+    visible = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None:
+        gpus = [g for g in gpus if g["index"] in visible]
+        if not gpus:
+            return [], "CUDA_VISIBLE_DEVICES hides every GPU"
+    tf = report.get("tensorflow")
+    # Without the TensorFlow fields (--no-tf) assume TF will see what NVML sees.
+    if tf and tf.get("version") and tf.get("gpu_count") == 0:
+        return [], f"TensorFlow sees no GPU (built with CUDA: {tf.get('built_with_cuda')})"
+    return gpus, None
+
+
+def _cpu_budget(report: dict, why_not_gpu: str | None) -> dict:
+    host = report["host"]
+    available = host["ram_available_bytes"]
+    cgroup = host.get("cgroup") or {}
+    limit = cgroup.get("memory_limit_bytes")
+    if limit is None:
+        effective = available
+        derivation = (
+            f"{CPU_FRACTION:.0%} of available RAM {fmt_bytes(available)} (no cgroup memory limit)"
+        )
+    else:
+        headroom = max(0, limit - (cgroup.get("memory_usage_bytes") or 0))
+        effective = min(available, headroom)
+        derivation = (
+            f"{CPU_FRACTION:.0%} of min(available RAM {fmt_bytes(available)}, cgroup limit "
+            f"{fmt_bytes(limit)} - usage {fmt_bytes(limit - headroom)} = {fmt_bytes(headroom)})"
+        )
+    if why_not_gpu:
+        derivation += f"; not a GPU: {why_not_gpu}"
+    return {
+        "device": "cpu",
+        "device_index": None,
+        "device_name": (report.get("cpu") or {}).get("model"),
+        "tf_device": "/CPU:0",
+        "bytes": int(effective * CPU_FRACTION),
+        "source": "probe",
+        "derivation": derivation,
+        "all_devices": [],
+    }
+
+
+def precision_advice(report: dict, budget: dict) -> dict:
+    """The Keras mixed-precision policy worth using on the budget's device, and why."""
+    if budget["device"] == "gpu":
+        gpu = next(g for g in report["gpus"] if g["index"] == budget["device_index"])
+        cc = compute_capability(gpu) or (0, 0)
+        name = f"compute capability {cc[0]}.{cc[1]}"
+        if cc >= (8, 0):
+            return _advice("mixed_bfloat16", f"{name}: bfloat16 tensor cores, no loss scaling")
+        if cc >= (7, 0):
+            return _advice("mixed_float16", f"{name}: float16 tensor cores (loss scaling on)")
+        return _advice("float32", f"{name}: no tensor cores, mixed precision gains nothing")
+    cpu = report.get("cpu") or {}
+    if cpu.get("bfloat16_fast"):
+        return _advice(
+            "mixed_bfloat16",
+            "CPU has AVX512_BF16/AMX: measured 20-34% faster steps and 8-17% less memory",
+        )
+    # mixed_float16 is never advised on a CPU: measured 5.7x slower (MEASURED.md).
+    return _advice(
+        "float32", "CPU without AVX512_BF16/AMX: bfloat16 is emulated; float16 on CPU is ~5x slower"
+    )
+
+
+def _advice(policy: str, reason: str) -> dict:
+    return {"policy": policy, "reason": reason}
+
+
+def fmt_bytes(n: int | None) -> str:
+    """`21.3 GiB` / `512 MiB`; `?` for unknown."""
+    if n is None:
+        return "?"
+    return f"{n / 2**30:.1f} GiB" if abs(n) >= 2**30 else f"{n / _MIB:.0f} MiB"
