@@ -95,9 +95,16 @@ def scan(
     good: list[tuple[str, FileInfo, FileInfo]] = []
     excluded, notes = [], []
     for pair, (im, mk) in zip(found.pairs, checked, strict=True):
-        problem = _pair_problem(im, mk)
-        if problem:
-            excluded.append({"image": rel(im.path), "mask": rel(mk.path), "problem": problem})
+        fault = _pair_problem(im, mk)
+        if fault:
+            excluded.append(
+                {
+                    "image": rel(im.path),
+                    "mask": rel(mk.path),
+                    "file": rel(fault[0]),
+                    "problem": fault[1],
+                }
+            )
         else:
             good.append((pair.key, im, mk))
         for info in (im, mk):
@@ -143,13 +150,14 @@ def scan(
     return fp
 
 
-def _pair_problem(im: FileInfo, mk: FileInfo) -> str | None:
+def _pair_problem(im: FileInfo, mk: FileInfo) -> tuple[Path, str] | None:
+    """The file at fault and what is wrong with it, or `None` for a good pair."""
     if im.problem:
-        return f"image {im.problem}"
+        return im.path, im.problem
     if mk.problem:
-        return f"mask {mk.problem}"
+        return mk.path, mk.problem
     if im.hw != mk.hw:
-        return (
+        return mk.path, (
             f"size mismatch: image {im.height}x{im.width}, mask {mk.height}x{mk.width} (HxW); "
             f"resize the mask with nearest-neighbour to match"
         )

@@ -177,7 +177,7 @@ def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
         r, g, b = im.getchannel(0), im.getchannel(1), im.getchannel(2)
         if ImageChops.difference(r, g).getbbox() or ImageChops.difference(r, b).getbbox():
             return None, (
-                "mask is not a label map: a colour image (R, G, B differ), e.g. a photo or a "
+                "not a label map: a colour image (R, G, B differ), e.g. a photo or a "
                 "colour-coded mask; save one grey value per class (0/255, or 0, 1, 2...)"
             )
         hist = np.asarray(r.histogram(), dtype=np.int64)
@@ -186,16 +186,16 @@ def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
     elif mode.startswith("I") or mode == "F":
         arr = np.asarray(im)
         if mode == "F" and not np.all(arr == np.floor(arr)):
-            return None, "mask is not a label map: floating-point values that are not integers"
+            return None, "not a label map: floating-point values that are not integers"
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            return None, "mask is not a label map: values outside 0..65535"
+            return None, "not a label map: values outside 0..65535"
         hist = np.bincount(arr.astype(np.int64).ravel(), minlength=256)
     else:
-        return None, f"mask is not a label map: unsupported mode {mode}; save it as grey (L)"
+        return None, f"not a label map: unsupported mode {mode}; save it as grey (L)"
     levels = class_values_from_histogram(hist)
     if len(levels) > MAX_CLASSES:
         return None, (
-            f"mask is not a label map: {len(levels)} well-populated grey levels (a photo, or a "
+            f"not a label map: {len(levels)} well-populated grey levels (a photo, or a "
             f"heavily compressed JPEG); save one value per class"
         )
     return hist, None

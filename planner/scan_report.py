@@ -19,7 +19,10 @@ def _safe(s: str) -> str:
 
 def warnings(fp: dict[str, Any]) -> list[str]:
     """One line per problem in the fingerprint, each naming the file (paths relative to root)."""
-    lines = [f"{e['image']} + {e['mask']}: {e['problem']}; pair excluded" for e in fp["excluded"]]
+    lines = []
+    for e in fp["excluded"]:
+        other = e["mask"] if e.get("file", e["image"]) == e["image"] else e["image"]
+        lines.append(f"{e.get('file', e['image'])}: {e['problem']}; pair with {other} excluded")
     for key, what in (
         ("unpaired_images", "no mask for this image"),
         ("unpaired_masks", "no image for this mask"),
