@@ -6,6 +6,7 @@ saved report and tests can feed hand-written ones.
 
 from __future__ import annotations
 
+from planner.hardware.cgroup import memory_headroom
 from planner.hardware.gpu import compute_capability, visible_indices
 
 # Share of the effective host memory a CPU run may plan for. The rest absorbs what a
@@ -142,7 +143,7 @@ def _cpu_budget(report: dict, why_not_gpu: str | None) -> dict:
             f"{CPU_FRACTION:.0%} of available RAM {fmt_bytes(available)} (no cgroup memory limit)"
         )
     else:
-        headroom = max(0, limit - (cgroup.get("memory_usage_bytes") or 0))
+        headroom = memory_headroom(cgroup)
         effective = min(available, headroom)
         derivation = (
             f"{CPU_FRACTION:.0%} of min(available RAM {fmt_bytes(available)}, cgroup limit "

@@ -46,7 +46,11 @@ def probe_gpus(nvml: Any | None = None) -> tuple[list[dict], dict]:
 
 
 def _device(nvml: Any, index: int, driver: str | None, cuda: str | None) -> dict:
-    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    except nvml.NVMLError as exc:
+        # A lost GPU or one this user may not query is listed, but no budget can use it.
+        return {"index": index, "error": _message(exc), "memory_free_bytes": None}
     mem = _call(nvml, nvml.nvmlDeviceGetMemoryInfo, handle)
     cc = _call(nvml, nvml.nvmlDeviceGetCudaComputeCapability, handle)
     procs = _call(nvml, nvml.nvmlDeviceGetComputeRunningProcesses, handle)

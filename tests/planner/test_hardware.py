@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -69,6 +70,8 @@ class FakeNVML:
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, i):
+        if self.gpus[i] is None:
+            raise FakeNVMLError("No Permission")
         return self.gpus[i]
 
     def nvmlDeviceGetName(self, h):
@@ -188,6 +191,14 @@ def test_unsupported_process_query_keeps_the_gpu():
     assert status["available"] is True
     assert gpus[0]["other_processes_bytes"] is None
     assert gpus[0]["memory_free_bytes"] == 79 * GiB
+
+
+def test_unreadable_gpu_is_listed_but_not_budgeted(tmp_path, no_cgroup, fixed_ram):
+    report = run_probe(tmp_path, FakeNVML([None, fake_gpu(used=70 * GiB)]), no_cgroup)
+    assert report["gpus"][0]["error"] == "FakeNVMLError: No Permission"
+    assert report["budget"]["device_index"] == 1
+    assert [d["device_index"] for d in report["budget"]["all_devices"]] == [1]
+    Console(width=120, file=io.StringIO()).print(hardware.probe_table(report))
 
 
 def test_missing_pynvml_is_reported(monkeypatch):
