@@ -1,0 +1,126 @@
+"""The planner's presets, as data: what to try by default and how to score it.
+
+Nothing here computes; `planner.candidates` and `planner.search` read these values.
+Change a default here, not in code. The figures marked "measured" come from this
+machine (2-core AVX512-BF16 CPU, TF 2.21, Keras 3.15): see docs/planning.md for the
+commands; the quality priors are judgement, documented as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 2**30
+
+# -- candidates -------------------------------------------------------------------------
+
+# Few on purpose: one child per (backbone, size, precision) costs 20-50 s on this CPU.
+DEFAULT_BACKBONES: tuple[str, ...] = ("mobilenet_v3_small", "efficientnet_b0")
+# Square crop sides to try, kept only where they fit in the images (multiples of 32).
+DEFAULT_SIDES: tuple[int, ...] = (256, 384)
+ALL_SIDES: tuple[int, ...] = (128, 192, 256, 320, 384, 448, 512)
+
+# Precision options by device, preferred first. Default candidates use only the first;
+# the rest are fallbacks. mixed_bfloat16 on a CPU with AVX512_BF16 cut peak memory 8-17%
+# and step time 20-34% here (measured); mixed_float16 on a CPU was 5.7x slower (measured):
+# never planned for a CPU.
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "cpu": ("float32",),
+    "cpu_bf16": ("mixed_bfloat16", "float32"),
+    "gpu": ("mixed_float16", "float32"),
+    "gpu_bf16": ("mixed_bfloat16", "mixed_float16", "float32"),
+}
+
+# -- trials -----------------------------------------------------------------------------
+
+# Sizes measured per child for the fit: a spread of 4x (1 and 2 is noise, measured).
+# The second size retraces once; later sizes reuse that relaxed-shape trace (counted).
+TRIAL_MICRO_BATCHES: tuple[int, ...] = (1, 4)
+TRIAL_WARMUP_STEPS = 3
+TRIAL_MEASURED_STEPS = 5
+# A child that has not finished by then is killed: tracing alone takes 14-31 s here.
+TRIAL_TIMEOUT_S = 300.0
+
+# -- memory -----------------------------------------------------------------------------
+
+# Share of the budget kept free; covers the ~4% RSS growth from step 3 to step 20
+# (measured) plus noise between runs.
+HEADROOM = 0.10
+MAX_MICRO_BATCH = 64
+
+# Analytic estimate (no TensorFlow), used only to prune what cannot fit at micro-batch 1.
+# Runtime overhead: RSS of TF + Keras + a built model before any tensor (measured
+# 1.0-1.6 GiB on CPU; the lower end is used so pruning stays conservative).
+RUNTIME_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(1.0 * GIB), "gpu": int(0.3 * GIB)}
+# Bytes of training activations per input pixel per sample in float32, i.e. the slope
+# of peak RSS over micro-batch divided by height x width (measured at 256x256, batch 1
+# and 4, see docs/planning.md).
+ACTIVATION_BYTES_PER_PIXEL: dict[str, float] = {
+    "unet_small": 1200.0,
+    "mobilenet_v3_small": 900.0,
+    "mobilenet_v3_large": 1500.0,
+    "efficientnet_b0": 2400.0,
+    "efficientnetv2_b0": 2000.0,
+    "resnet50": 3000.0,
+}
+# Activation bytes relative to float32 under each policy (mixed: bf16/fp16 activations,
+# but float32 variables, losses and some casts).
+ACTIVATION_SCALE: dict[str, float] = {"float32": 1.0, "mixed_bfloat16": 0.6, "mixed_float16": 0.6}
+# Float32 copies per parameter while training with Adam: weights, gradients, two moments.
+PARAM_COPIES = 4
+# Prune only when the estimate exceeds the allowed budget by this factor: the estimate
+# is rough, and a wrongly pruned candidate is never measured.
+PRUNE_TOLERANCE = 1.25
+
+
+# -- the objective (planner.search) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How `planner.search.choose` scores a feasible candidate.
+
+    score = backbone_prior x size_prior x precision_prior x time_factor, with
+    size_prior = (min(height, width) / size_reference) ** size_exponent and
+    time_factor = min(1, epochs_possible / epochs_wanted) ** time_exponent
+    (1 without a time budget).
+
+    Args:
+        backbone_prior: expected relative validation quality per backbone, trained
+            from scratch on a small dataset (judgement, not measured).
+        precision_prior: quality cost of a precision policy.
+        size_reference: the crop side whose size prior is 1.
+        size_exponent: how much a larger crop (more context) is worth.
+        epochs_wanted: epochs beyond which more time adds nothing to the score.
+        min_epochs: fewer possible epochs than this rejects a candidate as too slow,
+            unless no candidate reaches it.
+        time_exponent: how steeply fewer epochs cost quality.
+        max_epochs: the plan's epochs when time allows more (early stopping ends sooner).
+        epoch_overhead: extra share of an epoch's training time for validation and
+            callbacks.
+    """
+
+    backbone_prior: dict[str, float] = field(
+        default_factory=lambda: {
+            "unet_small": 0.80,
+            "mobilenet_v3_small": 0.86,
+            "mobilenet_v3_large": 0.90,
+            "efficientnet_b0": 0.95,
+            "efficientnetv2_b0": 0.95,
+            "resnet50": 0.93,
+        }
+    )
+    precision_prior: dict[str, float] = field(
+        default_factory=lambda: {"float32": 1.0, "mixed_bfloat16": 0.99, "mixed_float16": 0.99}
+    )
+    size_reference: int = 256
+    size_exponent: float = 0.15
+    epochs_wanted: int = 30
+    min_epochs: int = 15
+    time_exponent: float = 0.5
+    max_epochs: int = 100
+    epoch_overhead: float = 0.15
+
+
+DEFAULT_OBJECTIVE = Objective()
+TARGET_EFFECTIVE_BATCH = 16

@@ -1,0 +1,350 @@
+"""Dry runs in child processes: one child measures several micro-batch sizes of one candidate.
+
+The parent (this module) never imports TensorFlow or builds a model: TF cannot give GPU
+memory back after an out-of-memory error, and a crash must not take the planner down.
+A child (`python -m planner.trial_child`, see that module) builds the trainer's own
+compiled model, runs `train_on_batch` on synthetic tensors for each micro-batch size in
+ascending order, and prints one JSON line per event on stdout behind `MARKER`; anything
+else on stdout is garbage. The parent enforces the time limit and kills the child's
+whole process group when it runs out.
+
+API for `planner.make_plan`:
+    TrialSpec(backbone, input_size, micro_batches, precision=..., ...)   what to measure
+    run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None) -> list[TrialResult]
+        One child process. Results are ascending by micro-batch and stop at the first
+        result that is not "ok" (larger sizes were not tried). Never raises for what
+        happens in the child: an OOM, crash, hang or garbage becomes a result.
+    TrialResult(status, micro_batch, peak_bytes, step_time_s, trace_time_s, reason, ...)
+        `child_pid` and `traces` make the number of children and graph traces visible:
+        `len({r.child_pid for r in results})` children, `sum(r.traces ...)` traces.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from planner.oom import STATUSES, Status, classify_exit
+from trainer.plan import Plan
+
+MARKER = "@@fitplan-trial@@ "
+DEFAULT_TARGET = "planner.trial_child:measure"
+_STDERR_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One candidate and the micro-batch sizes to measure in one child.
+
+    Args:
+        backbone: encoder name, one of `trainer.plan.BACKBONES`.
+        input_size: (height, width), multiples of 32.
+        micro_batches: sizes to measure, in one process, ascending (sorted here).
+        precision: Keras dtype policy. Defaults to `"float32"`.
+        normalization: the plan's BatchNorm handling. Defaults to `"auto"`, resolved
+            by the plan against the *smallest* size: one model serves all sizes.
+        num_classes: classes including background. Defaults to `2` (binary).
+        accumulation_steps: the optimizer's gradient accumulation; >1 adds one
+            gradient-sized buffer. Defaults to `1`.
+        warmup_steps: unmeasured steps per size, the first one traces. Defaults to `3`.
+        measured_steps: steps whose median is the step time. Defaults to `5`.
+        device: `"cpu"` (GPUs hidden from the child) or `"gpu"`.
+        seed: seed for the synthetic tensors.
+        target: `"module:function"` run in the child instead of the real measurement
+            (fault tests). `None` (default): `planner.trial_child:measure`.
+        target_args: free keyword data for `target`.
+    """
+
+    backbone: str
+    input_size: tuple[int, int]
+    micro_batches: tuple[int, ...]
+    precision: str = "float32"
+    normalization: str = "auto"
+    num_classes: int = 2
+    accumulation_steps: int = 1
+    warmup_steps: int = 3
+    measured_steps: int = 5
+    device: str = "cpu"
+    seed: int = 0
+    target: str | None = None
+    target_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        mbs = self.micro_batches
+        if not mbs or not all(
+            isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mbs
+        ):
+            raise ValueError(
+                f"`micro_batches` must be a non-empty list of integers >= 1. Received: micro_batches={mbs!r}"
+            )
+        object.__setattr__(self, "micro_batches", tuple(sorted(set(mbs))))
+        object.__setattr__(self, "input_size", tuple(self.input_size))
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"`device` must be 'cpu' or 'gpu'. Received: device={self.device!r}")
+        if self.warmup_steps < 1 or self.measured_steps < 1:
+            raise ValueError(
+                "`warmup_steps` and `measured_steps` must be >= 1. "
+                f"Received: warmup_steps={self.warmup_steps}, measured_steps={self.measured_steps}"
+            )
+
+    def to_plan(self) -> Plan:
+        """The minimal valid plan the trainer builds the model from (raises `PlanError`)."""
+        return Plan.from_dict(
+            {
+                "version": 1,
+                "backbone": self.backbone,
+                "input_size": list(self.input_size),
+                "micro_batch": self.micro_batches[0],
+                "accumulation_steps": self.accumulation_steps,
+                "precision": self.precision,
+                "normalization": self.normalization,
+                "weights": "none",
+                "seed": self.seed,
+                "data": {"path": "<synthetic>", "classes": self.num_classes},
+                "target": {"device": self.device},
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["micro_batches"] = list(self.micro_batches)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrialSpec:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one micro-batch size did in a child.
+
+    Args:
+        status: `"ok"`, `"oom"`, `"timeout"` or `"error"`.
+        micro_batch: the size measured.
+        peak_bytes: peak memory for this size alone (CPU: the child's peak RSS; GPU:
+            the TF allocator's peak). For a soft OOM, the RSS when the limit was hit
+            (a lower bound). `None` when not measured.
+        step_time_s: median time of the measured steps after warm-up.
+        trace_time_s: time of the first step at this size (it traces when `traces` > 0).
+        reason: why it is not ok; empty when ok.
+        traces: graph traces this size caused (counted in the child).
+        child_pid: the child process that measured it.
+        details: extra figures, e.g. `vmhwm_bytes`, `rss_poll_peak_bytes`,
+            `peak_source`, `tf_peak_bytes`, `nvml_process_bytes`, `build_time_s`.
+    """
+
+    status: Status
+    micro_batch: int
+    peak_bytes: int | None = None
+    step_time_s: float | None = None
+    trace_time_s: float | None = None
+    reason: str = ""
+    traces: int = 0
+    child_pid: int | None = None
+    details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(
+                f"`status` must be one of {STATUSES}. Received: status={self.status!r}"
+            )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrialResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _child_env(spec: TrialSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    # The child must import what the parent imports (tests' fault targets included).
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([os.getcwd(), *paths]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if spec.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    return env
+
+
+def run_trial(
+    spec: TrialSpec,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> list[TrialResult]:
+    """Measure `spec.micro_batches` in one child process; see the module docstring.
+
+    Args:
+        spec: what to measure. Its plan is validated here first (raises `PlanError`).
+        timeout_s: wall-clock limit for the whole child; then its process group is
+            killed and the size in progress gets status `"timeout"`.
+        memory_limit_bytes: on CPU, a soft limit: a thread in the child polls its RSS
+            and reports `"oom"` with the RSS reached once it is exceeded, then exits
+            (`RLIMIT_AS` is not used: TF reserves far more address space than it
+            touches). On GPU, the device's memory limit (a real TF OOM above it).
+            `None` (default): no limit beyond the machine's.
+        on_event: called with each event dict the child reports (progress display).
+
+    Returns:
+        Results ascending by micro-batch, ending at the first one that is not ok.
+    """
+    if spec.target is None:
+        spec.to_plan()  # a bad plan is the caller's mistake: raise here, not in the child
+    payload = json.dumps({"spec": spec.to_dict(), "memory_limit_bytes": memory_limit_bytes})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "planner.trial_child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(spec),
+        start_new_session=True,  # its own process group, so a kill reaches grandchildren
+    )
+    t0 = time.perf_counter()
+    events: list[dict[str, Any]] = []
+    garbage: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+
+    def read_stdout() -> None:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not line.startswith(MARKER):
+                garbage.append(line)
+                continue
+            try:
+                event = json.loads(line[len(MARKER) :])
+                if not isinstance(event, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                garbage.append(line)
+                continue
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+
+    def read_stderr() -> None:
+        for raw in proc.stderr:  # type: ignore[union-attr]
+            tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
+    for t in readers:
+        t.start()
+    timed_out = False
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(payload.encode())  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    finally:
+        # Always: a timed-out child, Ctrl-C in the parent, or grandchildren left behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for t in readers:
+            t.join(timeout=5)
+    wall = time.perf_counter() - t0
+    return _collect(
+        spec,
+        proc.pid,
+        proc.returncode,
+        events,
+        garbage,
+        "\n".join(tail),
+        timed_out,
+        timeout_s,
+        wall,
+    )
+
+
+def _collect(
+    spec: TrialSpec,
+    pid: int,
+    returncode: int | None,
+    events: list[dict[str, Any]],
+    garbage: list[str],
+    stderr_tail: str,
+    timed_out: bool,
+    timeout_s: float,
+    wall_s: float,
+) -> list[TrialResult]:
+    """Turn the child's events and exit into one result per size tried."""
+    results: list[TrialResult] = []
+    started: int | None = None
+    ready = False
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "ready":
+            ready = True
+        elif kind == "start":
+            started = ev.get("micro_batch")
+        elif kind == "result":
+            try:
+                r = TrialResult.from_dict(ev.get("result", {}))
+            except (TypeError, ValueError) as exc:
+                garbage.append(f"malformed result {ev!r}: {exc}")
+                break
+            results.append(
+                dataclasses.replace(
+                    r, child_pid=pid, details={**r.details, "child_wall_s": round(wall_s, 3)}
+                )
+            )
+    if results and not results[-1].ok:
+        return results
+    done = {r.micro_batch for r in results}
+    pending = [m for m in spec.micro_batches if m not in done]
+    if not pending:
+        return results
+    mb = started if started in pending else pending[0]
+    if timed_out or returncode != 0 or not garbage:
+        status, reason = classify_exit(
+            returncode, stderr_tail, timed_out=timed_out, timeout_s=timeout_s
+        )
+    else:
+        status, reason = (
+            "error",
+            "child printed no result lines; its stdout began: " + repr("\n".join(garbage)[:200]),
+        )
+    if started == mb:
+        where = f"at micro-batch {mb}"
+    elif ready:
+        where = f"after the model was built, before micro-batch {mb} started"
+    else:
+        where = "before the first step (starting the child or building the model)"
+    results.append(
+        TrialResult(
+            status=status,
+            micro_batch=mb,
+            reason=f"{reason}; {where}",
+            child_pid=pid,
+            details={
+                "child_wall_s": round(wall_s, 3),
+                "returncode": returncode,
+                "stderr_tail": stderr_tail[-2000:],
+            },
+        )
+    )
+    return results
