@@ -77,7 +77,11 @@ def probe(
         Path, typer.Option("--out-dir", help="Where runs will be written (for free disk space).")
     ] = Path("."),
     no_tf: Annotated[
-        bool, typer.Option("--no-tf", help="Skip the TensorFlow fields (saves ~3 s and ~0.5 GiB).")
+        bool,
+        typer.Option(
+            "--no-tf",
+            help="Skip the TensorFlow fields (saves the TF import: 3-9 s and ~0.5 GiB here).",
+        ),
     ] = False,
 ) -> None:
     """Inspect GPUs, host memory (cgroup-aware), CPU, disk and TensorFlow; derive a memory budget."""
