@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,10 @@ def main(
 ) -> None:
     """fitplan: measure, plan, train."""
     _state["debug"] = debug
+    if not debug:
+        # TensorFlow's C++ start-up chatter (CUDA stubs, CPU flags) is noise for a user;
+        # set before any command imports TensorFlow. --debug keeps it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
