@@ -12,6 +12,8 @@ API for `planner.make_plan`:
     default_candidates(native_hw, *, device, bf16, backbones, sides, precisions) -> list[Candidate]
     analytic_estimate(backbone, input_hw, micro_batch, precision, num_classes, ...) -> int
     prune(candidates, *, budget_bytes, headroom, num_classes, device) -> (kept, pruned)
+    trial_spec(candidate, micro_batches=presets.TRIAL_MICRO_BATCHES, *, num_classes, device, **kw)
+        -> planner.trial.TrialSpec for `run_trial`
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner import presets
+from planner.trial import TrialSpec
 from trainer.models.backbones import backbone_info
 from trainer.plan import BACKBONES, PRECISIONS
 
@@ -193,3 +196,36 @@ def prune(
         else:
             kept.append(c)
     return kept, pruned
+
+
+def trial_spec(
+    candidate: Candidate,
+    micro_batches: Sequence[int] = presets.TRIAL_MICRO_BATCHES,
+    *,
+    num_classes: int = 2,
+    device: str = "cpu",
+    **overrides: Any,
+) -> TrialSpec:
+    """The `TrialSpec` that measures `candidate` with the preset step counts.
+
+    Args:
+        candidate: what to measure.
+        micro_batches: sizes for one child. Defaults to `presets.TRIAL_MICRO_BATCHES`.
+        num_classes: classes including background.
+        device: `"cpu"` or `"gpu"`.
+        **overrides: any other `TrialSpec` field (e.g. `normalization`, `accumulation_steps`).
+    """
+    fields: dict[str, Any] = {
+        "warmup_steps": presets.TRIAL_WARMUP_STEPS,
+        "measured_steps": presets.TRIAL_MEASURED_STEPS,
+        **overrides,
+    }
+    return TrialSpec(
+        backbone=candidate.backbone,
+        input_size=candidate.input_size,
+        micro_batches=tuple(micro_batches),
+        precision=candidate.precision,
+        num_classes=num_classes,
+        device=device,
+        **fields,
+    )

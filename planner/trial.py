@@ -11,6 +11,8 @@ whole process group when it runs out.
 API for `planner.make_plan`:
     TrialSpec(backbone, input_size, micro_batches, precision=..., ...)   what to measure
     run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None) -> list[TrialResult]
+    measure_one(spec, micro_batch, *, timeout_s, memory_limit_bytes=None) -> TrialResult
+        One size in its own child: the `measure` callable `memory_model.verify` wants.
         One child process. Results are ascending by micro-batch and stop at the first
         result that is not "ok" (larger sizes were not tried). Never raises for what
         happens in the child: an OOM, crash, hang or garbage becomes a result.
@@ -348,3 +350,19 @@ def _collect(
         )
     )
     return results
+
+
+def measure_one(
+    spec: TrialSpec,
+    micro_batch: int,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> TrialResult:
+    """Measure one micro-batch size of `spec` in a fresh child (for verification)."""
+    one = dataclasses.replace(spec, micro_batches=(micro_batch,))
+    results = run_trial(
+        one, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes, on_event=on_event
+    )
+    return results[-1]

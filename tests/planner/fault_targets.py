@@ -101,3 +101,9 @@ def grow_until_limit(spec, ctx):
         blocks[-1][::4096] = b"\x01" * len(blocks[-1][::4096])
         time.sleep(0.05)
     ctx.result(TrialResult("ok", spec.micro_batches[0], peak_bytes=0))
+
+
+def malformed_marker(spec, ctx):
+    from planner.trial import MARKER
+
+    print(MARKER + "{not json", flush=True)
