@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trainer.errors import FitplanError
 
@@ -44,7 +45,8 @@ def handle_errors(fn: F) -> F:
         except FitplanError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape: file names such as "[/x]" are not rich markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -117,7 +119,7 @@ def scan(
     if out is not None:
         dataset.save_fingerprint(fp, out)
     for line in dataset.warnings(fp):
-        err.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if json_out:
         print_json(fp)
     else:
@@ -138,7 +140,7 @@ def demo_data(
     from planner import demo
 
     path = demo.make_demo_dataset(out, classes=classes, n=n, size=demo.parse_size(size), seed=seed)
-    err.print(f"wrote {n} pairs to {path}")
+    err.print(f"wrote {n} pairs to {escape(str(path))}", highlight=False)
 
 
 @app.command()
