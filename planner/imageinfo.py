@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -103,7 +104,12 @@ def inspect(path: Path, *, values: bool = False) -> FileInfo:
 def _read(info: FileInfo) -> bytes | None:
     path = info.path
     try:
-        info.size_bytes = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or device named x.png would block or never end a read.
+            info.problem = "not a regular file (a pipe, socket or device)"
+            return None
+        info.size_bytes = st.st_size
         h = hashlib.sha256()
         if info.size_bytes <= _READ_WHOLE_LIMIT:
             data = path.read_bytes()

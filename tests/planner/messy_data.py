@@ -121,6 +121,10 @@ def build_messy_dataset(root: Path) -> dict:
     os.symlink(outside / "nowhere.png", img / "dangling.png")
     _write(msk / "dangling.png", good_mask)
     os.symlink(outside / "folder", img / "linkdir")
+    os.symlink(img / "loop.png", img / "loop.png")  # a symlink to itself
+    _write(msk / "loop.png", good_mask)
+    os.mkfifo(img / "fifo.png")  # reading it would block forever
+    _write(msk / "fifo.png", good_mask)
 
     return {
         "good": sorted(
@@ -149,6 +153,8 @@ def build_messy_dataset(root: Path) -> dict:
             "images/grey_photo_mask.png": "grey levels",
             "images/huge.png": "too large",
             "images/dangling.png": "broken symlink",
+            "images/loop.png": "cannot read",
+            "images/fifo.png": "not a regular file",
         },
         "unpaired_images": ["images/lonely.png"],
         "unpaired_masks": ["masks/orphan.png"],

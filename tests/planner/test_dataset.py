@@ -76,6 +76,8 @@ def test_messy_good_pairs(messy):
         "grey_photo_mask",
         "huge",
         "dangling",
+        "loop",
+        "fifo",
     ],
 )
 def test_messy_bad_pair_is_excluded_by_name(messy, name):
