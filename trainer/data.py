@@ -1,0 +1,343 @@
+"""The input pipeline: image/mask pairs on disk -> `tf.data` datasets for Keras `fit`.
+
+Training samples are random crops at native resolution (times `data.image_scale`),
+augmented by `trainer.augment`, so the model learns at the scale it will later see in
+sliding-window prediction. Validation cuts each image into a fixed grid of
+`input_size` tiles that covers it, with no augmentation, so the validation score is
+deterministic and measures the whole image. See docs/data.md for the design.
+
+Streaming (`cache="stream"`) shuffles file *indices*, not decoded images, and holds a
+few decoded images at a time, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from trainer.augment import AugmentSettings, apply_augment, random_params
+from trainer.decode import (
+    IMAGE_PIL,
+    MASK_PIL,
+    as_rgb,
+    decode_image,
+    decode_mask_raw,
+    infer_mask_values,
+    inspect_image,
+    load_image,
+    load_mask,
+    mask_lut,
+    to_classes,
+)
+from trainer.errors import DataError
+from trainer.pairs import Pair, find_pairs
+from trainer.plan import DataSpec, Plan
+
+__all__ = ["DataBundle", "build_datasets", "load_image", "load_mask", "split_pairs"]
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Images decoded at once for crop mixing: a micro-batch mixes crops of this many images.
+# Each costs H x W x 13 bytes (float32 RGB + uint8 mask), whatever the dataset size.
+CYCLE = 4
+# Shuffle buffer of pair *indices* (8 bytes each): a full shuffle up to this many pairs.
+SHUFFLE_MAX = 65536
+
+
+@dataclass
+class DataBundle:
+    """Everything `fit` needs from the data.
+
+    Attributes:
+        train: one epoch of `(images [B, H, W, 3] float32 in [0, 1], masks [B, H, W, 1]
+            float32 class indices)`; iterating it again gives a fresh, reshuffled epoch.
+        val: validation tiles in a fixed order (last batch may be smaller), or `None`.
+        train_pairs, val_pairs: the pairs behind each dataset, sorted by key.
+        steps_per_epoch: micro-batches per training epoch, a multiple of
+            `plan.accumulation_steps` (already capped by `plan.steps_per_epoch`).
+        val_steps: batches in `val` (0 without validation).
+        num_classes: classes including background.
+        mask_values: raw mask value of each class.
+        crops_per_image: the plan's value, or the mean of the inferred per-pair counts.
+        pair_crops: crops drawn per training pair per epoch (before rounding up).
+        batch_size: images per micro-batch (`micro_batch x replicas`).
+    """
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset | None
+    train_pairs: list[Pair]
+    val_pairs: list[Pair]
+    steps_per_epoch: int
+    val_steps: int
+    num_classes: int
+    mask_values: tuple[int, ...]
+    crops_per_image: int
+    pair_crops: tuple[int, ...]
+    batch_size: int
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+
+def val_score(key: str) -> float:
+    """A pair's place in [0, 1), from its key alone: stable across runs and file orders."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """Split pairs into (train, val): a pair is validation when `val_score(key) < val_fraction`.
+
+    A pair's membership never changes when files are added or reordered. With
+    `val_fraction > 0` and at least 2 pairs, at least one pair goes to each side.
+    """
+    pairs = sorted(pairs, key=lambda p: p.key)
+    if val_fraction <= 0 or len(pairs) < 2:
+        return pairs, []
+    ranked = sorted(pairs, key=lambda p: (val_score(p.key), p.key))
+    n_val = sum(val_score(p.key) < val_fraction for p in pairs)
+    n_val = min(max(n_val, 1), len(pairs) - 1)
+    val_keys = {p.key for p in ranked[:n_val]}
+    return [p for p in pairs if p.key not in val_keys], [p for p in pairs if p.key in val_keys]
+
+
+def tile_starts(length: int, tile: int) -> list[int]:
+    """Start offsets of tiles covering `length`; the last one is aligned to the end."""
+    n = -(-length // tile)
+    return [min(i * tile, length - tile) for i in range(n)]
+
+
+def crops_for(height: int, width: int, input_size: tuple[int, int], fixed: int | None) -> int:
+    """Crops per epoch for one image: `fixed`, or its area over the crop area, at least 1."""
+    if fixed is not None:
+        return fixed
+    return max(1, round(height * width / (input_size[0] * input_size[1])))
+
+
+def epoch_steps(crops: int, batch: int, accumulation: int, cap_updates: int | None = None) -> int:
+    """Micro-batches per epoch: enough for `crops`, rounded up to whole optimizer updates."""
+    updates = max(1, -(-crops // (batch * accumulation)))
+    if cap_updates is not None:
+        updates = min(updates, cap_updates)
+    return updates * accumulation
+
+
+# -- file metadata ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Meta:
+    pairs: list[Pair]
+    image_route: list[int]
+    mask_route: list[int]
+    height: list[int]  # size the pair is decoded to (image_scale, then any upsizing)
+    width: list[int]
+
+    def tensors(self) -> dict[str, tf.Tensor]:
+        return {
+            "image": tf.constant([str(p.image) for p in self.pairs]),
+            "mask": tf.constant([str(p.mask) for p in self.pairs]),
+            "image_route": tf.constant(self.image_route, tf.int32),
+            "mask_route": tf.constant(self.mask_route, tf.int32),
+            "height": tf.constant(self.height, tf.int32),
+            "width": tf.constant(self.width, tf.int32),
+        }
+
+
+def _inspect(pairs: list[Pair], scale: float, min_hw: tuple[int, int] | None) -> _Meta:
+    """Read headers; sizes at `scale`, resized up (aspect kept) to at least `min_hw` if given."""
+    meta = _Meta(pairs, [], [], [], [])
+    for p in pairs:
+        img, mask = inspect_image(p.image), inspect_image(p.mask, mask=True)
+        if (img.height, img.width) != (mask.height, mask.width):
+            raise DataError(
+                f"{p.mask}: mask is {mask.width}x{mask.height} but its image {p.image} "
+                f"is {img.width}x{img.height}"
+            )
+        h, w = max(1, round(img.height * scale)), max(1, round(img.width * scale))
+        if min_hw is not None and (h < min_hw[0] or w < min_hw[1]):
+            f = max(min_hw[0] / h, min_hw[1] / w)
+            h, w = max(min_hw[0], math.ceil(h * f)), max(min_hw[1], math.ceil(w * f))
+        meta.image_route.append(img.route)
+        meta.mask_route.append(mask.route)
+        meta.height.append(h)
+        meta.width.append(w)
+    return meta
+
+
+def _find(root: str | Path, data: DataSpec) -> list[Pair]:
+    found = find_pairs(root, data.images, data.masks)
+    if not found.pairs:
+        folder = Path(root) / data.images
+        raise DataError(
+            f"{folder}: no image/mask pairs found under {root}",
+            hint=f"{len(found.unpaired_images)} images and {len(found.unpaired_masks)} masks "
+            f"without a partner in {data.masks}; masks must share the image's name",
+        )
+    return found.pairs
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+def _loader(meta: _Meta, lut: tf.Tensor):
+    t = meta.tensors()
+    pil_image = IMAGE_PIL in meta.image_route
+    pil_mask = MASK_PIL in meta.mask_route
+
+    def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = decode_image(t["image"][i], t["image_route"][i], pillow=pil_image)
+        raw = decode_mask_raw(t["mask"][i], t["mask_route"][i], pillow=pil_mask)
+        mask = to_classes(raw, lut)
+        size = tf.stack([t["height"][i], t["width"][i]])
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+        image = tf.cond(
+            same,
+            lambda: image,
+            lambda: tf.image.resize(image, size, method="bilinear", antialias=True),
+        )
+        mask = tf.cond(same, lambda: mask, lambda: tf.image.resize(mask, size, method="nearest"))
+        return image, mask
+
+    return load
+
+
+def _train_dataset(
+    meta: _Meta, lut: tf.Tensor, crops: list[int], plan: Plan, steps: int, batch: int
+) -> tf.data.Dataset:
+    n, seed = len(meta.pairs), plan.seed
+    load = _loader(meta, lut)
+    crops_t = tf.constant(crops, tf.int64)
+    # One seed per decoded image, attached before any parallel step: a crop's content
+    # then depends on the seed alone, never on which worker finished first.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    if plan.data.cache == "memory":
+        ds = tf.data.Dataset.range(n).map(lambda i: (i, *load(i)), num_parallel_calls=AUTOTUNE)
+        ds = ds.cache().shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = tf.data.Dataset.zip(ds, seeds)
+    else:
+        ids = tf.data.Dataset.range(n).shuffle(min(n, SHUFFLE_MAX), seed=seed).repeat()
+        ds = tf.data.Dataset.zip(ids, seeds).map(
+            lambda i, s: ((i, *load(i)), s), num_parallel_calls=AUTOTUNE
+        )
+
+    settings = AugmentSettings.from_spec(plan.augment)
+    size = tuple(plan.input_size)
+
+    def crops_of(item, s):
+        i, image, mask = item
+        params = random_params(tf.stack([s, i]), tf.shape(image)[:2], crops_t[i], size, settings)
+        one = tf.data.Dataset.from_tensors((image, mask)).repeat()
+        return tf.data.Dataset.zip(one, tf.data.Dataset.from_tensor_slices(params))
+
+    # repeat() + take(): the rounding-up extra crops come from the next shuffled pass.
+    ds = ds.interleave(crops_of, cycle_length=min(n, CYCLE), block_length=1)
+
+    def augment(pair, params):
+        image, mask = apply_augment(*pair, *params, size, settings)
+        return image, tf.cast(mask, tf.float32)
+
+    ds = ds.take(steps * batch).map(augment, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps))
+
+
+def _val_dataset(
+    meta: _Meta, lut: tf.Tensor, plan: Plan, steps: int, batch: int
+) -> tf.data.Dataset:
+    th, tw = plan.input_size
+    load = _loader(meta, lut)
+    ds = tf.data.Dataset.range(len(meta.pairs)).map(load, num_parallel_calls=AUTOTUNE)
+    if plan.data.cache == "memory":
+        ds = ds.cache()
+
+    def starts(length: tf.Tensor, tile: int) -> tf.Tensor:
+        n = (length + tile - 1) // tile
+        return tf.minimum(tf.range(n) * tile, length - tile)
+
+    def tiles(image, mask):
+        ys, xs = starts(tf.shape(image)[0], th), starts(tf.shape(image)[1], tw)
+        yy, xx = tf.meshgrid(ys, xs, indexing="ij")
+        grid = tf.data.Dataset.from_tensor_slices((tf.reshape(yy, [-1]), tf.reshape(xx, [-1])))
+        return grid.map(
+            lambda y, x: (
+                tf.ensure_shape(as_rgb(image[y : y + th, x : x + tw]), [th, tw, 3]),
+                tf.ensure_shape(tf.cast(mask[y : y + th, x : x + tw], tf.float32), [th, tw, 1]),
+            )
+        )
+
+    ds = ds.flat_map(tiles).batch(batch).prefetch(AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps))
+
+
+def build_datasets(
+    plan: Plan, *, data_path: str | None = None, val_path: str | None = None
+) -> DataBundle:
+    """Build the training and validation datasets a plan describes.
+
+    Args:
+        plan: a validated plan; uses `data`, `input_size`, `micro_batch`, `replicas`,
+            `accumulation_steps`, `steps_per_epoch`, `augment` and `seed`.
+        data_path: dataset root overriding `plan.data.path`. `None`: use the plan's.
+        val_path: validation root overriding `plan.data.val`. `None`: use the plan's
+            (and when that is `None` too, split `plan.data.val_fraction` off by key).
+
+    Raises:
+        DataError: naming the folder or file when there are no pairs, no training
+            pairs, unreadable headers, image/mask size mismatches or fewer than 2 classes.
+    """
+    data = plan.data
+    root = data_path or data.path
+    val_root = val_path or data.val
+    pairs = _find(root, data)
+    if val_root is not None:
+        train_pairs, val_pairs = pairs, _find(val_root, data)
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, data.val_fraction)
+    if not train_pairs:
+        raise DataError(f"{Path(root) / data.images}: no training pairs left after the split")
+
+    mask_values = tuple(data.mask_values or infer_mask_values([p.mask for p in train_pairs]))
+    if data.classes is not None and data.classes != len(mask_values):
+        raise DataError(
+            f"{Path(root) / data.masks}: masks hold {len(mask_values)} class values "
+            f"{list(mask_values)} but the plan says data.classes={data.classes}",
+            hint="set data.mask_values in the plan to the raw value of each class",
+        )
+    lut = mask_lut(mask_values)
+    batch = plan.micro_batch * plan.replicas
+    size = tuple(plan.input_size)
+
+    train_meta = _inspect(train_pairs, data.image_scale, None)
+    crops = [
+        crops_for(h, w, size, data.crops_per_image)
+        for h, w in zip(train_meta.height, train_meta.width, strict=True)
+    ]
+    steps = epoch_steps(sum(crops), batch, plan.accumulation_steps, plan.steps_per_epoch)
+    train = _train_dataset(train_meta, lut, crops, plan, steps, batch)
+
+    val, val_steps = None, 0
+    if val_pairs:
+        val_meta = _inspect(val_pairs, data.image_scale, size)
+        n_tiles = sum(
+            len(tile_starts(h, size[0])) * len(tile_starts(w, size[1]))
+            for h, w in zip(val_meta.height, val_meta.width, strict=True)
+        )
+        val_steps = -(-n_tiles // batch)
+        val = _val_dataset(val_meta, lut, plan, val_steps, batch)
+
+    return DataBundle(
+        train=train,
+        val=val,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        steps_per_epoch=steps,
+        val_steps=val_steps,
+        num_classes=len(mask_values),
+        mask_values=mask_values,
+        crops_per_image=data.crops_per_image or max(1, round(sum(crops) / len(crops))),
+        pair_crops=tuple(crops),
+        batch_size=batch,
+    )
