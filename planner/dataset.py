@@ -12,7 +12,6 @@ Bad pairs are excluded and named, never raised: only `require_trainable` turns
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import Counter
@@ -22,10 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from planner.fingerprint import (
+    FINGERPRINT_VERSION,
+    load_fingerprint,
+    require_trainable,
+    save_fingerprint,
+)
 from planner.imageinfo import FileInfo, decoded_bytes, inspect, read_and_hash
 from planner.scan_report import scan_table, warnings
 from planner.scan_values import mask_summary
-from trainer.atomic import write_json
 from trainer.errors import DataError
 from trainer.pairs import IMAGE_EXTENSIONS, find_pairs, resolve_folders
 
@@ -39,8 +43,6 @@ __all__ = [
     "warnings",
 ]
 
-FINGERPRINT_VERSION = 1
-REQUIRED_KEYS = ("version", "root", "images", "masks", "pairs", "pair_keys", "task", "digest")
 # Cap on listed skipped entries: a folder full of non-images must not bloat the JSON.
 _MAX_LISTED = 50
 _SIZE_HIST_BINS = 20
@@ -237,59 +239,3 @@ def _naming_hint(fp: dict[str, Any]) -> str:
         f"{fp['unpaired_masks'][0]!r}): a mask must have the image's relative name, any "
         f"extension, optionally with a suffix such as _mask"
     )
-
-
-def save_fingerprint(fp: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `fp` to `path` as JSON, atomically."""
-    write_json(path, fp)
-
-
-def load_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a fingerprint written by `save_fingerprint`.
-
-    Raises:
-        DataError: the file is missing, not JSON, of another version or lacks a field.
-    """
-    path = Path(path)
-    try:
-        fp = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: fingerprint file not found", hint="run `fitplan scan --out`"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a fingerprint JSON file ({exc})") from None
-    if not isinstance(fp, dict):
-        raise DataError(f"{path}: not a fingerprint (expected a JSON object)")
-    if fp.get("version") != FINGERPRINT_VERSION:
-        raise DataError(
-            f"{path}: fingerprint `version` must be {FINGERPRINT_VERSION}. "
-            f"Received: version={fp.get('version')!r}",
-            hint="scan the dataset again with this fitplan",
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in fp]
-    if missing:
-        raise DataError(f"{path}: fingerprint lacks {', '.join(missing)}")
-    return fp
-
-
-def require_trainable(fp: dict[str, Any]) -> None:
-    """Raise `DataError` when the fingerprint leaves nothing to train on.
-
-    That is: no good pair, or masks whose values define no task (one value only,
-    or not label maps).
-    """
-    where = f"{fp['root']} ({fp['images']}/ and {fp['masks']}/)"
-    if fp["pairs"] == 0:
-        found = (
-            f"{len(fp['pair_keys']) + len(fp['excluded'])} pairs"
-            f" ({len(fp['excluded'])} excluded), {len(fp['unpaired_images'])} images without"
-            f" a mask, {len(fp['unpaired_masks'])} masks without an image"
-        )
-        hint = fp["suggestions"][0] if fp.get("suggestions") else "see the warnings above"
-        raise DataError(f"no trainable image/mask pair in {where}: found {found}", hint=hint)
-    if fp["task"] == "unknown":
-        raise DataError(
-            f"masks in {where} define no task: mask values {fp['mask_values'][:8]}",
-            hint=fp["suggestions"][0] if fp.get("suggestions") else None,
-        )
