@@ -1,0 +1,60 @@
+"""Freeze-then-fine-tune and small helpers on a built U-Net."""
+
+from __future__ import annotations
+
+import keras
+
+from trainer.errors import FitplanError
+from trainer.models.layers import freeze_batchnorm
+from trainer.models.unet import check_normalization
+
+
+def encoder_of(model: keras.Model) -> keras.Model:
+    """The nested encoder of a `build_unet` model (the layer named `"encoder"`)."""
+    try:
+        return model.get_layer("encoder")
+    except ValueError:
+        raise FitplanError(
+            f"model {model.name!r} has no layer named 'encoder': not built by build_unet"
+        ) from None
+
+
+def set_encoder_trainable(model: keras.Model, trainable: bool, normalization: str) -> None:
+    """Freeze or unfreeze the encoder, keeping BatchNorm as `normalization` says.
+
+    Keras 3 propagates `trainable` to every nested layer, so unfreezing the encoder
+    would also unfreeze its BatchNorm layers. Under `"frozen"` and `"group"` they
+    are frozen again: the usual fine-tuning practice of keeping BatchNorm in
+    inference mode, because the micro-batches that asked for these modes give
+    noisy batch statistics. A frozen layer runs in inference mode in Keras 3.
+
+    Recompile the model afterwards: `compile` captures the trainable variables.
+
+    Args:
+        model: a model from `build_unet`.
+        trainable: `False` freezes the whole encoder (the warm-up phase); `True`
+            unfreezes it for fine-tuning.
+        normalization: the model's normalisation: `"train"`, `"frozen"` or `"group"`.
+    """
+    check_normalization(normalization)
+    encoder_of(model).trainable = bool(trainable)
+    if normalization in ("frozen", "group"):
+        freeze_batchnorm(model)
+
+
+def count_params(model: keras.Model, *, trainable_only: bool = False) -> int:
+    """Number of scalar weights in `model`.
+
+    Args:
+        model: a built model.
+        trainable_only: count only the weights that training updates. Defaults to
+            `False`: all weights, BatchNorm moving statistics included.
+    """
+    weights = model.trainable_weights if trainable_only else model.weights
+    total = 0
+    for w in weights:
+        n = 1
+        for d in w.shape:
+            n *= int(d)
+        total += n
+    return total
