@@ -308,6 +308,7 @@ def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dic
         "train_pairs": len(bundle.train_pairs),
         "val_pairs": len(bundle.val_pairs),
         "num_classes": bundle.num_classes,
+        "mask_values": list(bundle.mask_values),  # evaluate maps masks as training did
         "micro_batch": plan.micro_batch,
         "accumulation_steps": plan.accumulation_steps,
         "effective_batch": plan.effective_batch,

@@ -1,0 +1,278 @@
+"""Export a trained run for use outside fitplan, and prove the export predicts the same.
+
+Formats: a Keras `.keras` file, a TensorFlow SavedModel folder (`model.export`) and
+a TFLite flatbuffer converted from that SavedModel (optionally float16 or int8
+quantized). The model is rebuilt in float32 whatever precision it trained in: every
+format can hold it, and the weights are float32 under mixed precision anyway.
+
+Before the export is moved into place, it is loaded back and run on a few inputs
+(crops of the training images when they are still there, else seeded synthetic
+images); its probabilities must match the rebuilt Keras model's within `TOLERANCE`,
+or nothing is written. The input size is fixed (`plan.input_size`), the batch size is
+free; whole images are predicted with the same tiling as `fitplan predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.errors import DataError, DiskFullError, FitplanError, RunDirError
+from trainer.inference import LoadedRun, load_run, pad_to, read_image, resize, to_classes
+from trainer.pairs import list_images
+
+FORMATS = ("keras", "savedmodel", "tflite")
+QUANTIZE = ("float16", "int8")
+# Largest allowed |exported - Keras| over all probabilities of the check inputs.
+# Float32 formats differ by rounding only; float16 weights by their 11-bit mantissa;
+# int8 quantizes every activation to 256 levels, so probabilities move by a few %.
+TOLERANCE = {
+    ("keras", None): 1e-5,
+    ("savedmodel", None): 1e-5,
+    ("tflite", None): 1e-4,
+    ("tflite", "float16"): 2e-2,
+    ("tflite", "int8"): 0.25,
+}
+CHECK_INPUTS = 4
+CALIBRATION_INPUTS = 32
+
+
+def default_path(run_dir: Path, fmt: str, quantize: str | None) -> Path:
+    """`RUN/export/model.keras`, `RUN/export/savedmodel`, `RUN/export/model[-q].tflite`."""
+    names = {"keras": "model.keras", "savedmodel": "savedmodel", "tflite": "model.tflite"}
+    name = names[fmt]
+    if quantize:
+        name = f"model-{quantize}.tflite"
+    return Path(run_dir) / "export" / name
+
+
+def export(
+    run_dir: str | Path,
+    format: str = "keras",
+    quantize: str | None = None,
+    out: str | Path | None = None,
+    *,
+    data_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Export the run's best model and check that it predicts what the Keras model does.
+
+    Args:
+        run_dir: the run folder.
+        format: `"keras"` (default), `"savedmodel"` (a folder) or `"tflite"`.
+        quantize: `None` (default): float32; `"float16"` or `"int8"` (tflite only).
+            int8 calibrates its activation ranges on crops of the training images.
+        out: the file (folder for savedmodel) to write. `None` (default):
+            `default_path(run_dir, format, quantize)`. Replaced if it exists.
+        data_root: dataset root for the check and calibration crops. `None`
+            (default): the plan's `data.path`.
+
+    Returns:
+        `path`, `format`, `quantize`, `bytes` (the file's size, or the folder's
+        total), `max_abs_diff` (largest probability difference from the Keras
+        model), `tolerance`, `mask_agreement` (share of pixels with the same class),
+        `check_inputs` and `inputs_from` (`"training images"` or `"synthetic"`).
+
+    Raises:
+        FitplanError: an unknown format, quantize without tflite, int8 without the
+            training images, or an export that does not match within tolerance
+            (nothing is written then).
+        RunDirError: the run folder is incomplete.
+    """
+    if format not in FORMATS:
+        raise FitplanError(
+            f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}"
+        )
+    if quantize is not None and (quantize not in QUANTIZE or format != "tflite"):
+        expected = (
+            "float16 or int8 with format tflite" if format == "tflite" else "only with tflite"
+        )
+        raise FitplanError(f"`quantize` applies {expected}. Received: quantize={quantize!r}")
+    run = load_run(run_dir, precision="float32")
+    target = Path(out) if out is not None else default_path(run.path, format, quantize)
+    check, source = sample_crops(run, data_root, CHECK_INPUTS, seed=1)
+    if quantize == "int8" and source != "training images":
+        raise FitplanError(
+            f"int8 quantization calibrates on the training images; refusing {source}",
+            hint="give the dataset root with --data",
+        )
+    reference = np.asarray(run.model.predict_on_batch(check))
+    tol = TOLERANCE[(format, quantize)]
+
+    def verify(predicted: np.ndarray) -> dict[str, Any]:
+        diff = float(np.max(np.abs(np.asarray(predicted, np.float32) - reference)))
+        agree = float(np.mean(to_classes(predicted) == to_classes(reference)))
+        if not diff <= tol:  # also catches NaN
+            raise FitplanError(
+                f"the {format} export differs from the trained model by {diff:.3g}, over the "
+                f"tolerance {tol:g}; nothing was written to {target}"
+            )
+        return {"max_abs_diff": diff, "mask_agreement": agree}
+
+    if format == "keras":
+        result = _export_keras(run, target, check, verify)
+    elif format == "savedmodel":
+        result = _export_savedmodel(run, target, check, verify)
+    else:
+        result = _export_tflite(run, target, check, verify, quantize, data_root)
+    return {
+        "path": str(target),
+        "format": format,
+        "quantize": quantize,
+        "bytes": _size(target),
+        **result,
+        "tolerance": tol,
+        "check_inputs": len(check),
+        "inputs_from": source,
+    }
+
+
+def _export_keras(run: LoadedRun, target: Path, check, verify) -> dict[str, Any]:
+    import keras
+
+    from trainer.atomic import atomic_path
+
+    with atomic_path(target, suffix=".keras") as tmp:
+        run.model.save(str(tmp))
+        # safe_mode=True: this is our own fresh file, and still no lambda is deserialised.
+        loaded = keras.models.load_model(str(tmp), compile=False, safe_mode=True)
+        return verify(loaded.predict_on_batch(check))
+
+
+def _export_savedmodel(run: LoadedRun, target: Path, check, verify) -> dict[str, Any]:
+    import tensorflow as tf
+
+    with _atomic_dir(target) as tmp:
+        run.model.export(str(tmp), format="tf_saved_model", verbose=False)
+        loaded = tf.saved_model.load(str(tmp))  # keep it referenced: it owns the variables
+        return verify(loaded.serve(tf.constant(check)).numpy())
+
+
+def _export_tflite(run, target, check, verify, quantize, data_root) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from trainer.atomic import write_bytes
+
+    with tempfile.TemporaryDirectory(prefix=".fitplan-export-") as tmp:
+        run.model.export(tmp, format="tf_saved_model", verbose=False)
+        # The SavedModel route is the converter path documented for Keras 3 models.
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            calib, _ = sample_crops(run, data_root, CALIBRATION_INPUTS, seed=2)
+            # Inputs and outputs stay float32, so the exported interface is unchanged.
+            converter.representative_dataset = lambda: ([c[None]] for c in calib)
+        data = converter.convert()
+    result = verify(run_tflite(data, check))
+    write_bytes(target, data)
+    return result
+
+
+def sample_crops(
+    run: LoadedRun, data_root: str | Path | None, n: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """`n` random crops of `input_size` from the run's training images, and where from.
+
+    Images are scaled by `data.image_scale` as in training. When the images are gone
+    (the run was moved), seeded synthetic images are used: smooth blobs plus grain.
+    """
+    th, tw = run.input_size
+    rng = np.random.default_rng(seed)
+    folder = Path(data_root or run.plan.data.path) / run.plan.data.images
+    files = list_images(folder) if folder.is_dir() else []
+    k = min(n, len(files), 8)  # a few images give enough variety for a check
+    picks = [files[i] for i in rng.choice(len(files), size=k, replace=False)] if k else []
+    images = []
+    for f in picks:
+        try:
+            img = read_image(f)
+        except DataError:
+            continue  # a broken training image must not block an export
+        scale = run.plan.data.image_scale
+        if scale != 1.0:
+            img = resize(
+                img, max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
+            )
+        images.append(pad_to(img, th, tw))
+    if not images:
+        return _synthetic(rng, n, th, tw), f"synthetic (no readable images in {folder})"
+    crops = []
+    for i in range(n):
+        img = images[i % len(images)]
+        y = int(rng.integers(0, img.shape[0] - th + 1))
+        x = int(rng.integers(0, img.shape[1] - tw + 1))
+        crops.append(img[y : y + th, x : x + tw])
+    return np.stack(crops).astype(np.float32), "training images"
+
+
+def _synthetic(rng: np.random.Generator, n: int, th: int, tw: int) -> np.ndarray:
+    coarse = rng.random((n, th // 8 + 1, tw // 8 + 1, 3)).astype(np.float32)
+    smooth = np.stack([resize(c, th, tw) for c in coarse])
+    grain = rng.normal(0, 0.05, (n, th, tw, 3)).astype(np.float32)
+    return np.clip(smooth + grain, 0, 1)
+
+
+def run_tflite(model: bytes, batch: np.ndarray) -> np.ndarray:
+    """Run a TFLite flatbuffer on a float32 batch with TensorFlow's own interpreter."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        # Deprecated in favour of ai_edge_litert, which is not a fitplan dependency.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        interp = tf.lite.Interpreter(model_content=model)
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], list(batch.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], batch.astype(np.float32))
+    interp.invoke()
+    return interp.get_tensor(outp["index"])
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
+    """A temporary folder next to `target`, swapped in by rename when the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = target.parent / f".{target.name}.old.tmp"
+    try:
+        yield tmp
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"{target}: disk full while exporting") from exc
+        raise RunDirError(f"{target}: cannot write ({exc.strerror or exc})") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+__all__ = [
+    "FORMATS",
+    "QUANTIZE",
+    "TOLERANCE",
+    "default_path",
+    "export",
+    "run_tflite",
+    "sample_crops",
+]
