@@ -299,6 +299,10 @@ def build_datasets(
     if not train_pairs:
         raise DataError(f"{Path(root) / data.images}: no training pairs left after the split")
 
+    # Headers first: a missing or mismatched file is a cheaper and clearer error.
+    size = tuple(plan.input_size)
+    train_meta = _inspect(train_pairs, data.image_scale, None)
+    val_meta = _inspect(val_pairs, data.image_scale, size) if val_pairs else None
     mask_values = tuple(data.mask_values or infer_mask_values([p.mask for p in train_pairs]))
     if data.classes is not None and data.classes != len(mask_values):
         raise DataError(
@@ -308,9 +312,6 @@ def build_datasets(
         )
     lut = mask_lut(mask_values)
     batch = plan.micro_batch * plan.replicas
-    size = tuple(plan.input_size)
-
-    train_meta = _inspect(train_pairs, data.image_scale, None)
     crops = [
         crops_for(h, w, size, data.crops_per_image)
         for h, w in zip(train_meta.height, train_meta.width, strict=True)
@@ -319,8 +320,7 @@ def build_datasets(
     train = _train_dataset(train_meta, lut, crops, plan, steps, batch)
 
     val, val_steps = None, 0
-    if val_pairs:
-        val_meta = _inspect(val_pairs, data.image_scale, size)
+    if val_meta is not None:
         n_tiles = sum(
             len(tile_starts(h, size[0])) * len(tile_starts(w, size[1]))
             for h, w in zip(val_meta.height, val_meta.width, strict=True)

@@ -72,8 +72,14 @@ def inspect_image(path: str | os.PathLike, *, mask: bool = False) -> FileInfo:
 # -- Pillow fallbacks (numpy) ----------------------------------------------------------
 
 
-def _pil_image(path: bytes | str) -> np.ndarray:
-    path = path.decode() if isinstance(path, bytes) else path
+def _as_str(path: np.ndarray | bytes | str) -> str:
+    # tf.numpy_function hands a string tensor over as a 0-d numpy array of bytes.
+    path = path.item() if isinstance(path, np.ndarray) else path
+    return os.fsdecode(path)
+
+
+def _pil_image(path: np.ndarray | bytes | str) -> np.ndarray:
+    path = _as_str(path)
     with Image.open(path) as im:
         if im.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
             im = im.convert("RGB")
@@ -94,8 +100,8 @@ def _pil_image(path: bytes | str) -> np.ndarray:
     return out
 
 
-def _pil_mask(path: bytes | str) -> np.ndarray:
-    path = path.decode() if isinstance(path, bytes) else path
+def _pil_mask(path: np.ndarray | bytes | str) -> np.ndarray:
+    path = _as_str(path)
     with Image.open(path) as im:
         if im.mode not in ("P", "PA", "L", "I", "F") and not im.mode.startswith("I;16"):
             im = im.convert("L")  # ITU-R 601 luma, as TensorFlow's channels=1
