@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data import build_datasets, epoch_steps, split_pairs, tile_starts
+from trainer.data import build_datasets
 from trainer.decode import infer_mask_values, load_image, load_mask, load_mask_raw
 from trainer.errors import DataError
 from trainer.pairs import Pair
 from trainer.plan import Plan
+from trainer.sampling import epoch_steps, split_pairs, tile_starts
 
 EPFL = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "epfl-em"
 
