@@ -35,7 +35,9 @@ from trainer.masks import class_values_from_histogram, nearest_class_lut
 IMAGE_RGB, IMAGE_GREY, IMAGE_PIL = 0, 1, 2
 MASK_TF8, MASK_TF16, MASK_PIL = 0, 1, 2
 MASK_DEPTH = 65536  # raw mask values are at most 16-bit
-_TF_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+_TF_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")
+# TensorFlow decodes BMP and GIF to colour only (channels=1 is refused for them).
+_TF_GREY_FORMATS = ("PNG", "JPEG", "MPO")
 _MODES_16 = ("I;16", "I;16B", "I;16L", "I")
 _GREY_MODES = ("1", "L", "LA", "F", *_MODES_16)
 
@@ -59,10 +61,11 @@ def inspect_image(path: str | os.PathLike, *, mask: bool = False) -> FileInfo:
     if not mask:
         if fmt not in _TF_FORMATS:
             return FileInfo(height, width, IMAGE_PIL)
-        return FileInfo(height, width, IMAGE_GREY if mode in _GREY_MODES else IMAGE_RGB)
+        grey = mode in _GREY_MODES and fmt in _TF_GREY_FORMATS
+        return FileInfo(height, width, IMAGE_GREY if grey else IMAGE_RGB)
     if fmt == "PNG" and mode in _MODES_16:
         route = MASK_TF16
-    elif fmt in ("PNG", "JPEG") and mode in ("1", "L", "LA", "RGB", "RGBA"):
+    elif fmt in _TF_GREY_FORMATS and mode in ("1", "L", "LA", "RGB", "RGBA"):
         route = MASK_TF8
     else:
         route = MASK_PIL

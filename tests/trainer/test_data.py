@@ -235,6 +235,20 @@ def test_grey_alpha_and_rgba_inputs_drop_alpha(tmp_path):
     )
 
 
+@pytest.mark.parametrize("ext", ["bmp", "gif", "jpg"])
+def test_grey_bmp_gif_and_jpeg_images_and_masks(tmp_path, ext):
+    grey = np.array([[0, 255], [255, 0]], np.uint8)
+    Image.fromarray(grey).save(tmp_path / f"g.{ext}")
+    img = load_image(tmp_path / f"g.{ext}")
+    assert img.shape == (2, 2, 3)
+    np.testing.assert_allclose(img[..., 1], grey / 255.0, atol=0.1)  # JPEG is lossy
+    if ext == "jpg":  # lossy: the nearest class is what counts
+        np.testing.assert_array_equal(load_mask(tmp_path / "g.jpg", [0, 255]), grey // 255)
+    else:  # a GIF is a palette image: its mask values are palette indices (0, 1 here)
+        expected = grey // 255 if ext == "gif" else grey
+        np.testing.assert_array_equal(load_mask_raw(tmp_path / f"g.{ext}"), expected)
+
+
 def test_fringe_values_map_to_the_nearest_class_and_are_not_classes(tmp_path):
     mask = np.zeros((100, 100), np.uint8)
     mask[:, 50:] = 255
