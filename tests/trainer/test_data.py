@@ -173,6 +173,7 @@ def test_val_tiles_cover_each_image_in_a_fixed_order(tmp_path):
     np.testing.assert_array_equal(tiles, again)
 
 
+@pytest.mark.slow
 def test_memory_cache_gives_the_same_val_data_as_streaming(tmp_path):
     root = _dataset(tmp_path, 6)
     stream = build_datasets(_plan(root, val_fraction=0.4))
