@@ -13,6 +13,7 @@ few decoded images at a time, so memory does not grow with the dataset.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from trainer.augment import AugmentSettings, apply_augment, random_params
 from trainer.decode import (
     IMAGE_PIL,
     MASK_PIL,
+    FileInfo,
     as_rgb,
     decode_image,
     decode_mask_raw,
@@ -112,8 +114,15 @@ class _Meta:
 def _inspect(pairs: list[Pair], scale: float, min_hw: tuple[int, int] | None) -> _Meta:
     """Read headers; sizes at `scale`, resized up (aspect kept) to at least `min_hw` if given."""
     meta = _Meta(pairs, [], [], [], [])
-    for p in pairs:
-        img, mask = inspect_image(p.image), inspect_image(p.mask, mask=True)
+
+    def headers(p: Pair) -> tuple[FileInfo, FileInfo]:
+        return inspect_image(p.image), inspect_image(p.mask, mask=True)
+
+    # File opens wait on the disk (or a network file system) with the GIL released:
+    # threads overlap them. map() keeps the order and re-raises the first DataError.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        infos = list(pool.map(headers, pairs))
+    for p, (img, mask) in zip(pairs, infos, strict=True):
         if (img.height, img.width) != (mask.height, mask.width):
             raise DataError(
                 f"{p.mask}: mask is {mask.width}x{mask.height} but its image {p.image} "
