@@ -29,7 +29,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import DataError
-from trainer.masks import class_values_from_histogram, nearest_class_lut
+from trainer.masks import MAX_CLASSES, class_values_from_histogram, nearest_class_lut
 
 # Decoder routes, stored per file and switched on inside the graph.
 IMAGE_RGB, IMAGE_GREY, IMAGE_PIL = 0, 1, 2
@@ -239,6 +239,12 @@ def infer_mask_values(masks: list[Path], *, sample: int = 32) -> list[int]:
         raise DataError(
             f"{folder}: masks hold fewer than 2 classes (values found: {values}, "
             f"in {len(idx)} sampled masks)",
+            hint="check the mask folder, or set data.mask_values in the plan",
+        )
+    if len(values) > MAX_CLASSES:
+        raise DataError(
+            f"{masks[0].parent}: masks hold {len(values)} well-populated values, more than "
+            f"{MAX_CLASSES}: these look like images, not label maps",
             hint="check the mask folder, or set data.mask_values in the plan",
         )
     return values

@@ -307,6 +307,13 @@ def test_single_class_masks_name_the_mask_folder(tmp_path):
         build_datasets(_plan(tmp_path))
 
 
+def test_photos_in_the_mask_folder_are_not_label_maps(tmp_path):
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "photo.png")
+    with pytest.raises(DataError, match=r"256 well-populated values, more than 64"):
+        infer_mask_values([tmp_path / "photo.png"])
+
+
 def test_size_mismatch_and_class_count_mismatch(tmp_path):
     _dataset(tmp_path, 2)
     with pytest.raises(DataError, match=r"data.classes=3"):
