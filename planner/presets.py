@@ -49,19 +49,19 @@ HEADROOM = 0.10
 MAX_MICRO_BATCH = 64
 
 # Analytic estimate (no TensorFlow), used only to prune what cannot fit at micro-batch 1.
-# Runtime overhead: RSS of TF + Keras + a built model before any tensor (measured
-# 1.0-1.6 GiB on CPU; the lower end is used so pruning stays conservative).
+# Runtime overhead: peak RSS at micro-batch 0 minus 16 bytes per parameter, measured
+# 0.76-1.17 GiB on CPU across the six backbones (docs/planning.md, "Calibration").
 RUNTIME_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(1.0 * GIB), "gpu": int(0.3 * GIB)}
-# Bytes of training activations per input pixel per sample in float32, i.e. the slope
-# of peak RSS over micro-batch divided by height x width (measured at 256x256, batch 1
-# and 4, see docs/planning.md).
+# Bytes of training activations per input pixel per sample in float32: the slope of
+# peak RSS over micro-batch divided by height x width (measured at 256x256, micro-batch
+# 1 and 4, float32, Keras 3.15; docs/planning.md, "Calibration").
 ACTIVATION_BYTES_PER_PIXEL: dict[str, float] = {
-    "unet_small": 1200.0,
-    "mobilenet_v3_small": 900.0,
-    "mobilenet_v3_large": 1500.0,
-    "efficientnet_b0": 2400.0,
-    "efficientnetv2_b0": 2000.0,
-    "resnet50": 3000.0,
+    "unet_small": 800.0,
+    "mobilenet_v3_small": 1700.0,
+    "mobilenet_v3_large": 2300.0,
+    "efficientnet_b0": 2500.0,
+    "efficientnetv2_b0": 1850.0,
+    "resnet50": 2100.0,
 }
 # Activation bytes relative to float32 under each policy (mixed: bf16/fp16 activations,
 # but float32 variables, losses and some casts).
