@@ -168,6 +168,15 @@ def test_frozen_normalization_freezes_every_batchnorm():
     )
 
 
+def test_frozen_batchnorm_from_scratch_is_calibrated_not_identity():
+    # Identity BatchNorm (never trained) made MobileNetV3Small's stride-16/32 features
+    # vanish (std 3e-8 / 1e-10); calibrated statistics keep them at unit scale.
+    model = build_unet("mobilenet_v3_small", (64, 64, 3), 2, normalization="frozen", seed=0)
+    x = model.get_layer("input_scaling")(np.random.rand(2, 64, 64, 3).astype("float32"))
+    stds = [float(np.std(keras.ops.convert_to_numpy(f))) for f in encoder_of(model)(x)]
+    assert min(stds) > 0.05, stds
+
+
 def test_train_normalization_leaves_batchnorm_trainable():
     bns = _batchnorms(build_unet("unet_small", (32, 32, 3), 2, normalization="train"))
     assert bns and all(bn.trainable for bn in bns)
@@ -300,7 +309,10 @@ def test_imagenet_weights_are_loaded_from_the_keras_cache(keras_home):
     )
     _write_legacy_h5(source, keras_home / BACKBONE_INFO["mobilenet_v3_small"]["pretrained_file"])
     # Another input size than the file was written for: no-top weights do not care.
-    model = build_unet("mobilenet_v3_small", (64, 96, 3), 2, weights="imagenet")
+    # "frozen" must keep the file's BatchNorm statistics (only the decoder's are set).
+    model = build_unet(
+        "mobilenet_v3_small", (64, 96, 3), 2, weights="imagenet", normalization="frozen"
+    )
     loaded = encoder_of(model).get_weights()
     expected = source.get_weights()
     assert len(loaded) == len(expected)

@@ -6,7 +6,7 @@ weights lookup reads the pretrained file name. Parameter counts and skip
 channels were measured with `build_unet(..., num_classes=2)` on Keras 3.15 and do
 not depend on the input size (a test checks them); `gflops_256` is the forward
 pass of one 256x256 image in GFLOP (multiply-add = 2), from TensorFlow's graph
-profiler (`docs/models.md`). Training costs about three times the forward pass.
+profiler (`docs/models.md`), `encoder_gflops_256` the same for the encoder alone. Training costs about three times the forward pass.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
         "params": 1_971_777,
         "encoder_params": 1_181_744,
         "gflops_256": 2.37,
+        "encoder_gflops_256": 0.55,
         "min_input_size": 32,
     },
     "mobilenet_v3_small": {
@@ -48,6 +49,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
         "params": 4_267_777,
         "encoder_params": 939_120,
         "gflops_256": 5.82,
+        "encoder_gflops_256": 0.15,
         "min_input_size": 32,
     },
     "mobilenet_v3_large": {
@@ -61,6 +63,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
         "params": 8_274_193,
         "encoder_params": 2_996_352,
         "gflops_256": 7.95,
+        "encoder_gflops_256": 0.58,
         "min_input_size": 32,
     },
     "efficientnet_b0": {
@@ -74,6 +77,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
         "params": 10_115_380,
         "encoder_params": 4_049_571,
         "gflops_256": 9.44,
+        "encoder_gflops_256": 1.05,
         "min_input_size": 32,
     },
     "efficientnetv2_b0": {
@@ -87,6 +91,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
         "params": 11_842_273,
         "encoder_params": 5_919_312,
         "gflops_256": 8.89,
+        "encoder_gflops_256": 1.9,
         "min_input_size": 32,
     },
     "resnet50": {
@@ -100,6 +105,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
         "params": 32_602_641,
         "encoder_params": 23_587_712,
         "gflops_256": 20.7,
+        "encoder_gflops_256": 10.12,
         "min_input_size": 32,
     },
 }

@@ -22,6 +22,8 @@ from trainer.models.encoders import build_application_encoder, build_small_encod
 from trainer.models.layers import (
     NORMALIZATIONS,
     CaffePreprocess,
+    batchnorm_layers,
+    calibrate_batchnorm,
     conv_block,
     freeze_batchnorm,
 )
@@ -108,7 +110,14 @@ def build_unet(
         # constructor and cannot swap them without rebuilding the whole network (and
         # losing the pretrained layout), so their BatchNorm runs in inference mode.
         freeze_batchnorm(model)
+        # Statistics nobody trained: all of them from scratch, the decoder's otherwise.
+        fresh = batchnorm_layers(model if weights_path is None else _decoder_only(model))
+        calibrate_batchnorm(model, fresh, seed)
     return model
+
+
+def _decoder_only(model: keras.Model) -> list:
+    return [layer for layer in model.layers if layer.name != "encoder"]
 
 
 def check_normalization(normalization: str) -> None:
