@@ -158,7 +158,8 @@ def train(
     ] = None,
     max_epochs: Annotated[int | None, typer.Option("--max-epochs", min=1)] = None,
     max_steps: Annotated[
-        int | None, typer.Option("--max-steps", min=1, help="Cap micro-batches per epoch.")
+        int | None,
+        typer.Option("--max-steps", min=1, help="Cap optimizer updates per epoch (quick runs)."),
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the run in this folder.")

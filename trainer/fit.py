@@ -124,11 +124,9 @@ def _datasets(plan: Plan):
 
 
 def _steps(plan: Plan, bundle) -> int:
-    steps = bundle.steps_per_epoch
-    if plan.steps_per_epoch is not None:
-        steps = min(steps, plan.steps_per_epoch)
-    k = plan.accumulation_steps
-    return max(k, steps // k * k)  # whole optimizer updates per epoch
+    # Micro-batches per epoch; the data module already applied plan.steps_per_epoch
+    # (in optimizer updates) and rounded to whole updates.
+    return bundle.steps_per_epoch
 
 
 def _is_oom(exc: BaseException) -> bool:

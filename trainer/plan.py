@@ -378,8 +378,8 @@ class Plan:
             Defaults to `0`; only meaningful with pretrained weights.
         finetune_lr_factor: learning rate multiplier when the encoder is unfrozen.
             Defaults to `0.1`.
-        steps_per_epoch: cap on micro-batches (Keras steps) per epoch, rounded down
-            to whole optimizer updates, or `None` (default): one pass of
+        steps_per_epoch: cap on optimizer updates per epoch (each update is
+            `accumulation_steps` micro-batches), or `None` (default): one pass of
             `data.crops_per_image` crops over the training pairs.
         time_limit_s: wall-time limit for training; stops cleanly after the
             epoch that crosses it, keeping the best weights. `None`: no limit.
