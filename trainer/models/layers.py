@@ -6,9 +6,9 @@
 - `"frozen"`: every BatchNorm layer non-trainable. In Keras 3 that also runs it in
   inference mode (moving statistics, fixed scale and shift), which is what small
   micro-batches need: their batch statistics are noise, and gradient accumulation
-  cannot help because the statistics are computed per micro-batch. A frozen
-  BatchNorm that was never trained is the identity (mean 0, variance 1), so our
-  own convolutions get a bias in this mode to keep a learnable shift.
+  cannot help because the statistics are computed per micro-batch. Statistics
+  nobody trained are calibrated once at build time (`calibrate_batchnorm`), and
+  our own convolutions get a bias in this mode because the frozen shift is fixed.
 - `"group"`: GroupNormalization in the layers we build (independent of the batch
   size); BatchNorm inside `keras.applications` encoders is frozen instead.
 """

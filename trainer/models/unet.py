@@ -58,7 +58,8 @@ def build_unet(
         normalization: `"train"` (default): ordinary BatchNorm; `"frozen"`: every
             BatchNorm layer non-trainable (inference mode), for small
             micro-batches; `"group"`: GroupNorm in the decoder, encoder BatchNorm
-            frozen.
+            frozen. Frozen statistics that no file provides are calibrated on
+            one seeded batch of noise (see `calibrate_batchnorm`).
         seed: seeds Python, NumPy and the backend (`keras.utils.set_random_seed`)
             before building, so initial weights repeat. `None` (default): leave
             the random state alone.
