@@ -380,7 +380,7 @@ def test_efficientnet_b0_imagenet_matches_keras_own_imagenet_model(keras_home, m
     # Deep features of a random encoder are tiny (1e-5 at stride 32): compare every
     # stride relative to its own scale, or the check would pass without the fix.
     ours = encoder_of(model)(x)
-    theirs = keras.Model(reference.inputs, stride_outputs(reference, 64, 64))(x)
+    theirs = keras.Model(reference.input, stride_outputs(reference, 64, 64))(x)
     for a, b in zip(ours, theirs, strict=True):
         a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
         scale = np.abs(b).max()

@@ -85,7 +85,7 @@ def build_application_encoder(
             ) from exc
         if imagenet:
             _match_keras_imagenet_input(backbone, app)
-    return keras.Model(app.inputs, stride_outputs(app, *input_shape[:2]), name="encoder")
+    return keras.Model(app.input, stride_outputs(app, *input_shape[:2]), name="encoder")
 
 
 def _match_keras_imagenet_input(backbone: str, app: keras.Model) -> None:
