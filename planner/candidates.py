@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner import presets
-from planner.trial import TrialSpec
+from planner.trial_spec import TrialSpec
 from trainer.models.backbones import backbone_info
 from trainer.plan import BACKBONES, PRECISIONS
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from planner.trial import TrialResult
+from planner.trial_spec import TrialResult
 
 # A fit whose largest size is under this multiple of its smallest is mostly noise.
 MIN_SPREAD = 3.0

@@ -21,12 +21,16 @@ DEFAULT_SIDES: tuple[int, ...] = (256, 384)
 ALL_SIDES: tuple[int, ...] = (128, 192, 256, 320, 384, 448, 512)
 
 # Precision options by device, preferred first. Default candidates use only the first;
-# the rest are fallbacks. mixed_bfloat16 on a CPU with AVX512_BF16 cut peak memory 8-17%
-# and step time 20-34% here (measured); mixed_float16 on a CPU was 5.7x slower (measured):
-# never planned for a CPU.
+# the rest are options (`--precisions`) whose trials measure them like any candidate.
+# On this CPU (AVX512_BF16, TF 2.21) bfloat16 *training* of conv U-Nets was far slower
+# than float32, though matmuls are faster: Conv2D backprop in bfloat16 took 16-24x the
+# float32 time (conv 4x128x128x96, 3x3), and the MobileNetV3Small U-Net stepped 7x
+# slower at 256x256 (docs/planning.md, "Calibration"), for only ~10% less memory.
+# So float32 stays first on a CPU even with bf16. mixed_float16 on a CPU was 5.7x slower
+# (MEASURED.md): never offered there.
 PRECISIONS: dict[str, tuple[str, ...]] = {
     "cpu": ("float32",),
-    "cpu_bf16": ("mixed_bfloat16", "float32"),
+    "cpu_bf16": ("float32", "mixed_bfloat16"),
     "gpu": ("mixed_float16", "float32"),
     "gpu_bf16": ("mixed_bfloat16", "mixed_float16", "float32"),
 }
@@ -63,9 +67,10 @@ ACTIVATION_BYTES_PER_PIXEL: dict[str, float] = {
     "efficientnetv2_b0": 1850.0,
     "resnet50": 2100.0,
 }
-# Activation bytes relative to float32 under each policy (mixed: bf16/fp16 activations,
-# but float32 variables, losses and some casts).
-ACTIVATION_SCALE: dict[str, float] = {"float32": 1.0, "mixed_bfloat16": 0.6, "mixed_float16": 0.6}
+# Activation bytes relative to float32 under each policy. mixed_bfloat16: 0.9, measured
+# (MobileNetV3Small U-Net, 256x256: slope 94.7 vs 105.6 MiB per sample); float32
+# variables, losses and casts keep it far from 0.5. mixed_float16 (GPU): assumed alike.
+ACTIVATION_SCALE: dict[str, float] = {"float32": 1.0, "mixed_bfloat16": 0.9, "mixed_float16": 0.9}
 # Float32 copies per parameter while training with Adam: weights, gradients, two moments.
 PARAM_COPIES = 4
 # Prune only when the estimate exceeds the allowed budget by this factor: the estimate

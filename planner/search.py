@@ -22,95 +22,34 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from planner import presets
-from planner.candidates import Candidate
-from planner.memory_model import MemoryLine, allowed_bytes, fit_line, largest_fitting
-from planner.trial import TrialResult
+from planner.choice import CandidateMeasurement, Choice, Evaluation
+from planner.memory_model import allowed_bytes, fit_line, largest_fitting
+from planner.trial_spec import TrialResult
 from trainer.errors import BudgetError, FitplanError
 from trainer.plan import SMALL_MICRO_BATCH
+from trainer.sampling import crops_for, epoch_steps
+
+__all__ = [
+    "CandidateMeasurement",
+    "Choice",
+    "Evaluation",
+    "choose",
+    "crops_per_epoch",
+    "epoch_steps",
+]
 
 GIB = presets.GIB
-
-
-@dataclass(frozen=True)
-class CandidateMeasurement:
-    """A candidate and what its trials measured (or why it was never measured)."""
-
-    candidate: Candidate
-    trials: tuple[TrialResult, ...] = ()
-    pruned_reason: str | None = None
-    estimate_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One candidate's verdict: "chosen", "feasible" (ranked lower), "rejected" or "pruned"."""
-
-    candidate: Candidate
-    verdict: str
-    reason: str
-    micro_batch: int = 0
-    accumulation_steps: int = 0
-    predicted_peak_bytes: int | None = None
-    step_time_s: float | None = None
-    epoch_time_s: float | None = None
-    epochs_possible: int | None = None
-    score: float = 0.0
-    line: MemoryLine | None = None
-    need_bytes: int | None = None  # its smallest memory need, for BudgetError
-    need_at: str = ""  # where that need comes from, e.g. "micro-batch 1"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("candidate", "line")}
-        return {**self.candidate.to_dict(), **d, "line": self.line.to_dict() if self.line else None}
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The chosen configuration and the prediction that goes into the plan."""
-
-    candidate: Candidate
-    micro_batch: int
-    accumulation_steps: int
-    effective_batch: int
-    normalization: str
-    epochs: int
-    predicted_peak_bytes: int
-    budget_bytes: int
-    allowed_bytes: int
-    headroom_bytes: int
-    step_time_s: float
-    epoch_time_s: float
-    steps_per_epoch: int
-    score: float
-    line: MemoryLine | None
-    evaluations: tuple[Evaluation, ...]
-    warnings: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["candidate"] = self.candidate.to_dict()
-        d["line"] = self.line.to_dict() if self.line else None
-        d["evaluations"] = [e.to_dict() for e in self.evaluations]
-        d["warnings"] = list(self.warnings)
-        return d
 
 
 def crops_per_epoch(
     n_images: int, native_hw: tuple[int, int] | None, input_hw: tuple[int, int]
 ) -> int:
-    """Training samples per epoch, as `trainer.data.crops_for` counts them by default."""
+    """Training samples per epoch, counted as the trainer counts them (`crops_for`)."""
     if native_hw is None:
         return n_images
-    return n_images * max(1, round(native_hw[0] * native_hw[1] / (input_hw[0] * input_hw[1])))
-
-
-def epoch_steps(crops: int, micro_batch: int, accumulation: int) -> int:
-    """Micro-batches per epoch, rounded up to whole updates (as `trainer.data.epoch_steps`)."""
-    return max(1, -(-crops // (micro_batch * accumulation))) * accumulation
+    return n_images * crops_for(native_hw[0], native_hw[1], input_hw, None)
 
 
 def _step_time(ok: Sequence[TrialResult], mb: int) -> float:
@@ -288,7 +227,7 @@ def choose(
         headroom_bytes=budget_bytes - allowed,
         step_time_s=best.step_time_s,
         epoch_time_s=best.epoch_time_s,
-        steps_per_epoch=steps,
+        micro_batches_per_epoch=steps,
         score=best.score,
         line=best.line,
         evaluations=tuple(final),

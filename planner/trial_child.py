@@ -29,7 +29,7 @@ import traceback
 from typing import Any
 
 from planner.oom import is_oom_error
-from planner.trial import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
+from planner.trial_spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
 from trainer.memory import peak_rss_bytes, reset_peak_rss
 
 _POLL_S = 0.01

@@ -92,7 +92,7 @@ def test_time_budget_forces_the_smaller_backbone():
     # 27 images x 12 crops = 324 samples, micro-batch 16 -> 21 steps per epoch;
     # efficientnet: 21 x 2.0 s x 1.15 = 48.3 s -> 12 epochs < 15: too slow.
     assert c.candidate.backbone == "mobilenet_v3_small"
-    assert c.steps_per_epoch == 21
+    assert c.micro_batches_per_epoch == 21
     assert c.epoch_time_s == pytest.approx(21 * 0.5 * 1.15, rel=1e-6)
     assert c.epochs == 49
     rejected = {e.candidate.backbone: e for e in c.evaluations}["efficientnet_b0"]
