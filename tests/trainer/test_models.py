@@ -175,6 +175,9 @@ def test_frozen_batchnorm_from_scratch_is_calibrated_not_identity():
     x = model.get_layer("input_scaling")(np.random.rand(2, 64, 64, 3).astype("float32"))
     stds = [float(np.std(keras.ops.convert_to_numpy(f))) for f in encoder_of(model)(x)]
     assert min(stds) > 0.05, stds
+    # Too few calibration values per channel once gave near-zero variances: logit std 60.
+    logits = keras.Model(model.input, model.get_layer("logits").output)
+    assert np.std(keras.ops.convert_to_numpy(logits(np.random.rand(4, 64, 64, 3)))) < 5
 
 
 def test_train_normalization_leaves_batchnorm_trainable():

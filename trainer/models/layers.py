@@ -22,6 +22,9 @@ from keras import layers
 
 NORMALIZATIONS = ("train", "frozen", "group")
 
+_CALIBRATION_SAMPLES = 128
+_CALIBRATION_MAX_BATCH = 32
+
 # At most this many groups; every filter count we use (16 ... 256) is divisible by it.
 _GROUPS = 8
 
@@ -96,7 +99,7 @@ def freeze_batchnorm(model: keras.Layer) -> None:
         layer.trainable = False
 
 
-def calibrate_batchnorm(model: keras.Model, bns: list, seed: int | None, batch: int = 2) -> None:
+def calibrate_batchnorm(model: keras.Model, bns: list, seed: int | None) -> None:
     """Set the moving statistics of `bns` from one training-mode pass over random images.
 
     A BatchNorm layer that is frozen before it ever trained is the identity, and a
@@ -106,9 +109,14 @@ def calibrate_batchnorm(model: keras.Model, bns: list, seed: int | None, batch: 
     statistics, so the frozen network normalises roughly as a trained one would at
     the start. Uniform noise in [0, 1] stands in for images (the builder has no data):
     it sets the scale of each layer, which is what matters here. Layers not in `bns`
-    (pretrained ones) stay frozen, so their statistics are untouched. Batch 2 and no
-    gradient tape keep this pass below a training step's memory peak.
+    (pretrained ones) stay frozen, so their statistics are untouched.
     """
+    height, width = model.input_shape[1:3]
+    # At least _CALIBRATION_SAMPLES positions per channel at the 1/32 bottleneck: a
+    # variance from a handful of values is sometimes near zero, and its inverse then
+    # blows activations up layer after layer (logit std 60 with 8 values at 64x64).
+    cells = max(1, (height // 32) * (width // 32))
+    batch = min(_CALIBRATION_MAX_BATCH, max(2, math.ceil(_CALIBRATION_SAMPLES / cells)))
     saved = [(bn.trainable, bn.momentum) for bn in bns]
     for bn in bns:
         bn.trainable, bn.momentum = True, 0.0
