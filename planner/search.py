@@ -107,14 +107,17 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb) -> Evaluation:
             line = fit_line([(r.micro_batch, r.peak_bytes) for r in ok])
         mb = max(mb, largest_fitting(line, budget, headroom, max_micro_batch=cap))
     mb = min(mb, cap)
-    smallest = min(ok, key=lambda r: r.micro_batch)
-    need = int(line.predict(1)) if line is not None else smallest.peak_bytes
-    at = "micro-batch 1" if line is not None else f"micro-batch {smallest.micro_batch}"
+    # Measured beats modelled: a measured size's own peak wherever there is one.
+    measured = {r.micro_batch: r.peak_bytes for r in ok}
+    smallest = min(measured)
+    if line is not None and 1 not in measured:
+        need, at = int(line.predict(1)), "micro-batch 1"
+    else:
+        need, at = measured[smallest], f"micro-batch {smallest}"
     if mb < 1:
         reason = f"needs {need / GIB:.2f} GiB at {at} > allowed {allowed / GIB:.2f} GiB"
         return Evaluation(c, "rejected", reason, line=line, need_bytes=need, need_at=at)
-    measured = {r.micro_batch: r.peak_bytes for r in ok}
-    peak = int(line.predict(mb)) if line is not None else measured[mb]
+    peak = measured[mb] if mb in measured else int(line.predict(mb))
     accum = max(1, math.ceil(target / mb))
     return Evaluation(
         c,

@@ -205,3 +205,14 @@ def test_epoch_counting_mirrors_the_trainer():
     assert crops_per_epoch(10, None, (256, 256)) == 10
     assert epoch_steps(324, 4, 4) == 84  # 21 updates of 4 micro-batches
     assert epoch_steps(3, 8, 2) == 2
+
+
+def test_a_measured_size_beats_the_line():
+    trials = (
+        TrialResult("ok", 1, 1100, 0.1),
+        TrialResult("ok", 4, 1400, 0.4),
+        TrialResult("ok", 6, 1500, 0.6),  # below the least-squares line (~1524)
+    )
+    m = CandidateMeasurement(Candidate("unet_small", (256, 256)), trials)
+    c = pick([m], budget_bytes=1678)  # allowed 1510: the line says 5, the measurement says 6
+    assert c.micro_batch == 6 and c.predicted_peak_bytes == 1500
