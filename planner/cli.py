@@ -74,6 +74,13 @@ def main(
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+BudgetMemoryOpt = Annotated[
+    str | None,
+    typer.Option("--budget-memory", help="Memory the run may use, e.g. 4GiB (default: probed)."),
+]
+BudgetTimeOpt = Annotated[
+    str | None, typer.Option("--budget-time", help="Wall time for training, e.g. 20m or 1h30m.")
+]
 
 
 @app.command()
@@ -143,6 +150,65 @@ def demo_data(
     err.print(f"wrote {n} pairs to {escape(str(path))}", highlight=False)
 
 
+@app.command("plan")
+@handle_errors
+def plan_cmd(
+    data: Annotated[Path, typer.Argument(help="Dataset root holding the image and mask folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Plan file to write.")] = Path("plan.json"),
+    images: Annotated[str, typer.Option(help="Image folder under DATA.")] = "images",
+    masks: Annotated[str, typer.Option(help="Mask folder under DATA.")] = "masks",
+    val: Annotated[Path | None, typer.Option("--val", help="Separate validation root.")] = None,
+    budget_memory: BudgetMemoryOpt = None,
+    budget_time: BudgetTimeOpt = None,
+    backbones: Annotated[
+        str | None, typer.Option("--backbones", help="Comma-separated backbones to consider.")
+    ] = None,
+    sizes: Annotated[
+        str | None, typer.Option("--sizes", help="Comma-separated square crop sides, e.g. 256,384.")
+    ] = None,
+    precisions: Annotated[
+        str | None, typer.Option("--precisions", help="e.g. float32,mixed_bfloat16.")
+    ] = None,
+    effective_batch: Annotated[int, typer.Option("--effective-batch", min=1)] = 16,
+    headroom: Annotated[float, typer.Option("--headroom", min=0.0, max=0.9)] = 0.1,
+    weights: Annotated[
+        str, typer.Option(help="Encoder weights: none, imagenet or a file.")
+    ] = "none",
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure candidates in child processes and write the plan that fits the budgets."""
+    from planner.make_plan import make_plan
+    from planner.plan_view import plan_table
+    from planner.units import parse_bytes, parse_duration, parse_int_list, parse_list
+
+    result = make_plan(
+        data,
+        images=images,
+        masks=masks,
+        val=val,
+        out=out,
+        weights=weights,
+        budget_memory=parse_bytes(budget_memory) if budget_memory else None,
+        budget_time_s=parse_duration(budget_time) if budget_time else None,
+        backbones=parse_list(backbones, "--backbones"),
+        sizes=parse_int_list(sizes, "--sizes"),
+        precisions=parse_list(precisions, "--precisions"),
+        effective_batch=effective_batch,
+        headroom=headroom,
+        log=lambda line: err.print(line, highlight=False, markup=False),
+    )
+    err.print(
+        f"wrote {out}: planning took {result.planning_time_s:.0f} s, "
+        f"{result.children} child processes",
+        highlight=False,
+        markup=False,
+    )
+    if json_out:
+        print_json(result.plan.to_dict())
+    else:
+        Console().print(plan_table(result.plan.to_dict()))
+
+
 @app.command()
 @handle_errors
 def train(
@@ -164,6 +230,14 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the run in this folder.")
     ] = None,
+    auto: Annotated[
+        Path | None,
+        typer.Option("--auto", help="Hands-off: probe, scan, plan and train this dataset."),
+    ] = None,
+    images: Annotated[str, typer.Option(help="Image folder under DATA (--auto).")] = "images",
+    masks: Annotated[str, typer.Option(help="Mask folder under DATA (--auto).")] = "masks",
+    budget_memory: BudgetMemoryOpt = None,
+    budget_time: BudgetTimeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a plan (`--plan P --out RUN`) or continue a killed run (`--resume RUN`)."""
@@ -171,8 +245,13 @@ def train(
     from trainer.plan import load_plan
     from trainer.progress import RichProgress
 
+    if auto is not None:
+        if out is None:
+            raise typer.BadParameter("--auto needs --out RUN")
+        _train_auto(auto, out, val, images, masks, budget_memory, budget_time, json_out)
+        return
     if resume is None and (plan is None or out is None):
-        raise typer.BadParameter("give --plan and --out, or --resume RUN")
+        raise typer.BadParameter("give --plan and --out, --resume RUN, or --auto DATA --out RUN")
     p = load_plan(resume / "plan.json" if resume is not None else plan)
     progress = RichProgress(epochs=max_epochs or p.epochs, console=err)
     try:
@@ -191,6 +270,38 @@ def train(
     finally:
         progress.close()
     _render_train_result(result.metrics, result.run_dir, json_out)
+
+
+def _train_auto(data, out, val, images, masks, budget_memory, budget_time, json_out) -> None:
+    from planner.auto import auto_train
+    from planner.units import parse_bytes, parse_duration
+    from trainer.progress import RichProgress
+
+    progress = RichProgress(epochs=0, console=err)  # epochs known once planned
+
+    def log(line: str) -> None:
+        err.print(line, highlight=False, markup=False)
+
+    try:
+        result, trained = auto_train(
+            data,
+            out,
+            val=val,
+            images=images,
+            masks=masks,
+            budget_memory=parse_bytes(budget_memory) if budget_memory else None,
+            budget_time_s=parse_duration(budget_time) if budget_time else None,
+            callbacks=[progress],
+            log=log,
+        )
+    finally:
+        progress.close()
+    metrics = {
+        **trained.metrics,
+        "planning_time_s": round(result.planning_time_s, 2),
+        "planning_children": result.children,
+    }
+    _render_train_result(metrics, trained.run_dir, json_out)
 
 
 def _s(p: Path | None) -> str | None:
@@ -226,6 +337,100 @@ def _render_train_result(metrics: dict[str, Any], run_dir: Path, json_out: bool)
             v = f"{v:.4g}"
         table.add_row(key, str(v))
     Console().print(table)
+
+
+RunArg = Annotated[Path, typer.Argument(help="Run folder written by `fitplan train`.")]
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run: RunArg,
+    data: Annotated[Path, typer.Argument(help="Dataset root holding the image and mask folders.")],
+    images: Annotated[str, typer.Option(help="Image folder under DATA.")] = "images",
+    masks: Annotated[str, typer.Option(help="Mask folder under DATA.")] = "masks",
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a run on a labelled set: Dice, IoU, precision and recall per class (native size)."""
+    from planner.use_views import evaluation_table, file_progress
+    from trainer.evaluate import evaluate as evaluate_run
+
+    with file_progress(err, "evaluating") as progress:
+        result = evaluate_run(run, data, images=images, masks=masks, progress=progress)
+    if json_out:
+        print_json(result)
+    else:
+        Console().print(evaluation_table(result))
+
+
+@app.command()
+@handle_errors
+def predict(
+    run: RunArg,
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the mask PNGs.")],
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Also write NAME_overlay.png (mask over image).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write one mask PNG per input at its own size (0/255 binary, class index multi-class)."""
+    from planner.use_views import file_progress
+    from trainer.predict import predict as predict_masks
+
+    with file_progress(err, "predicting") as progress:
+        written = predict_masks(run, inputs, out, overlay=overlay, progress=progress)
+    if json_out:
+        print_json([str(p) for p in written])
+    else:
+        err.print(f"wrote {len(written)} masks to {escape(str(out))}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def export(
+    run: RunArg,
+    fmt: Annotated[
+        str, typer.Option("--format", help="keras, savedmodel (a folder) or tflite.")
+    ] = "keras",
+    quantize: Annotated[
+        str | None, typer.Option(help="float16 or int8 (tflite only; int8 needs the data).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Target file/folder (default RUN/export/...).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset root (default: the plan's data.path).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export the best model; checks it predicts like the trained model and prints its size."""
+    from planner.use_views import export_line
+    from trainer.export import export as export_run
+
+    result = export_run(run, fmt, quantize, out, data_root=data)
+    if json_out:
+        print_json(result)
+    else:
+        Console().print(escape(export_line(result)), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def report(
+    run: RunArg,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default RUN/report.html).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset root for the validation images.")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report: curves, memory plan, validation predictions."""
+    from planner.report import report as write_report
+
+    path = write_report(run, out, data_root=data)
+    typer.echo(str(path))  # on stdout, so `open "$(fitplan report RUN)"` works
 
 
 if __name__ == "__main__":  # pragma: no cover

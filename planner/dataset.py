@@ -11,7 +11,6 @@ Bad pairs are excluded and named, never raised: only `require_trainable` turns
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from planner.fingerprint import (
 from planner.imageinfo import FileInfo, decoded_bytes, inspect, read_and_hash
 from planner.scan_report import scan_table, warnings
 from planner.scan_values import mask_summary
+from trainer.digest import digest_entries
 from trainer.errors import DataError
 from trainer.pairs import IMAGE_EXTENSIONS, find_pairs, resolve_folders
 
@@ -192,17 +192,11 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
 
 
 def _digest(files: list[tuple[str, FileInfo]]) -> str:
-    """SHA-256 over every scanned file's relative path, size and content hash, in path order.
+    """The dataset digest (`trainer.digest`: the trainer recomputes it with the same rule).
 
-    Content, not mtimes: a copy (`cp -r`, `git clone`, rsync without -t) keeps the
-    digest, a same-size edit within one timestamp tick does not, and the bytes are
-    read for the integrity checks anyway. Relative paths keep it independent of
-    where the dataset lives.
+    The bytes are read for the integrity checks anyway, so hashing them here is free.
     """
-    h = hashlib.sha256(b"fitplan-dataset-digest-v1\n")
-    for name, info in sorted(files, key=lambda t: t[0]):
-        h.update(os.fsencode(name) + b"\0" + f"{info.size_bytes}\0{info.sha256}\n".encode())
-    return "sha256:" + h.hexdigest()
+    return digest_entries((name, info.size_bytes, info.sha256) for name, info in files)
 
 
 def _skipped(img_dir: Path, mask_dir: Path, rel: Any) -> dict[str, Any]:

@@ -129,3 +129,12 @@ class Objective:
 
 DEFAULT_OBJECTIVE = Objective()
 TARGET_EFFECTIVE_BATCH = 16
+
+# -- make_plan --------------------------------------------------------------------------
+
+# Under a time budget, stop starting new trial children once planning has used this
+# share of it: the rest is for training.
+PLANNING_SHARE = 0.35
+# Cache decoded pairs in RAM (plan data.cache = "memory") only when they take at most this
+# share of the memory the chosen micro-batch leaves unused under the allowed budget.
+CACHE_SHARE_OF_SPARE = 0.5

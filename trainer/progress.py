@@ -33,6 +33,8 @@ class RichProgress(keras.callbacks.Callback):
         self._epoch_times: list[float] = []
 
     def on_train_begin(self, logs=None):
+        if not self.epochs:  # not known when the display was made (train --auto)
+            self.epochs = int(self.params.get("epochs") or 0)
         if self.progress is None:
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs_total]}"),

@@ -176,9 +176,13 @@ def precision_advice(report: dict, budget: dict) -> dict:
         return _advice("float32", f"{name}: no tensor cores, mixed precision gains nothing")
     cpu = report.get("cpu") or {}
     if cpu.get("bfloat16_fast"):
+        # MEASURED.md reports 20-34% faster steps on an AVX512_BF16 CPU, but the planner's
+        # own trials found Conv2D backprop in bfloat16 16-24x slower than float32 with
+        # TF 2.21 (docs/planning.md): the dry runs decide; advise float32 until they do.
         return _advice(
-            "mixed_bfloat16",
-            "CPU has AVX512_BF16/AMX: measured 20-34% faster steps and 8-17% less memory",
+            "float32",
+            "CPU has AVX512_BF16/AMX, but bfloat16 conv training measured slower than float32 "
+            "in TF 2.21; `fitplan plan --precisions float32,mixed_bfloat16` measures both",
         )
     # mixed_float16 is never advised on a CPU: measured 5.7x slower (MEASURED.md).
     return _advice(

@@ -271,10 +271,13 @@ def test_precision_advice_on_gpu(cc, policy):
     assert advice["policy"] == policy and cc in advice["reason"]
 
 
-@pytest.mark.parametrize("fast, policy", [(True, "mixed_bfloat16"), (False, "float32")])
-def test_precision_advice_on_cpu_never_float16(fast, policy):
+@pytest.mark.parametrize("fast", [True, False])
+def test_precision_advice_on_cpu_is_float32(fast):
+    # bfloat16 conv training measured 16-24x slower than float32 here (docs/planning.md);
+    # the planner's trials can still measure it on request.
     advice = hardware.precision_advice({"cpu": {"bfloat16_fast": fast}}, {"device": "cpu"})
-    assert advice["policy"] == policy
+    assert advice["policy"] == "float32"
+    assert ("--precisions" in advice["reason"]) == fast
 
 
 # --- cgroups ----------------------------------------------------------------------------------

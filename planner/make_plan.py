@@ -1,0 +1,387 @@
+"""`make_plan`: probe, scan, measure candidates in child processes, choose, verify, write a plan.
+
+The stages are the modules of this package; this one only orders them and records
+what each found in the plan's `evidence`, so a plan explains itself:
+
+    hardware.probe -> dataset.scan -> candidates (+ analytic prune) -> trial children
+    -> search.choose (memory line + objective) -> memory_model.verify (one more child)
+    -> trainer.plan.Plan
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner import candidates as cand
+from planner import presets
+from planner.choice import CandidateMeasurement, Choice
+from planner.memory_model import verify
+from planner.search import choose
+from planner.trial import measure_one, run_trial
+from trainer.errors import BudgetError, FitplanError
+from trainer.pairs import Pair
+from trainer.plan import DataSpec, Plan, save_plan
+from trainer.sampling import split_pairs
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PlanResult:
+    """The plan and how it was made: the search's choice, planning time and child count."""
+
+    plan: Plan
+    choice: Choice
+    planning_time_s: float
+    children: int
+    traces: int
+    fingerprint: dict[str, Any]
+    hardware: dict[str, Any]
+
+
+def make_plan(
+    data: str | Path,
+    *,
+    images: str = "images",
+    masks: str = "masks",
+    val: str | Path | None = None,
+    budget_memory: int | None = None,
+    budget_time_s: float | None = None,
+    backbones: Sequence[str] | None = None,
+    sizes: Sequence[int] | None = None,
+    precisions: Sequence[str] | None = None,
+    effective_batch: int = presets.TARGET_EFFECTIVE_BATCH,
+    headroom: float = presets.HEADROOM,
+    weights: str = "none",
+    out: str | Path | None = None,
+    count_planning_time: bool = False,
+    log: Log | None = None,
+    trial_timeout_s: float = presets.TRIAL_TIMEOUT_S,
+) -> PlanResult:
+    """Measure this machine on this dataset and return (and optionally write) a plan.
+
+    Args:
+        data: dataset root with the image and mask folders.
+        images, masks: folder names under `data`.
+        val: a separate validation root, or `None`: the trainer splits `val_fraction` off.
+        budget_memory: bytes the run may use; `None` (default): the probe's budget.
+        budget_time_s: wall time for training; `None` (default): no limit.
+        backbones, sizes, precisions: restrict the candidates; `None`: the presets.
+        effective_batch: micro-batch x accumulation to reach. Defaults to `16`.
+        headroom: share of the budget kept free. Defaults to `0.1`.
+        weights: encoder weights for the plan (`none`, `imagenet`, a path).
+        out: write the plan here (atomically) when given.
+        count_planning_time: subtract planning time from `budget_time_s` (`train --auto`).
+        log: receives one line per stage (progress for the CLI).
+        trial_timeout_s: time limit of each trial child.
+    """
+    from planner import dataset, hardware
+
+    t0 = time.monotonic()
+    say = log or (lambda _msg: None)
+    hw = hardware.probe(out_dir=Path(out).parent if out else Path("."), with_tensorflow=False)
+    budget = dict(hw["budget"])
+    device = budget["device"]
+    if budget_memory is not None:
+        if budget_memory > budget["bytes"]:
+            say(
+                f"warning: --budget-memory {_gib(budget_memory)} is more than this machine's "
+                f"budget {_gib(budget['bytes'])} ({budget['derivation']})"
+            )
+        budget.update(bytes=int(budget_memory), source="user", derivation="--budget-memory")
+    say(f"budget: {_gib(budget['bytes'])} on {device} ({budget['derivation']})")
+
+    fp = dataset.scan(Path(data), images=images, masks=masks)
+    dataset.require_trainable(fp)
+    native_hw = tuple(fp["image_size"]["median"])
+    num_classes = int(fp["classes"])
+    n_train = _train_count(fp, val)
+    say(
+        f"dataset: {fp['pairs']} pairs ({n_train} for training), {native_hw[0]}x{native_hw[1]}, {fp['task']}"
+    )
+
+    bf16 = bool(hw.get("cpu", {}).get("bfloat16_fast")) if device == "cpu" else _gpu_bf16(hw)
+    cands = cand.default_candidates(
+        native_hw, device=device, bf16=bf16, backbones=backbones, sides=sizes, precisions=precisions
+    )
+    kept, pruned = cand.prune(
+        cands,
+        budget_bytes=budget["bytes"],
+        headroom=headroom,
+        num_classes=num_classes,
+        device=device,
+    )
+    measurements = [
+        CandidateMeasurement(p.candidate, pruned_reason=p.reason, estimate_bytes=p.estimate_bytes)
+        for p in pruned
+    ]
+    for p in pruned:
+        say(f"pruned {p.candidate.label}: {p.reason}")
+    pids: set[int] = set()
+    traces = 0
+    limit = budget["bytes"]
+    for c in kept:
+        if (
+            budget_time_s is not None
+            and time.monotonic() - t0 > presets.PLANNING_SHARE * budget_time_s
+        ):
+            reason = f"not measured: planning already used {presets.PLANNING_SHARE:.0%} of the time budget"
+            measurements.append(CandidateMeasurement(c, pruned_reason=reason))
+            say(f"skipped {c.label}: {reason}")
+            continue
+        say(
+            f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} (one child)..."
+        )
+        spec = cand.trial_spec(c, num_classes=num_classes, device=device)
+        results = run_trial(spec, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
+        pids |= {r.child_pid for r in results if r.child_pid}
+        traces += sum(r.traces or 0 for r in results)
+        measurements.append(CandidateMeasurement(c, trials=tuple(results)))
+        say("  " + "; ".join(_trial_line(r) for r in results))
+
+    def time_left() -> float | None:
+        if budget_time_s is None:
+            return None
+        return budget_time_s - (time.monotonic() - t0 if count_planning_time else 0.0)
+
+    choice, verify_steps = _choose_and_verify(
+        measurements,
+        budget["bytes"],
+        headroom,
+        time_left,
+        n_train,
+        native_hw,
+        effective_batch,
+        num_classes,
+        device,
+        limit,
+        trial_timeout_s,
+        pids,
+        say,
+    )
+    traces += sum(1 for _ in verify_steps)  # each verification child traces once
+    planning_time = time.monotonic() - t0
+    plan = _build_plan(
+        choice,
+        verify_steps,
+        fp,
+        hw,
+        budget,
+        data,
+        images,
+        masks,
+        val,
+        weights,
+        budget_time_s,
+        count_planning_time,
+        planning_time,
+        len(pids),
+        traces,
+    )
+    if out is not None:
+        save_plan(plan, out)
+    return PlanResult(plan, choice, planning_time, len(pids), traces, fp, hw)
+
+
+def _choose_and_verify(
+    measurements,
+    budget,
+    headroom,
+    time_left,
+    n_train,
+    native_hw,
+    target,
+    num_classes,
+    device,
+    limit,
+    timeout_s,
+    pids,
+    say,
+):
+    """Choose; verify the choice with one measured run; if it fails, drop it and choose again."""
+    measurements = list(measurements)
+    for _ in range(3):
+        choice = choose(
+            measurements,
+            budget_bytes=budget,
+            headroom=headroom,
+            time_budget_s=time_left(),
+            n_train_samples=n_train,
+            native_hw=native_hw,
+            target_effective_batch=target,
+        )
+        c, mb = choice.candidate, choice.micro_batch
+        m = next(x for x in measurements if x.candidate == c)
+        measured = {r.micro_batch: r for r in m.trials if r.ok}
+        if mb in measured or choice.line is None:
+            say(f"chose {c.label} micro-batch {mb}: measured directly, no verification needed")
+            return choice, []
+        say(
+            f"chose {c.label} micro-batch {mb} (predicted {_gib(choice.predicted_peak_bytes)}); verifying..."
+        )
+        spec = cand.trial_spec(c, num_classes=num_classes, device=device)
+
+        def measure(size: int, spec=spec):
+            r = measure_one(spec, size, timeout_s=timeout_s, memory_limit_bytes=limit)
+            if r.child_pid:
+                pids.add(r.child_pid)
+            return r
+
+        got, line, steps = verify(choice.line, mb, measure, budget, headroom)
+        for s in steps:
+            say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
+        if got >= 1:
+            peak = next(s.peak_bytes for s in steps if s.action == "accepted")
+            accum = max(1, math.ceil(target / got))
+            choice = dataclasses.replace(
+                choice,
+                micro_batch=got,
+                accumulation_steps=accum,
+                effective_batch=got * accum,
+                normalization="frozen" if got < 8 else "train",
+                predicted_peak_bytes=int(peak),
+                line=line,
+            )
+            return choice, steps
+        say(f"  {c.label} failed verification; choosing again without it")
+        measurements = [
+            x
+            if x.candidate != c
+            else dataclasses.replace(
+                x, trials=(), pruned_reason="failed verification: " + steps[-1].reason
+            )
+            for x in measurements
+        ]
+    raise BudgetError("no candidate passed verification within three tries")
+
+
+def _build_plan(
+    choice,
+    verify_steps,
+    fp,
+    hw,
+    budget,
+    data,
+    images,
+    masks,
+    val,
+    weights,
+    budget_time_s,
+    count_planning_time,
+    planning_time,
+    children,
+    traces,
+) -> Plan:
+    c = choice.candidate
+    cache, cache_bytes = _cache_decision(fp, choice, budget["bytes"])
+    time_limit = None
+    if budget_time_s is not None:
+        time_limit = float(budget_time_s)  # counted from the start of planning under --auto
+    prediction = {
+        "peak_bytes": int(choice.predicted_peak_bytes + cache_bytes),
+        "train_step_peak_bytes": int(choice.predicted_peak_bytes),
+        "cache_bytes": int(cache_bytes),
+        "step_time_s": round(choice.step_time_s, 4),
+        "epoch_time_s": round(choice.epoch_time_s, 2),
+        "epochs": int(choice.epochs),
+        "micro_batches_per_epoch": int(choice.micro_batches_per_epoch),
+        "headroom_bytes": int(choice.headroom_bytes),
+        "budget_bytes": int(budget["bytes"]),
+        "verified": bool(verify_steps) or "measured directly",
+    }
+    evidence = {
+        "planning_time_s": round(planning_time, 2),
+        "children": children,
+        "traces": traces,
+        "budget": budget,
+        "choice": choice.to_dict(),
+        "verification": [s.to_dict() for s in verify_steps],
+        "dataset": {
+            k: fp.get(k)
+            for k in (
+                "pairs",
+                "image_size",
+                "task",
+                "classes",
+                "mask_values",
+                "decoded_bytes",
+                "total_bytes",
+                "digest",
+            )
+        },
+        "hardware": {
+            "cpu": hw.get("cpu", {}).get("model"),
+            "gpus": [g.get("name") for g in hw.get("gpus", [])],
+        },
+    }
+    raw = {
+        "version": 1,
+        "backbone": c.backbone,
+        "input_size": list(c.input_size),
+        "micro_batch": choice.micro_batch,
+        "accumulation_steps": choice.accumulation_steps,
+        "precision": c.precision,
+        "weights": weights,
+        "normalization": choice.normalization,
+        "epochs": int(choice.epochs),
+        "time_limit_s": time_limit,
+        "data": {
+            "path": str(data),
+            "images": images,
+            "masks": masks,
+            "val": str(val) if val is not None else None,
+            "cache": cache,
+            "mask_values": list(fp["mask_values"]),
+            "fingerprint": fp["digest"],
+        },
+        "target": {
+            "device": budget["device"],
+            "device_name": budget.get("device_name"),
+            "budget_bytes": int(budget["bytes"]),
+            "budget_source": budget["source"],
+        },
+        "prediction": prediction,
+        "evidence": evidence,
+    }
+    try:
+        return Plan.from_dict(raw)
+    except FitplanError as exc:  # a planner bug, not a user mistake: keep the details
+        raise FitplanError(f"the planner produced an invalid plan: {exc}") from exc
+
+
+def _cache_decision(fp: dict[str, Any], choice: Choice, budget: int) -> tuple[str, int]:
+    """Keep decoded pairs in RAM only when they fit in a small share of the headroom."""
+    decoded = int(fp.get("decoded_bytes") or 0)
+    spare = choice.allowed_bytes - choice.predicted_peak_bytes
+    if decoded and decoded <= presets.CACHE_SHARE_OF_SPARE * spare:
+        return "memory", decoded
+    return "stream", 0
+
+
+def _train_count(fp: dict[str, Any], val) -> int:
+    if val is not None:
+        return int(fp["pairs"])
+    # The trainer's own split rule, on the scan's good pairs: the same count it will train on.
+    pairs = [Pair(k, Path(k), Path(k)) for k in fp["pair_keys"]]
+    train, _ = split_pairs(pairs, DataSpec(path=".").val_fraction)
+    return len(train)
+
+
+def _gpu_bf16(hw: dict[str, Any]) -> bool:
+    return "bfloat16" in str(hw.get("precision_advice", {}).get("policy", ""))
+
+
+def _trial_line(r) -> str:
+    if r.ok:
+        return f"mb {r.micro_batch}: {_gib(r.peak_bytes)}, {r.step_time_s:.2f} s/step"
+    return f"mb {r.micro_batch}: {r.status} ({r.reason})"
+
+
+def _gib(n: float | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GiB"

@@ -1,0 +1,85 @@
+"""Rendering a plan for people: the candidates table and the summary (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+
+def _gib(n: Any) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f}"
+
+
+def plan_table(plan_dict: dict[str, Any]) -> Group:
+    """Candidates with their verdicts, then the chosen plan and its prediction."""
+    ev = plan_dict.get("evidence") or {}
+    pred = plan_dict.get("prediction") or {}
+    rows = (ev.get("choice") or {}).get("evaluations", [])
+    cands = Table(title="candidates", show_lines=False)
+    for col in (
+        "backbone",
+        "input",
+        "precision",
+        "verdict",
+        "micro-batch",
+        "peak GiB",
+        "s/step",
+        "epoch s",
+        "epochs",
+        "score",
+        "reason",
+    ):
+        cands.add_column(col, overflow="fold")
+    for r in rows:
+        style = "bold green" if r.get("verdict") == "chosen" else None
+        size = r.get("input_size") or ["?", "?"]
+        cands.add_row(
+            r.get("backbone", "?"),
+            f"{size[0]}x{size[1]}",
+            r.get("precision", "?"),
+            r.get("verdict", "?"),
+            str(r.get("micro_batch") or "-"),
+            _gib(r.get("predicted_peak_bytes")),
+            f"{r['step_time_s']:.2f}" if r.get("step_time_s") else "-",
+            f"{r['epoch_time_s']:.0f}" if r.get("epoch_time_s") else "-",
+            str(r.get("epochs_possible") or "-"),
+            f"{r.get('score', 0):.3f}",
+            r.get("reason", ""),
+            style=style,
+        )
+    summary = Table(title="plan", show_header=False)
+    size = plan_dict["input_size"]
+    summary.add_row(
+        "backbone", f"{plan_dict['backbone']} at {size[0]}x{size[1]}, {plan_dict['precision']}"
+    )
+    summary.add_row(
+        "batch",
+        f"micro-batch {plan_dict['micro_batch']} x accumulation {plan_dict['accumulation_steps']}"
+        f" = effective {plan_dict['micro_batch'] * plan_dict['accumulation_steps']}"
+        f", BatchNorm {plan_dict['normalization']}",
+    )
+    summary.add_row("data", f"{plan_dict['data']['cache']}")
+    target = plan_dict.get("target") or {}
+    summary.add_row(
+        "memory",
+        f"predicted peak {_gib(pred.get('peak_bytes'))} GiB of budget {_gib(target.get('budget_bytes'))} GiB"
+        f" ({target.get('budget_source')}), headroom {_gib(pred.get('headroom_bytes'))} GiB",
+    )
+    summary.add_row(
+        "time",
+        f"{pred.get('step_time_s', 0):.2f} s/step, {pred.get('epoch_time_s', 0):.0f} s/epoch, "
+        f"up to {plan_dict['epochs']} epochs"
+        + (
+            f", limit {plan_dict['time_limit_s'] / 60:.1f} min"
+            if plan_dict.get("time_limit_s")
+            else ""
+        ),
+    )
+    summary.add_row(
+        "planning",
+        f"{ev.get('planning_time_s', 0):.0f} s, {ev.get('children', 0)} child processes, "
+        f"{ev.get('traces', 0)} graph traces",
+    )
+    return Group(cands, summary)
