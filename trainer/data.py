@@ -13,7 +13,7 @@ few decoded images at a time, so memory does not grow with the dataset.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +28,13 @@ from trainer.decode import (
     decode_image,
     decode_mask_raw,
     infer_mask_values,
-    inspect_image,
     load_image,
     load_mask,
     mask_lut,
     to_classes,
 )
-from trainer.errors import DataError
+from trainer.errors import DataError, FitplanWarning
+from trainer.integrity import check_pairs
 from trainer.pairs import Pair, find_pairs
 from trainer.plan import DataSpec, Plan
 from trainer.sampling import crops_for, epoch_steps, split_pairs, tile_starts
@@ -111,23 +111,13 @@ class _Meta:
         }
 
 
-def _inspect(pairs: list[Pair], scale: float, min_hw: tuple[int, int] | None) -> _Meta:
-    """Read headers; sizes at `scale`, resized up (aspect kept) to at least `min_hw` if given."""
+def _inspect(
+    pairs: list[Pair], infos: dict[Pair, tuple[FileInfo, FileInfo]], scale: float, min_hw
+) -> _Meta:
+    """Sizes at `scale` (from checked headers), resized up (aspect kept) to at least `min_hw`."""
     meta = _Meta(pairs, [], [], [], [])
-
-    def headers(p: Pair) -> tuple[FileInfo, FileInfo]:
-        return inspect_image(p.image), inspect_image(p.mask, mask=True)
-
-    # File opens wait on the disk (or a network file system) with the GIL released:
-    # threads overlap them. map() keeps the order and re-raises the first DataError.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        infos = list(pool.map(headers, pairs))
-    for p, (img, mask) in zip(pairs, infos, strict=True):
-        if (img.height, img.width) != (mask.height, mask.width):
-            raise DataError(
-                f"{p.mask}: mask is {mask.width}x{mask.height} but its image {p.image} "
-                f"is {img.width}x{img.height}"
-            )
+    for p in pairs:
+        img, mask = infos[p]
         h, w = max(1, round(img.height * scale)), max(1, round(img.width * scale))
         if min_hw is not None and (h < min_hw[0] or w < min_hw[1]):
             f = max(min_hw[0] / h, min_hw[1] / w)
@@ -139,8 +129,22 @@ def _inspect(pairs: list[Pair], scale: float, min_hw: tuple[int, int] | None) ->
     return meta
 
 
-def _find(root: str | Path, data: DataSpec) -> list[Pair]:
+def _find(
+    root: str | Path, data: DataSpec
+) -> tuple[list[Pair], dict[Pair, tuple[FileInfo, FileInfo]]]:
+    """The usable pairs under `root` and their headers; bad pairs excluded with a warning.
+
+    Excluding, not refusing, matches `fitplan scan`: one corrupt file among thousands
+    must not cost the run, and a corrupt file met mid-epoch would (docs/reliability.md).
+    """
     found = find_pairs(root, data.images, data.masks)
+    unpaired = found.unpaired_images + found.unpaired_masks
+    if unpaired:
+        shown = ", ".join(str(p) for p in unpaired[:3]) + (", ..." if len(unpaired) > 3 else "")
+        n = len(unpaired)
+        _warn(f"{n} file{'s' * (n != 1)} without a partner, not trained on: {shown}")
+    for dup in found.duplicates:
+        _warn(f"{dup}: another file has the same name without extension; not trained on")
     if not found.pairs:
         folder = Path(root) / data.images
         raise DataError(
@@ -148,7 +152,20 @@ def _find(root: str | Path, data: DataSpec) -> list[Pair]:
             hint=f"{len(found.unpaired_images)} images and {len(found.unpaired_masks)} masks "
             f"without a partner in {data.masks}; masks must share the image's name",
         )
-    return found.pairs
+    pairs, infos, excluded = check_pairs(found.pairs)
+    for bad in excluded:
+        _warn(str(bad))
+    if not pairs:
+        raise DataError(
+            f"{Path(root) / data.images}: all {len(excluded)} image/mask pairs are unusable "
+            f"(first: {excluded[0]})",
+            hint="`fitplan scan` lists every file and its problem",
+        )
+    return pairs, infos
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, FitplanWarning, stacklevel=3)
 
 
 # -- datasets ------------------------------------------------------------------------------
@@ -258,25 +275,28 @@ def build_datasets(
         val_path: validation root overriding `plan.data.val`. `None`: use the plan's
             (and when that is `None` too, split `plan.data.val_fraction` off by key).
 
+    Pairs whose files are unreadable, truncated, empty, too large or of mismatched
+    sizes are excluded with a `FitplanWarning` naming the file (`trainer.integrity`).
+
     Raises:
-        DataError: naming the folder or file when there are no pairs, no training
-            pairs, unreadable headers, image/mask size mismatches or fewer than 2 classes.
+        DataError: naming the folder or file when there are no pairs, no usable pairs,
+            no training pairs or fewer than 2 classes.
     """
     data = plan.data
     root = data_path or data.path
     val_root = val_path or data.val
-    pairs = _find(root, data)
+    pairs, infos = _find(root, data)
     if val_root is not None:
-        train_pairs, val_pairs = pairs, _find(val_root, data)
+        val_found, val_infos = _find(val_root, data)
+        train_pairs, val_pairs, infos = pairs, val_found, {**infos, **val_infos}
     else:
         train_pairs, val_pairs = split_pairs(pairs, data.val_fraction)
     if not train_pairs:
         raise DataError(f"{Path(root) / data.images}: no training pairs left after the split")
 
-    # Headers first: a missing or mismatched file is a cheaper and clearer error.
     size = tuple(plan.input_size)
-    train_meta = _inspect(train_pairs, data.image_scale, None)
-    val_meta = _inspect(val_pairs, data.image_scale, size) if val_pairs else None
+    train_meta = _inspect(train_pairs, infos, data.image_scale, None)
+    val_meta = _inspect(val_pairs, infos, data.image_scale, size) if val_pairs else None
     mask_values = tuple(data.mask_values or infer_mask_values([p.mask for p in train_pairs]))
     if data.classes is not None and data.classes != len(mask_values):
         raise DataError(

@@ -74,6 +74,12 @@ class TrainingOOMError(FitplanError):
     exit_code = 10
 
 
+class FitplanWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints
+    one yellow line): a pair excluded from training, a plan made for other data or
+    for more memory than this machine has now."""
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "other fitplan error",

@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainer.data import build_datasets
 from trainer.decode import infer_mask_values, load_image, load_mask, load_mask_raw
-from trainer.errors import DataError
+from trainer.errors import DataError, FitplanWarning
 from trainer.pairs import Pair
 from trainer.plan import Plan
 from trainer.sampling import epoch_steps, split_pairs, tile_starts
@@ -319,15 +319,18 @@ def test_size_mismatch_and_class_count_mismatch(tmp_path):
     with pytest.raises(DataError, match=r"data.classes=3"):
         build_datasets(_plan(tmp_path, classes=3))
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "p00.png")
-    with pytest.raises(DataError, match=r"p00.png: mask is 10x10 but its image .* is 64x48"):
-        build_datasets(_plan(tmp_path))
+    # A bad pair is excluded with a warning naming the file (docs/reliability.md).
+    with pytest.warns(FitplanWarning, match=r"p00.png: size mismatch: mask is 10x10 but its image"):
+        bundle = build_datasets(_plan(tmp_path))
+    assert [p.key for p in bundle.train_pairs + bundle.val_pairs] == ["p01"]
 
 
 def test_unreadable_image_names_the_file(tmp_path):
     _dataset(tmp_path, 2)
     (tmp_path / "images" / "p01.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=r"p01.png: cannot read image header"):
-        build_datasets(_plan(tmp_path))
+    with pytest.warns(FitplanWarning, match=r"p01.png: not an image Pillow can read"):
+        bundle = build_datasets(_plan(tmp_path))
+    assert [p.key for p in bundle.train_pairs + bundle.val_pairs] == ["p00"]
 
 
 # -- real data -----------------------------------------------------------------------------
