@@ -101,34 +101,76 @@ def _memory(run: LoadedRun) -> str:
     return out + _evidence(p.evidence, budget)
 
 
+def _candidates(evidence: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The candidate list of a plan's evidence, each with a `trials` list.
+
+    `fitplan plan` stores its verdicts under `choice.evaluations`, with the measured
+    (micro-batch, peak) points of each in `line.points`; a hand-made evidence object
+    may list `candidates` with `trials` directly.
+    """
+    cands = evidence.get("candidates")
+    if cands is None:
+        cands = (evidence.get("choice") or {}).get("evaluations") or evidence.get("evaluations")
+    if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
+        return None
+    out = []
+    for c in cands:
+        trials = c.get("trials")
+        line = c.get("line") if isinstance(c.get("line"), dict) else {}
+        if trials is None and line.get("source", "fit") == "fit":
+            trials = [
+                {"micro_batch": m, "status": "ok", "peak_bytes": p}
+                for m, p in line.get("points", [])
+            ]
+        out.append({**c, "trials": trials or []})
+    return out
+
+
 def _evidence(evidence: dict[str, Any] | None, budget: int | None) -> str:
     if not evidence:
         return _note(
             "This plan carries no evidence (it was written by hand, or by a tool that did "
             "not record its candidates): there are no candidates or trials to show."
         )
-    cands = evidence.get("candidates") or evidence.get("evaluations")
-    if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
+    cands = _candidates(evidence)
+    if cands is None:
         dump = json.dumps(evidence, indent=1, default=str)[:4000]
         return "<h3>Evidence</h3><pre>" + _esc(dump) + "</pre>"
     head = "<tr><th>candidate</th><th>verdict</th><th>micro-batch</th><th>predicted peak</th>"
-    head += "<th>trials</th><th>reason</th></tr>"
+    head += "<th>measured (micro-batch: status, peak)</th><th>reason</th></tr>"
     body = ""
     for c in cands:
         trials = "; ".join(
             f"{t.get('micro_batch')}: {t.get('status')} {_gib(t.get('peak_bytes'))}"
-            for t in c.get("trials") or []
+            for t in c["trials"]
             if isinstance(t, dict)
         )
-        mb = c.get("micro_batch") or ""
         body += (
             f"<tr><td>{_esc(figs.candidate_label(c))}</td><td>{_esc(c.get('verdict', ''))}</td>"
-            f"<td>{_esc(mb)}</td><td>{_esc(_gib(c.get('predicted_peak_bytes')))}</td>"
+            f"<td>{_esc(c.get('micro_batch') or '')}</td>"
+            f"<td>{_esc(_gib(c.get('predicted_peak_bytes')))}</td>"
             f"<td>{_esc(trials)}</td><td>{_esc(c.get('reason', ''))}</td></tr>"
         )
     out = f"<h3>Candidates</h3><table>{head}{body}</table>"
-    if any(c.get("trials") for c in cands):
+    if any(c["trials"] for c in cands):
         out += _img(figs.trials_plot(cands, budget), "measured peak per micro-batch")
+    steps = [v for v in evidence.get("verification") or [] if isinstance(v, dict)]
+    if steps:
+        rows = [
+            (
+                f"micro-batch {v.get('micro_batch')}",
+                f"{v.get('action')}: measured {_gib(v.get('peak_bytes'))}, predicted "
+                f"{_gib(v.get('predicted_bytes'))}, allowed {_gib(v.get('allowed_bytes'))} "
+                f"{v.get('reason') or ''}",
+            )
+            for v in steps
+        ]
+        out += "<h3>Verification run</h3>" + _table(rows)
+    if "planning_time_s" in evidence:
+        out += _note(
+            f"Planning took {evidence['planning_time_s']} s in {evidence.get('children', '?')} "
+            "child processes."
+        )
     return out
 
 
@@ -157,23 +199,22 @@ def _samples(run: LoadedRun, data_root: str | Path | None, max_images: int) -> s
             raise DataError("no image/mask pairs found")
         pairs = pairs[:max_images]
         values = run.mask_values or infer_run_mask_values(pairs, run.num_classes)
-        rows = []
+        rows, dices = [], []
         for pair in pairs:
             image, truth = read_image(pair.image), read_mask(pair.mask, values)
             pred = run.predict_classes(image)
             fg = class_scores(confusion(truth, pred, run.num_classes))[1:]
             dice = sum(s["dice"] for s in fg) / len(fg)
             rows.append((f"{pair.key} (Dice {dice:.3f})", image, truth, pred))
+            dices.append((pair.key, dice))
     except DataError as exc:
         return title + _note(
             f"Skipped: the data is not available ({exc}). Pass data_root / --data."
         )
     png = figs.samples(rows, run.num_classes)
-    return (
-        title
-        + _note(f"{len(rows)} images from the {source}.")
-        + _img(png, "image, truth, prediction")
-    )
+    scores = _table([(key, f"Dice {d:.3f}") for key, d in dices])
+    note = _note(f"{len(rows)} images from the {source}, predicted with overlapping tiles.")
+    return title + note + _img(png, "image, truth, prediction") + scores
 
 
 def report(

@@ -85,7 +85,7 @@ def memory_bars(budget: int | None, predicted: int | None, measured: int | None)
 
 
 def trials_plot(candidates: list[dict[str, Any]], budget: int | None) -> bytes:
-    """Measured peak memory against micro-batch, one line per candidate; failures as x."""
+    """Measured peak memory against micro-batch per candidate (failures as x), fitted lines."""
     fig = _figure(7, 3.6)
     ax = fig.subplots()
     for cand in candidates:
@@ -94,9 +94,13 @@ def trials_plot(candidates: list[dict[str, Any]], budget: int | None) -> bytes:
         bad = [(t["micro_batch"], t.get("peak_bytes")) for t in trials if not _ok(t)]
         label = candidate_label(cand)
         if ok:
-            (line,) = ax.plot(*zip(*[(m, p / GIB) for m, p in ok], strict=True), marker="o")
+            (line,) = ax.plot(*zip(*[(m, p / GIB) for m, p in ok], strict=True), "o")
             line.set_label(label)
             colour = line.get_color()
+            fit = cand.get("line") if isinstance(cand.get("line"), dict) else {}
+            if "a" in fit and "b" in fit:  # the planner's memory line through the points
+                xs = np.linspace(0, max(max(m for m, _ in ok), cand.get("micro_batch") or 0), 20)
+                ax.plot(xs, (fit["a"] + fit["b"] * xs) / GIB, "--", color=colour, linewidth=1)
         else:
             colour = None
         for mb, peak in bad:

@@ -101,7 +101,7 @@ def evaluate(
         )
     run = run or load_run(run_dir)
     k = run.num_classes
-    mask_values = run.mask_values or _infer_values(found.pairs, k)
+    mask_values = run.mask_values or infer_run_mask_values(found.pairs, k)
     cm = np.zeros((k, k), np.int64)
     per_image: list[tuple[float, float]] = []
     for i, pair in enumerate(found.pairs):
@@ -143,8 +143,12 @@ def evaluate(
     }
 
 
-def _infer_values(pairs, num_classes: int) -> tuple[int, ...]:
-    """Class values from the evaluation masks, for runs that did not record them."""
+def infer_run_mask_values(pairs: list, num_classes: int) -> tuple[int, ...]:
+    """Class values from the masks of `pairs`, for runs that did not record them.
+
+    Raises:
+        DataError: the masks hold a different number of classes than the run has.
+    """
     from trainer.decode import infer_mask_values
 
     values = tuple(infer_mask_values([p.mask for p in pairs]))
@@ -158,4 +162,4 @@ def _infer_values(pairs, num_classes: int) -> tuple[int, ...]:
     return values
 
 
-__all__ = ["class_scores", "confusion", "evaluate"]
+__all__ = ["class_scores", "confusion", "evaluate", "infer_run_mask_values"]

@@ -32,15 +32,20 @@ from trainer.pairs import list_images
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("float16", "int8")
-# Largest allowed |exported - Keras| over all probabilities of the check inputs.
-# Float32 formats differ by rounding only; float16 weights by their 11-bit mantissa;
-# int8 quantizes every activation to 256 levels, so probabilities move by a few %.
-TOLERANCE = {
-    ("keras", None): 1e-5,
-    ("savedmodel", None): 1e-5,
-    ("tflite", None): 1e-4,
-    ("tflite", "float16"): 2e-2,
-    ("tflite", "int8"): 0.25,
+# How closely an export must reproduce the rebuilt Keras model's probabilities on the
+# check inputs: bounds on the largest and the mean |difference| and on the share of
+# pixels given the same class. Float32 formats differ by rounding only. Quantized
+# ones move some probabilities a lot: int8 quantizes every activation to 256 levels,
+# and a pixel near 0.5 may cross it (measured on an epfl-em model: max 0.24, mean
+# 0.0027, 99.80% same class; float16: max 0.004, mean 5e-5, 99.995%), so they are
+# bounded on the mean and on the masks. A broken conversion (wrong input scaling,
+# swapped channels) misses these bounds by far.
+TOLERANCE: dict[tuple[str, str | None], dict[str, float]] = {
+    ("keras", None): {"max_abs_diff": 1e-5, "mean_abs_diff": 1e-6, "mask_agreement": 0.9999},
+    ("savedmodel", None): {"max_abs_diff": 1e-5, "mean_abs_diff": 1e-6, "mask_agreement": 0.9999},
+    ("tflite", None): {"max_abs_diff": 1e-4, "mean_abs_diff": 1e-5, "mask_agreement": 0.999},
+    ("tflite", "float16"): {"max_abs_diff": 0.05, "mean_abs_diff": 1e-3, "mask_agreement": 0.995},
+    ("tflite", "int8"): {"max_abs_diff": 1.0, "mean_abs_diff": 0.02, "mask_agreement": 0.98},
 }
 CHECK_INPUTS = 4
 CALIBRATION_INPUTS = 32
@@ -77,8 +82,9 @@ def export(
 
     Returns:
         `path`, `format`, `quantize`, `bytes` (the file's size, or the folder's
-        total), `max_abs_diff` (largest probability difference from the Keras
-        model), `tolerance`, `mask_agreement` (share of pixels with the same class),
+        total), `max_abs_diff` and `mean_abs_diff` (probability differences from
+        the Keras model), `mask_agreement` (share of pixels given the same class),
+        `tolerance` (the bounds these met, `TOLERANCE`),
         `check_inputs` and `inputs_from` (`"training images"` or `"synthetic"`).
 
     Raises:
@@ -108,14 +114,20 @@ def export(
     tol = TOLERANCE[(format, quantize)]
 
     def verify(predicted: np.ndarray) -> dict[str, Any]:
-        diff = float(np.max(np.abs(np.asarray(predicted, np.float32) - reference)))
-        agree = float(np.mean(to_classes(predicted) == to_classes(reference)))
-        if not diff <= tol:  # also catches NaN
-            raise FitplanError(
-                f"the {format} export differs from the trained model by {diff:.3g}, over the "
-                f"tolerance {tol:g}; nothing was written to {target}"
-            )
-        return {"max_abs_diff": diff, "mask_agreement": agree}
+        diff = np.abs(np.asarray(predicted, np.float32) - reference)
+        got = {
+            "max_abs_diff": float(np.max(diff)),
+            "mean_abs_diff": float(np.mean(diff)),
+            "mask_agreement": float(np.mean(to_classes(predicted) == to_classes(reference))),
+        }
+        for key, bound in tol.items():
+            ok = got[key] >= bound if key == "mask_agreement" else got[key] <= bound
+            if not ok:  # a NaN fails too
+                raise FitplanError(
+                    f"the {format} export does not match the trained model: {key}={got[key]:.3g}, "
+                    f"over the tolerance {bound:g}; nothing was written to {target}"
+                )
+        return got
 
     if format == "keras":
         result = _export_keras(run, target, check, verify)
@@ -174,7 +186,14 @@ def _export_tflite(run, target, check, verify, quantize, data_root) -> dict[str,
             # Inputs and outputs stay float32, so the exported interface is unchanged.
             converter.representative_dataset = lambda: ([c[None]] for c in calib)
         data = converter.convert()
-    result = verify(run_tflite(data, check))
+    try:
+        predicted = run_tflite(data, check)
+    except (RuntimeError, ValueError) as exc:  # e.g. an XNNPACK delegate that cannot prepare
+        raise FitplanError(
+            f"the converted tflite model does not run ({str(exc).splitlines()[0]}); "
+            f"nothing was written to {target}"
+        ) from exc
+    result = verify(predicted)
     write_bytes(target, data)
     return result
 

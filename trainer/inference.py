@@ -275,15 +275,25 @@ def _build(plan: Plan, num_classes: int, weights: Path):
     from trainer.setup import build_model_for_plan
 
     model = build_model_for_plan(plan, num_classes, compile=False)
+    problem = None
     try:
-        with warnings.catch_warnings():  # the file also holds optimizer slots: not needed here
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             model.load_weights(str(weights))
+        # Keras only warns when parts of the file match no layer and keeps those layers
+        # freshly initialised: for a trained model that is an error. The optimizer's
+        # slots in the file are expected and not needed for inference.
+        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+        skipped = [m for m in skipped if "optimizer" not in m]
+        if skipped:
+            problem = skipped[0].splitlines()[0]
     except (ValueError, OSError, KeyError) as exc:
+        problem = str(exc).splitlines()[0]
+    if problem is not None:
         raise RunDirError(
-            f"{weights}: does not fit the model plan.json describes ({exc})",
+            f"{weights}: does not fit the model plan.json describes ({problem})",
             hint="was plan.json edited after training?",
-        ) from exc
+        )
     return model
 
 

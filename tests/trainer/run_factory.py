@@ -8,7 +8,9 @@ tested in seconds. Tests that need a model that learned something train one inst
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from trainer.atomic import write_json, write_text
 from trainer.plan import Plan, save_plan
@@ -36,14 +38,56 @@ def make_plan(data_dir: Path, num_classes: int = 2, **over: Any) -> Plan:
     return Plan.from_dict(raw)
 
 
-def make_run(run_dir: Path, plan: Plan, num_classes: int = 2, *, metrics: bool = True) -> Path:
-    """Write plan.json, best.weights.h5, history.csv and (by default) metrics.json."""
-    from trainer.setup import build_model_for_plan
+def _crops(plan: Plan, num_classes: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from trainer.decode import load_image, load_mask
+    from trainer.pairs import find_pairs
+
+    pairs = find_pairs(plan.data.path, plan.data.images, plan.data.masks).pairs
+    values = plan.data.mask_values or tuple(range(num_classes))
+    images = [(load_image(p.image), load_mask(p.mask, values)) for p in pairs]
+    rng = np.random.default_rng(0)
+    th, tw = plan.input_size
+    xs, ys = [], []
+    for i in range(n):
+        image, mask = images[i % len(images)]
+        y0 = int(rng.integers(0, image.shape[0] - th + 1))
+        x0 = int(rng.integers(0, image.shape[1] - tw + 1))
+        xs.append(image[y0 : y0 + th, x0 : x0 + tw])
+        ys.append(mask[y0 : y0 + th, x0 : x0 + tw, None].astype(np.float32))
+    return np.stack(xs), np.stack(ys)
+
+
+class FakeRun(NamedTuple):
+    """A hand-written run folder and the saved model's output `y` on the input `x`."""
+
+    path: Path
+    x: np.ndarray
+    y: np.ndarray
+
+
+def make_run(
+    run_dir: Path, plan: Plan, num_classes: int = 2, *, metrics: bool = True, fit_steps: int = 0
+) -> FakeRun:
+    """Write plan.json, best.weights.h5, history.csv and (by default) metrics.json.
+
+    The weights come from a model built with another seed than the plan's, so a
+    loader that forgot to load them would not reproduce `y`. `fit_steps` > 0 fits
+    it for that many steps on crops of the plan's data first: an untrained net
+    predicts about 0.5 everywhere, which says nothing about how quantization
+    changes the masks of a real model.
+    """
+    from trainer.setup import build_model_for_plan, compile_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_plan(plan, run_dir / "plan.json")
-    model = build_model_for_plan(plan, num_classes, compile=False)
+    model = build_model_for_plan(plan.replace(seed=plan.seed + 1), num_classes, compile=False)
+    if fit_steps:
+        compile_model(model, plan, num_classes)
+        x, y = _crops(plan, num_classes, 64)
+        model.fit(x, y, batch_size=8, epochs=fit_steps * 8 // len(x), verbose=0)
     model.save_weights(str(run_dir / "best.weights.h5"))
+    x = np.random.default_rng(0).random((2, *plan.input_size, 3)).astype(np.float32)
+    y = np.asarray(model.predict_on_batch(x))
     write_text(run_dir / "history.csv", HISTORY)
     if metrics:
         write_json(
@@ -60,4 +104,4 @@ def make_run(run_dir: Path, plan: Plan, num_classes: int = 2, *, metrics: bool =
                 "backbone": plan.backbone,
             },
         )
-    return run_dir
+    return FakeRun(run_dir, x, y)

@@ -1,0 +1,120 @@
+"""Export round trips: every format predicts what the trained model does, within tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trainer.run_factory import make_plan, make_run
+from trainer import export as export_mod
+from trainer.errors import FitplanError
+from trainer.export import TOLERANCE, _atomic_dir, export, run_tflite
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    from planner.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_demo_dataset(root / "data", n=4, size=(64, 64))
+    return make_run(root / "run", make_plan(data), fit_steps=40)
+
+
+def _reload(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
+    """Run an export with the consumer's own loader, independently of export()."""
+    if fmt == "keras":
+        import keras
+
+        return np.asarray(keras.models.load_model(path, compile=False).predict_on_batch(x))
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(path)
+        return loaded.serve(tf.constant(x)).numpy()
+    with open(path, "rb") as fh:
+        return run_tflite(fh.read(), x)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "quantize"),
+    [
+        ("keras", None),
+        ("savedmodel", None),
+        ("tflite", None),
+        ("tflite", "float16"),
+        ("tflite", "int8"),
+    ],
+)
+def test_export_round_trips_within_tolerance(fake, fmt, quantize):
+    out = export(fake.path, fmt, quantize)
+    tol = TOLERANCE[(fmt, quantize)]
+    assert out["tolerance"] == tol and out["bytes"] > 10_000
+    assert out["max_abs_diff"] <= tol["max_abs_diff"]
+    assert out["mean_abs_diff"] <= tol["mean_abs_diff"]
+    assert out["mask_agreement"] >= tol["mask_agreement"]
+    assert out["inputs_from"] == "training images"
+    suffix = {"keras": "model.keras", "savedmodel": "savedmodel"}.get(fmt, ".tflite")
+    assert out["path"].endswith(suffix) and (fake.path / "export").is_dir()
+    got = _reload(fmt, out["path"], fake.x)
+    assert got.shape == fake.y.shape
+    assert np.mean(np.abs(got - fake.y)) <= tol["mean_abs_diff"]
+    assert np.max(np.abs(got - fake.y)) <= tol["max_abs_diff"]
+    assert not list((fake.path / "export").glob(".*tmp*"))
+
+
+def test_quantized_tflite_is_smaller(fake):
+    sizes = {p.name: p.stat().st_size for p in (fake.path / "export").glob("*.tflite")}
+    if len(sizes) < 3:
+        pytest.skip("needs the round-trip tests of this module to have run")
+    assert sizes["model-int8.tflite"] < sizes["model-float16.tflite"] < sizes["model.tflite"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "quantize", "match"),
+    [
+        ("onnx", None, "format"),
+        ("keras", "int8", "only with tflite"),
+        ("tflite", "int4", "float16"),
+    ],
+)
+def test_bad_arguments_are_named(fake, fmt, quantize, match):
+    with pytest.raises(FitplanError, match=match):
+        export(fake.path, fmt, quantize)
+
+
+def test_int8_without_training_images_is_refused(fake, tmp_path):
+    with pytest.raises(FitplanError, match="int8"):
+        export(fake.path, "tflite", "int8", tmp_path / "m.tflite", data_root=tmp_path)
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_synthetic_inputs_check_a_float_export_when_the_data_is_gone(fake, tmp_path):
+    out = export(fake.path, "keras", out=tmp_path / "m.keras", data_root=tmp_path)
+    assert out["inputs_from"].startswith("synthetic") and out["max_abs_diff"] == 0.0
+
+
+def test_an_export_over_tolerance_is_not_written(fake, tmp_path, monkeypatch):
+    strict = {"max_abs_diff": -1.0, "mean_abs_diff": 1.0, "mask_agreement": 0.0}
+    monkeypatch.setitem(export_mod.TOLERANCE, ("keras", None), strict)
+    target = tmp_path / "m.keras"
+    with pytest.raises(FitplanError, match="max_abs_diff=0, over the tolerance -1"):
+        export(fake.path, "keras", out=target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_is_swapped_in_whole(tmp_path):
+    target = tmp_path / "sm"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with _atomic_dir(target) as tmp:
+        (tmp / "new").write_text("new")
+        assert (target / "old").exists()  # the old folder stays until the new one is done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+    assert [p.name for p in target.iterdir()] == ["new"]
+    with pytest.raises(RuntimeError), _atomic_dir(target) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("export failed")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
