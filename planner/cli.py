@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trainer.errors import FitplanError
+from trainer.errors import FitplanError, FitplanWarning
 
 app = typer.Typer(
     name="fitplan",
@@ -71,6 +72,25 @@ def main(
         # TensorFlow's C++ start-up chatter (CUDA stubs, CPU flags) is noise for a user;
         # set before any command imports TensorFlow. --debug keeps it.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _show_fitplan_warnings()
+
+
+def _show_fitplan_warnings() -> None:
+    """A `FitplanWarning` (an excluded pair, a plan made elsewhere) becomes one yellow line."""
+    previous = warnings.showwarning
+    if getattr(previous, "fitplan", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FitplanWarning):
+            err.print(
+                f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+            )
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.fitplan = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
@@ -148,6 +168,43 @@ def demo_data(
 
     path = demo.make_demo_dataset(out, classes=classes, n=n, size=demo.parse_size(size), seed=seed)
     err.print(f"wrote {n} pairs to {escape(str(path))}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path(
+        "fitplan-demo"
+    ),
+    budget_time: Annotated[
+        str, typer.Option("--budget-time", help="Planning + training time.")
+    ] = "4m",
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate a small synthetic dataset and run probe, scan, plan, train and evaluate on it."""
+    from planner.demo_run import run_demo
+    from planner.units import parse_duration
+    from trainer.progress import RichProgress
+
+    progress = RichProgress(epochs=0, console=err)
+    try:
+        summary = run_demo(
+            out,
+            budget_time_s=parse_duration(budget_time),
+            log=lambda line: err.print(line, highlight=False, markup=False),
+            callbacks=[progress],
+        )
+    finally:
+        progress.close()
+    if json_out:
+        print_json(summary)
+    else:
+        _render_train_result(summary["train"], Path(summary["out"]) / "run", False)
+        t = summary["test"]
+        Console().print(
+            f"held-apart test set: Dice {t['dice_mean']:.3f}, IoU {t['iou_mean']:.3f} "
+            f"on {t['images']} images; the plan is {summary['plan']}"
+        )
 
 
 @app.command("plan")

@@ -24,8 +24,16 @@ from typing import Any
 import keras
 
 from trainer.callbacks import RunCheckpointer, Throughput, TimeLimit, peak_memory_bytes
-from trainer.errors import TrainingOOMError
+from trainer.distribute import (
+    get_strategy,
+    learning_rate_for,
+    shard_datasets,
+    strategy_for_run,
+    worker_dir,
+)
+from trainer.errors import DataError, TrainingOOMError
 from trainer.plan import Plan
+from trainer.preflight import warn_plan_mismatch
 from trainer.run_dir import RunDir
 from trainer.setup import build_model_for_plan, compile_model
 
@@ -68,14 +76,19 @@ def train(
     """
     started_at = time.monotonic() if started_at is None else started_at
     plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
+    strategy = get_strategy(plan)  # before any TF op: multi-worker must configure first
     _check_weights(plan)
     bundle = _datasets(plan)  # reads the data before anything is written
-    run = RunDir.create(out, plan)
-    try:
-        return _train_with_stepdown(run, plan, bundle, None, callbacks, started_at)
-    except BaseException:
-        _remove_if_no_epoch(run)
-        raise
+    warn_plan_mismatch(plan)
+    with worker_dir(out, strategy) as folder:  # only the chief writes `out`
+        run = RunDir.create(folder, plan)
+        try:
+            result = _train_with_stepdown(run, plan, bundle, None, callbacks, started_at)
+        except BaseException:
+            _remove_if_no_epoch(run)
+            raise
+    result.run_dir = Path(out)
+    return result
 
 
 def resume(
@@ -86,12 +99,18 @@ def resume(
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Continue the run in `out` from its last completed epoch, optimizer state included."""
-    run, plan, state = RunDir.open_for_resume(out)
-    plan = _apply_overrides(plan, data_path, val_path, None, None)
-    _check_weights(plan)
-    bundle = _datasets(plan)
-    elapsed = float(state.get("wall_time_s", 0.0)) if state else 0.0
-    return _train_with_stepdown(run, plan, bundle, state, callbacks, time.monotonic() - elapsed)
+    strategy = strategy_for_run(out)  # before any TF op, as in train()
+    with worker_dir(out, strategy, resume=True) as folder:
+        run, plan, state = RunDir.open_for_resume(folder)
+        plan = _apply_overrides(plan, data_path, val_path, None, None)
+        _check_weights(plan)
+        bundle = _datasets(plan)
+        warn_plan_mismatch(plan)
+        elapsed = float(state.get("wall_time_s", 0.0)) if state else 0.0
+        started_at = time.monotonic() - elapsed
+        result = _train_with_stepdown(run, plan, bundle, state, callbacks, started_at)
+    result.run_dir = Path(out)
+    return result
 
 
 # -- internals -----------------------------------------------------------------
@@ -120,7 +139,7 @@ def _check_weights(plan: Plan) -> None:
 def _datasets(plan: Plan):
     from trainer.data import build_datasets
 
-    return build_datasets(plan)
+    return shard_datasets(build_datasets(plan))  # each worker keeps its share of a batch
 
 
 def _steps(plan: Plan, bundle) -> int:
@@ -142,6 +161,7 @@ def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> Tra
             return _run(run, plan, bundle, state, callbacks, started_at, adjustments)
         except Exception as exc:
             if not _is_oom(exc):
+                _raise_if_a_file_is_bad(exc, run, bundle)
                 raise
             if plan.micro_batch == 1:
                 raise TrainingOOMError(
@@ -166,8 +186,31 @@ def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> Tra
                 state["adjustments"] = adjustments
 
 
+def _raise_if_a_file_is_bad(exc: Exception, run: RunDir, bundle) -> None:
+    """A file that passed the start-up checks but fails to decode mid-epoch: name it.
+
+    TensorFlow's error names a graph node, not the file; decoding every pair again
+    (only after such a failure) finds it. Nothing found: the original error stands.
+    """
+    import tensorflow as tf
+
+    if not isinstance(exc, tf.errors.OpError):
+        return
+    from trainer.integrity import find_undecodable
+
+    bad = find_undecodable([*bundle.train_pairs, *bundle.val_pairs])
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
+    resume = f"continue with `fitplan train --resume {run.path}`"
+    raise DataError(
+        f"{bad[0][0]}: cannot be decoded ({bad[0][1]}){more}",
+        hint="fix or remove it, then " + (resume if run.state_path.exists() else "train again"),
+    ) from exc
+
+
 def _phases(plan: Plan) -> list[tuple[str, int, int, float]]:
-    lr = plan.optimizer.learning_rate
+    lr = learning_rate_for(plan)  # optimizer.lr_scaling applied (docs/distributed.md)
     freeze = min(plan.freeze_encoder_epochs, plan.epochs)
     phases = []
     if freeze > 0:
@@ -186,10 +229,16 @@ def _monitor(plan: Plan, has_val: bool) -> tuple[str, str]:
 
 
 def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainResult:
+    strategy = get_strategy(plan)
+    model = build_model_for_plan(plan, bundle.num_classes, compile=False, strategy=strategy)
+    with strategy.scope():  # optimizers (compile) must be created in the scope too
+        return _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model)
+
+
+def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model):
     from trainer.models import set_encoder_trainable
 
     num_classes = bundle.num_classes
-    model = build_model_for_plan(plan, num_classes, compile=False)
     steps = _steps(plan, bundle)
     train_ds = bundle.train.repeat()
     has_val = bundle.val is not None
@@ -208,7 +257,7 @@ def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainR
         src = run.path / state["last_weights"] if state.get("last_weights") else run.best_path
         model.load_weights(str(src))
 
-    throughput = Throughput(plan.micro_batch)
+    throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
     time_limit = TimeLimit(deadline)
     stopped_by = "epochs"
@@ -251,6 +300,7 @@ def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainR
             epochs=end,
             initial_epoch=max(done, start),
             steps_per_epoch=steps,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot
             verbose=0,
             callbacks=[throughput, rlrop, es, wall, ckpt, time_limit, *callbacks],
         )
@@ -310,6 +360,8 @@ def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dic
         "micro_batch": plan.micro_batch,
         "accumulation_steps": plan.accumulation_steps,
         "effective_batch": plan.effective_batch,
+        "strategy": plan.strategy,
+        "replicas": plan.replicas,
         "precision": plan.precision,
         "backbone": plan.backbone,
         "input_size": list(plan.input_size),
