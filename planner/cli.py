@@ -178,7 +178,7 @@ def demo(
     ),
     budget_time: Annotated[
         str, typer.Option("--budget-time", help="Planning + training time.")
-    ] = "4m",
+    ] = "5m",
     json_out: JsonOpt = False,
 ) -> None:
     """Generate a small synthetic dataset and run probe, scan, plan, train and evaluate on it."""
