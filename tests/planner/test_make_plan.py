@@ -1,0 +1,56 @@
+"""make_plan and train --auto end to end with real child processes (tiny model and images)."""
+
+import json
+
+import pytest
+
+from planner.make_plan import make_plan
+from trainer.errors import BudgetError
+from trainer.plan import load_plan
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from planner.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("mp") / "data", n=10, size=(64, 64), seed=3)
+
+
+def test_budget_too_small_fails_fast_naming_the_need(data_dir, tmp_path):
+    out = tmp_path / "plan.json"
+    with pytest.raises(BudgetError, match=r"smallest estimated need is \d+\.\d+ GiB"):
+        make_plan(data_dir, budget_memory=64 * 2**20, backbones=["unet_small"], sizes=[64], out=out)
+    assert not out.exists()  # no half-written plan
+
+
+@pytest.mark.slow
+def test_auto_plans_measures_and_trains(data_dir, tmp_path):
+    from planner.auto import auto_train
+
+    lines = []
+    result, trained = auto_train(
+        data_dir,
+        tmp_path / "run",
+        backbones=["unet_small"],
+        sizes=[32],
+        budget_time_s=600,
+        log=lines.append,
+    )
+    plan = load_plan(tmp_path / "run" / "plan.json")
+    assert plan.backbone == "unet_small" and plan.input_size == (32, 32)
+    assert plan.micro_batch * plan.accumulation_steps >= 16 or plan.micro_batch >= 16
+    assert plan.data.mask_values == (0, 255)
+    assert plan.data.fingerprint.startswith("sha256:")
+    assert plan.time_limit_s == 600
+    pred = plan.prediction
+    assert pred["peak_bytes"] > 0 and pred["step_time_s"] > 0 and pred["epochs"] >= 1
+    ev = plan.evidence
+    assert ev["children"] >= 1 and ev["planning_time_s"] > 0
+    chosen = [e for e in ev["choice"]["evaluations"] if e["verdict"] == "chosen"]
+    assert len(chosen) == 1
+    # the plan's prediction was measured: either directly by the trial or by verification
+    assert ev["verification"] or pred["verified"] == "measured directly"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] >= 1
+    assert any("measuring unet_small 32x32" in line for line in lines)
+    assert result.children == ev["children"]
