@@ -183,3 +183,38 @@ def peak_memory_bytes() -> int:
     """The allocator's peak on a GPU, else the process's peak RSS."""
     gpu = gpu_peak_bytes()
     return gpu if gpu is not None else peak_rss_bytes()
+
+
+class BudgetExceeded(MemoryError):
+    """The process's peak memory passed the plan's budget (treated as out of memory)."""
+
+
+class MemoryGuard(keras.callbacks.Callback):
+    """On a CPU, treat peak RSS above the plan's budget as out of memory.
+
+    A GPU reports its own out-of-memory errors; host RAM does not until the kernel
+    kills the process (or the cgroup does), losing the epoch. Checking the peak after
+    each step turns "over budget" into an error the trainer can step down from.
+
+    Args:
+        budget_bytes: the plan's `target.budget_bytes`; `None` disables the guard.
+    """
+
+    def __init__(self, budget_bytes: int | None):
+        super().__init__()
+        self.budget_bytes = budget_bytes
+
+    def on_train_begin(self, logs=None):
+        from trainer.memory import reset_peak_rss
+
+        reset_peak_rss()  # a step-down in this process must not see the old peak
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.budget_bytes is None:
+            return
+        peak = peak_rss_bytes()
+        if peak > self.budget_bytes:
+            raise BudgetExceeded(
+                f"peak memory {peak / 2**30:.2f} GiB passed the plan's memory budget "
+                f"{self.budget_bytes / 2**30:.2f} GiB"
+            )

@@ -23,7 +23,13 @@ from typing import Any
 
 import keras
 
-from trainer.callbacks import RunCheckpointer, Throughput, TimeLimit, peak_memory_bytes
+from trainer.callbacks import (
+    MemoryGuard,
+    RunCheckpointer,
+    Throughput,
+    TimeLimit,
+    peak_memory_bytes,
+)
 from trainer.distribute import (
     get_strategy,
     learning_rate_for,
@@ -165,14 +171,14 @@ def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> Tra
                 raise
             if plan.micro_batch == 1:
                 raise TrainingOOMError(
-                    f"out of memory at micro_batch=1 ({type(exc).__name__}); nothing smaller to try",
+                    f"out of memory at micro_batch=1 ({type(exc).__name__}: {exc}); nothing smaller to try",
                     hint="choose a smaller input_size or backbone (`fitplan plan` measures them)",
                 ) from exc
             new_mb = plan.micro_batch // 2
             new_k = math.ceil(plan.effective_batch / (new_mb * plan.replicas))
             adjustments.append(
                 {
-                    "reason": f"out of memory at micro_batch={plan.micro_batch}: {type(exc).__name__}",
+                    "reason": f"out of memory at micro_batch={plan.micro_batch}: {type(exc).__name__}: {exc}",
                     "micro_batch": [plan.micro_batch, new_mb],
                     "accumulation_steps": [plan.accumulation_steps, new_k],
                 }
@@ -207,6 +213,17 @@ def _raise_if_a_file_is_bad(exc: Exception, run: RunDir, bundle) -> None:
         f"{bad[0][0]}: cannot be decoded ({bad[0][1]}){more}",
         hint="fix or remove it, then " + (resume if run.state_path.exists() else "train again"),
     ) from exc
+
+
+def _host_budget(plan: Plan) -> int | None:
+    """The budget the memory guard enforces: host-memory plans only (a GPU raises its own OOM)."""
+    if plan.target.device != "cpu" or plan.target.budget_bytes is None:
+        return None
+    from trainer.memory import gpu_peak_bytes
+
+    if gpu_peak_bytes() is not None:  # planned for a CPU, running on a GPU after all
+        return None
+    return plan.target.budget_bytes
 
 
 def _phases(plan: Plan) -> list[tuple[str, int, int, float]]:
@@ -258,6 +275,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
         model.load_weights(str(src))
 
     throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
+    guard = MemoryGuard(_host_budget(plan))
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
     time_limit = TimeLimit(deadline)
     stopped_by = "epochs"
@@ -302,7 +320,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             steps_per_epoch=steps,
             shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot
             verbose=0,
-            callbacks=[throughput, rlrop, es, wall, ckpt, time_limit, *callbacks],
+            callbacks=[throughput, rlrop, es, wall, ckpt, time_limit, guard, *callbacks],
         )
         done = int(state.get("epochs_done", done))
         if time_limit.triggered:

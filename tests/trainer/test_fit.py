@@ -47,7 +47,11 @@ def test_train_writes_a_complete_bounded_run(tmp_path, data_dir):
     result = train(_plan(data_dir), out)
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "best.weights.h5", "history.csv", "last-e0002.weights.h5", "metrics.json", "plan.json",
+        "best.weights.h5",
+        "history.csv",
+        "last-e0002.weights.h5",
+        "metrics.json",
+        "plan.json",
         "state.json",
     ]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -135,7 +139,11 @@ def test_out_of_memory_steps_down_and_keeps_effective_batch(tmp_path, data_dir):
 
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="stepping down"):
-        result = train(_plan(data_dir, micro_batch=4, accumulation_steps=2, epochs=1), out, callbacks=[OOMOnce()])
+        result = train(
+            _plan(data_dir, micro_batch=4, accumulation_steps=2, epochs=1),
+            out,
+            callbacks=[OOMOnce()],
+        )
     plan = load_plan(out / "plan.json")
     assert (plan.micro_batch, plan.accumulation_steps) == (2, 4)
     assert result.metrics["effective_batch"] == 8
@@ -162,7 +170,9 @@ def test_resume_after_kill_9_continues_from_last_epoch(tmp_path, data_dir):
     out = tmp_path / "run"
     child = subprocess.Popen(
         [sys.executable, "-m", "planner.cli", "train", "--plan", str(plan_path), "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 240
     state = out / "state.json"
@@ -183,3 +193,15 @@ def test_resume_after_kill_9_continues_from_last_epoch(tmp_path, data_dir):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert len(list(out.glob("last-e*.weights.h5"))) == 1
     assert not list(out.glob(".*tmp*"))
+
+
+def test_host_memory_budget_is_enforced_by_stepping_down_then_refusing(tmp_path, data_dir):
+    from trainer.errors import TrainingOOMError
+    from trainer.fit import train
+
+    out = tmp_path / "run"
+    plan = _plan(data_dir, micro_batch=2, target={"device": "cpu", "budget_bytes": 50 * 2**20})
+    with pytest.warns(UserWarning, match="stepping down"):
+        with pytest.raises(TrainingOOMError, match="passed the plan's memory budget 0.05 GiB"):
+            train(plan, out)
+    assert not out.exists()  # failed before its first epoch: nothing left behind
