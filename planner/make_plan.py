@@ -164,6 +164,7 @@ def make_plan(
         trial_timeout_s,
         pids,
         say,
+        count_planning_time,
     )
     traces += sum(1 for _ in verify_steps)  # each verification child traces once
     planning_time = time.monotonic() - t0
@@ -203,18 +204,21 @@ def _choose_and_verify(
     timeout_s,
     pids,
     say,
+    count_planning_time=False,
 ):
     """Choose; verify the choice with one measured run; if it fails, drop it and choose again."""
     measurements = list(measurements)
     for _ in range(3):
-        choice = choose(
+        choice = _choose_within_time(
             measurements,
             budget_bytes=budget,
             headroom=headroom,
-            time_budget_s=time_left(),
+            time_left=time_left,
+            count_planning_time=count_planning_time,
             n_train_samples=n_train,
             native_hw=native_hw,
             target_effective_batch=target,
+            say=say,
         )
         c, mb = choice.candidate, choice.micro_batch
         m = next(x for x in measurements if x.candidate == c)
@@ -259,6 +263,46 @@ def _choose_and_verify(
             for x in measurements
         ]
     raise BudgetError("no candidate passed verification within three tries")
+
+
+def _choose_within_time(measurements, *, time_left, count_planning_time, say, **kw) -> Choice:
+    """`search.choose`; under `train --auto`, a time budget too short for one epoch still trains.
+
+    `fitplan plan` fails fast when no candidate trains one epoch in the time budget. Under
+    `--auto` planning has already spent part of that budget when this is known, so
+    failing would waste it: train the candidate with the shortest epoch instead, for one
+    (partial) epoch that the trainer's time limit cuts short and validates. A memory
+    budget that nothing fits still fails.
+    """
+    try:
+        return choose(measurements, time_budget_s=time_left(), **kw)
+    except BudgetError as exc:
+        left = time_left()
+        if not count_planning_time or left is None or "time budget" not in str(exc):
+            raise
+    # Without a time budget every candidate that fits in memory is feasible: take the fastest.
+    untimed = choose(measurements, time_budget_s=None, **kw)
+    fits = [e for e in untimed.evaluations if e.verdict in ("chosen", "feasible")]
+    fastest = min(fits, key=lambda e: e.epoch_time_s).candidate
+    only = [m for m in measurements if m.candidate == fastest]
+    choice = choose(only, time_budget_s=None, **kw)
+    note = (
+        f"no candidate trains one epoch in the {max(left, 0):.0f} s left after planning; "
+        f"training the fastest, {fastest.label} ({choice.epoch_time_s:.0f} s per epoch), "
+        "until the time limit"
+    )
+    say("warning: " + note)
+    evals = []
+    for e in untimed.evaluations:
+        if e.candidate == fastest:
+            e = dataclasses.replace(e, verdict="chosen", reason="the shortest epoch: " + note)
+        elif e.verdict in ("chosen", "feasible"):
+            why = f"too slow: {e.epoch_time_s:.0f} s per epoch, {max(left, 0):.0f} s left"
+            e = dataclasses.replace(e, verdict="rejected", reason=why)
+        evals.append(e)
+    return dataclasses.replace(
+        choice, epochs=1, evaluations=tuple(evals), warnings=(note, *choice.warnings)
+    )
 
 
 def _build_plan(
