@@ -37,6 +37,7 @@ from trainer.distribute import (
     strategy_for_run,
     worker_dir,
 )
+from trainer.distribute_keras import build_from_spec
 from trainer.errors import DataError, TrainingOOMError
 from trainer.plan import Plan
 from trainer.preflight import warn_plan_mismatch
@@ -248,6 +249,7 @@ def _monitor(plan: Plan, has_val: bool) -> tuple[str, str]:
 def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainResult:
     strategy = get_strategy(plan)
     model = build_model_for_plan(plan, bundle.num_classes, compile=False, strategy=strategy)
+    build_from_spec(model, strategy, bundle.train.element_spec)  # keras-team/keras#20585
     with strategy.scope():  # optimizers (compile) must be created in the scope too
         return _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model)
 

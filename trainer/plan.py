@@ -43,6 +43,7 @@ NORMALIZATIONS = ("auto", "train", "frozen", "group")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 AUGMENT_PRESETS = ("default", "gentle", "none")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCALINGS = ("none", "linear", "sqrt")
 EARLY_MONITORS = ("val_loss", "val_dice")
 
 # Micro-batches below this make BatchNorm statistics too noisy; "auto" freezes it.
@@ -170,15 +171,23 @@ class OptimizerSpec:
 
     Args:
         name: `"adam"` (default), `"adamw"` or `"sgd"` (momentum 0.9).
-        learning_rate: initial learning rate for the effective batch. Defaults to `1e-3`.
+        learning_rate: initial learning rate for the effective batch, or for
+            `reference_batch` when `lr_scaling` is not `"none"`. Defaults to `1e-3`.
         weight_decay: decoupled weight decay (adamw only). Defaults to `1e-4`.
         clipnorm: gradient-norm clipping, or `None` (default): no clipping.
+        lr_scaling: how the learning rate follows the effective batch
+            (docs/distributed.md): `"none"` (default: used as written), `"linear"`
+            (x effective_batch / reference_batch) or `"sqrt"` (x its square root).
+        reference_batch: the effective batch `learning_rate` was chosen for; required
+            when `lr_scaling` is not `"none"`. Defaults to `None`.
     """
 
     name: str = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     clipnorm: float | None = None
+    lr_scaling: str = "none"
+    reference_batch: int | None = None
 
     def validate(self) -> None:
         _check_choice("optimizer.name", self.name, OPTIMIZERS)
@@ -186,6 +195,14 @@ class OptimizerSpec:
         _check_positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
         if self.clipnorm is not None:
             _check_positive("optimizer.clipnorm", self.clipnorm)
+        _check_choice("optimizer.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _check_opt_int("optimizer.reference_batch", self.reference_batch, 1)
+        if self.lr_scaling != "none" and self.reference_batch is None:
+            raise _field_error(
+                "optimizer.reference_batch",
+                f"an integer >= 1 when optimizer.lr_scaling is {self.lr_scaling!r}",
+                None,
+            )
 
 
 @dataclass(frozen=True)

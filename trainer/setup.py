@@ -6,7 +6,9 @@ measures is exactly what will train.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Any
 
 import keras
 
@@ -44,17 +46,21 @@ def make_optimizer(plan: Plan, learning_rate: float | None = None) -> keras.opti
     argument itself (MEASURED.md). Keras' accumulation averages the k micro-batch
     gradients, so k micro-batches of m equal one batch of k*m (tested).
     """
+    from trainer.distribute import learning_rate_for
+    from trainer.distribute_keras import for_current_strategy as safe
+
     spec = plan.optimizer
-    lr = spec.learning_rate if learning_rate is None else learning_rate
+    lr = learning_rate_for(plan) if learning_rate is None else learning_rate
     accum = plan.accumulation_steps if plan.accumulation_steps > 1 else None
     common = {"learning_rate": lr, "gradient_accumulation_steps": accum}
     if spec.clipnorm is not None:
         common["clipnorm"] = spec.clipnorm
+    # safe(): under a tf.distribute strategy, accumulation needs trainer.distribute_keras.
     if spec.name == "adam":
-        return keras.optimizers.Adam(**common)
+        return safe(keras.optimizers.Adam)(**common)
     if spec.name == "adamw":
-        return keras.optimizers.AdamW(weight_decay=spec.weight_decay, **common)
-    return keras.optimizers.SGD(momentum=0.9, **common)
+        return safe(keras.optimizers.AdamW)(weight_decay=spec.weight_decay, **common)
+    return safe(keras.optimizers.SGD)(momentum=0.9, **common)
 
 
 def compile_model(
@@ -69,20 +75,33 @@ def compile_model(
     )
 
 
-def build_model_for_plan(plan: Plan, num_classes: int, *, compile: bool = True) -> keras.Model:
-    """Set the precision policy, build the plan's U-Net and (by default) compile it."""
+def build_model_for_plan(
+    plan: Plan, num_classes: int, *, compile: bool = True, strategy: Any = None
+) -> keras.Model:
+    """Set the precision policy, build the plan's U-Net and (by default) compile it.
+
+    Args:
+        plan: the plan.
+        num_classes: classes including background.
+        compile: also compile it (optimizer, loss, metrics). Defaults to `True`.
+        strategy: a `tf.distribute.Strategy` whose scope the model (and optimizer)
+            are created in. Defaults to `None`: the current (default) strategy.
+    """
     from trainer.models import build_unet
 
+    # Before entering the scope: clear_session resets the graph that holds the
+    # scope stack, so clearing inside a strategy's scope breaks its exit.
     keras.backend.clear_session()
     set_precision(plan)
-    model = build_unet(
-        plan.backbone,
-        (plan.input_size[0], plan.input_size[1], 3),
-        num_classes,
-        weights=plan.weights,
-        normalization=plan.resolved_normalization,
-        seed=plan.seed,
-    )
-    if compile:
-        compile_model(model, plan, num_classes)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_unet(
+            plan.backbone,
+            (plan.input_size[0], plan.input_size[1], 3),
+            num_classes,
+            weights=plan.weights,
+            normalization=plan.resolved_normalization,
+            seed=plan.seed,
+        )
+        if compile:
+            compile_model(model, plan, num_classes)
     return model
