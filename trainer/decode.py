@@ -231,8 +231,12 @@ def infer_mask_values(masks: list[Path], *, sample: int = 32) -> list[int]:
         raise DataError("no masks to infer class values from")
     idx = np.unique(np.linspace(0, len(masks) - 1, min(sample, len(masks))).round().astype(int))
     hist = np.zeros(MASK_DEPTH, dtype=np.int64)
+    photos = []  # sampled masks that alone hold too many values: named in the error
     for i in idx:
-        hist += np.bincount(load_mask_raw(masks[i]).ravel(), minlength=MASK_DEPTH)
+        one = np.bincount(load_mask_raw(masks[i]).ravel(), minlength=MASK_DEPTH)
+        if len(class_values_from_histogram(one)) > MAX_CLASSES:
+            photos.append(str(masks[i]))
+        hist += one
     values = class_values_from_histogram(hist)
     if len(values) < 2:
         folder = masks[0].parent
@@ -242,9 +246,10 @@ def infer_mask_values(masks: list[Path], *, sample: int = 32) -> list[int]:
             hint="check the mask folder, or set data.mask_values in the plan",
         )
     if len(values) > MAX_CLASSES:
+        which = f" ({', '.join(photos[:3])}{', ...' if len(photos) > 3 else ''})" if photos else ""
         raise DataError(
             f"{masks[0].parent}: masks hold {len(values)} well-populated values, more than "
-            f"{MAX_CLASSES}: these look like images, not label maps",
+            f"{MAX_CLASSES}: these look like images, not label maps{which}",
             hint="check the mask folder, or set data.mask_values in the plan",
         )
     return values

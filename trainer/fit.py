@@ -38,7 +38,7 @@ from trainer.distribute import (
     worker_dir,
 )
 from trainer.distribute_keras import build_from_spec
-from trainer.errors import DataError, TrainingOOMError
+from trainer.errors import DataError, FitplanWarning, TrainingOOMError
 from trainer.plan import Plan
 from trainer.preflight import warn_plan_mismatch
 from trainer.run_dir import RunDir
@@ -184,7 +184,9 @@ def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> Tra
                     "accumulation_steps": [plan.accumulation_steps, new_k],
                 }
             )
-            warnings.warn(f"stepping down: {adjustments[-1]['reason']}", stacklevel=2)
+            warnings.warn(
+                f"stepping down: {adjustments[-1]['reason']}", FitplanWarning, stacklevel=2
+            )
             plan = plan.replace(micro_batch=new_mb, accumulation_steps=new_k)
             run.save_plan(plan)
             bundle = _datasets(plan)

@@ -17,6 +17,7 @@ keys starting with `x-` or `_`, which are kept as free-form notes.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -560,12 +561,16 @@ _NESTED: dict[str, type] = {
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields) - {"notes"})
+    # `notes` is the dataclass's home for `x-` keys, not a key a plan file may hold:
+    # accepting it would silently drop what a user wrote there.
+    unknown = sorted(set(raw) - (set(fields) - {"notes"}))
     if unknown:
         name = prefix + unknown[0]
+        close = difflib.get_close_matches(unknown[0], sorted(set(fields) - {"notes"}), n=1)
         raise PlanError(
-            f"plan field `{name}` is not a known field",
-            hint="see docs/plan-schema.md; free-form notes go in keys starting with 'x-'",
+            f"plan field `{name}` is not a known field"
+            + (f"; did you mean `{prefix}{close[0]}`?" if close else ""),
+            hint="see docs/plan-schema.md; free-form notes go in top-level keys starting with 'x-'",
         )
     required = [
         n
@@ -577,8 +582,6 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> dict[str, Any]:
             raise PlanError(f"plan field `{prefix}{n}` is missing")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "notes":
-            continue
         sub = _NESTED.get(key) if cls is Plan else None
         if sub is not None:
             if not isinstance(value, dict):
@@ -619,7 +622,11 @@ def load_plan(path: str | os.PathLike) -> Plan:
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
     except ValueError as exc:
-        raise PlanError(f"{path}: {exc}") from exc
+        field_name, constant = _non_finite_field(json.loads(text, parse_constant=_NonFinite))
+        raise PlanError(
+            f"{path}: plan field `{field_name or '?'}` must be a finite number. "
+            f"Received: {field_name}={constant}"
+        ) from exc
     try:
         return Plan.from_dict(raw)
     except PlanError as exc:
@@ -634,3 +641,24 @@ def save_plan(plan: Plan, path: str | os.PathLike) -> None:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in a plan (numbers must be finite)")
+
+
+class _NonFinite(str):
+    """`NaN`, `Infinity` or `-Infinity` met while parsing, kept to name its field."""
+
+
+def _non_finite_field(obj: Any, prefix: str = "") -> tuple[str, str]:
+    """The dotted path and constant of the first `_NonFinite` in parsed JSON."""
+    if isinstance(obj, _NonFinite):
+        return prefix or "(top level)", str(obj)
+    if isinstance(obj, dict):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, list):
+        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        items = []
+    for name, value in items:
+        found = _non_finite_field(value, name)
+        if found[0] != "":
+            return found
+    return "", ""

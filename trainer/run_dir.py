@@ -20,7 +20,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -122,18 +124,35 @@ class RunDir:
         """Write `model`'s weights atomically to `target`; return the file size.
 
         `others` is the byte count of the run's other checkpoints; the write is
-        refused (the old file kept) when the total would exceed `max_bytes`.
+        refused (the old file kept) when the total would exceed `max_bytes`. It is
+        also refused up front when the disk clearly lacks the space: HDF5 cannot
+        recover from a write that fails half-way (the process crashes at exit,
+        docs/reliability.md), so a full disk is best found before writing.
         """
-        write_with(target, lambda tmp: model.save_weights(str(tmp)), suffix=".weights.h5")
-        size = target.stat().st_size
-        if max_bytes is not None and size + others > max_bytes:
-            target.unlink(missing_ok=True)
+        need = _expected_bytes(model, [target, self.best_path, *self.path.glob("last-e*.h5")])
+        free = shutil.disk_usage(self.path).free
+        if free < need:
             raise DiskFullError(
-                f"{target}: checkpoints would take {size + others} bytes, over the plan's "
-                f"checkpoints.max_bytes={max_bytes}",
-                hint='raise checkpoints.max_bytes or set checkpoints.keep to "best"',
+                f"{target}: disk full: the checkpoint needs about {need} bytes and {free} are "
+                "free; the previous version was kept",
+                hint="free some space, then continue with `fitplan train --resume`",
             )
-        return size
+        sizes: list[int] = []
+
+        def write(tmp: Path) -> None:
+            model.save_weights(str(tmp))
+            size = tmp.stat().st_size
+            if max_bytes is not None and size + others > max_bytes:
+                # Checked before the rename, so the previous file is still there.
+                raise DiskFullError(
+                    f"{target}: checkpoints would take {size + others} bytes, over the plan's "
+                    f"checkpoints.max_bytes={max_bytes}",
+                    hint='raise checkpoints.max_bytes or set checkpoints.keep to "best"',
+                )
+            sizes.append(size)
+
+        write_with(target, write, suffix=".weights.h5")
+        return sizes[0]
 
     def commit_state(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Write history then state (the commit point), then drop the superseded `last` file."""
@@ -147,6 +166,29 @@ class RunDir:
     def checkpoint_bytes(self) -> int:
         files = [self.best_path, *self.path.glob("last-e*.weights.h5")]
         return sum(p.stat().st_size for p in files if p.exists())
+
+
+def _expected_bytes(model: Any, existing: list[Path]) -> int:
+    """Bytes a new checkpoint of `model` will take, with a margin for HDF5's metadata.
+
+    The largest checkpoint already written when there is one (same model, same
+    optimizer), else the model's and optimizer's variables.
+    """
+    sizes = [p.stat().st_size for p in existing if p.exists()]
+    if sizes:
+        estimate = max(sizes)
+    else:
+        optimizer = getattr(model, "optimizer", None)
+        variables = [*model.weights, *(getattr(optimizer, "variables", None) or [])]
+        estimate = sum(math.prod(v.shape) * _itemsize(v.dtype) for v in variables)
+    return int(estimate * 1.05) + 64 * 1024
+
+
+def _itemsize(dtype: Any) -> int:
+    name = str(getattr(dtype, "name", dtype))
+    return (
+        2 if "16" in name else 1 if name in ("int8", "uint8", "bool") else 8 if "64" in name else 4
+    )
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

@@ -1,0 +1,126 @@
+"""Checkpoint writes that cannot finish: a full disk (real and injected) and the byte bound.
+
+Each keeps the previous checkpoint, byte for byte, and leaves no temporary file.
+A tiny Dense model stands in for the U-Net: the writer is the same
+(`RunDir.save_weights` -> Keras `save_weights` -> HDF5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from tests.faults.common import REPO, h5_opens
+from trainer.errors import DiskFullError
+from trainer.run_dir import RunDir
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64)])
+    m.compile(optimizer="adam", loss="mse")
+    return m
+
+
+def _saved_then_changed(model, run: RunDir) -> bytes:
+    run.save_weights(model, run.best_path, None, 0)
+    model.set_weights([w + 1 for w in model.get_weights()])
+    return run.best_path.read_bytes()
+
+
+def test_the_byte_bound_refuses_before_the_rename_and_keeps_the_previous_file(tmp_path, model):
+    run = RunDir(tmp_path)
+    before = _saved_then_changed(model, run)
+    with pytest.raises(DiskFullError, match=r"checkpoints.max_bytes=1000"):
+        run.save_weights(model, run.best_path, 1000, 0)
+    assert run.best_path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.weights.h5"]
+
+
+def test_too_little_free_space_is_refused_before_hdf5_writes(tmp_path, model, monkeypatch):
+    run = RunDir(tmp_path)
+    before = _saved_then_changed(model, run)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DiskFullError, match=r"best.weights.h5: disk full: .* 1000 are free"):
+        run.save_weights(model, run.best_path, None, 0)
+    assert run.best_path.read_bytes() == before and h5_opens(run.best_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["best.weights.h5"]
+
+
+# -- a real full disk: a 1.5 MiB tmpfs in a user namespace ---------------------------------
+
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        probe = f"mount -t tmpfs -o size=64k tmpfs {d}"
+        done = subprocess.run(["unshare", "-rm", "sh", "-c", probe], capture_output=True)
+        return done.returncode == 0
+
+
+FULL_DISK_CHILD = """
+import json, sys
+import numpy as np, keras
+from trainer.errors import DiskFullError
+from trainer.run_dir import RunDir
+run = RunDir(sys.argv[1])
+model = keras.Sequential([keras.Input((512,)), keras.layers.Dense(512)])  # 1 MiB of weights
+run.save_weights(model, run.best_path, None, 0)
+before = [w.copy() for w in model.get_weights()]
+model.set_weights([w + 1 for w in before])
+try:
+    run.save_weights(model, run.best_path, None, 0)
+    error = None
+except DiskFullError as exc:
+    error = str(exc)
+model.load_weights(str(run.best_path))
+kept = all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+print(json.dumps({"error": error, "kept": kept, "files": sorted(p.name for p in run.path.iterdir())}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs")
+def test_a_really_full_disk_raises_disk_full_and_keeps_the_previous_checkpoint(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(FULL_DISK_CHILD)
+    shell = f"mount -t tmpfs -o size=1536k tmpfs {mnt} && {sys.executable} {script} {mnt}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=300
+    )
+    # 0, not 139: HDF5 never started a write it could not finish (it crashes at exit then).
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "best.weights.h5: disk full" in (report["error"] or "")
+    assert "the previous version was kept" in report["error"]
+    assert report["kept"] and report["files"] == ["best.weights.h5"]
+
+
+def test_weights_bytes_estimate_covers_the_file(tmp_path, model):
+    from trainer.run_dir import _expected_bytes
+
+    run = RunDir(tmp_path)
+    estimate = _expected_bytes(model, [])
+    run.save_weights(model, run.best_path, None, 0)
+    assert estimate >= run.best_path.stat().st_size
+    assert np.isclose(
+        _expected_bytes(model, [run.best_path]),
+        run.best_path.stat().st_size * 1.05,
+        rtol=0.01,
+        atol=70_000,
+    )
