@@ -114,8 +114,12 @@ def _make_strategy(plan: Plan) -> tf.distribute.Strategy:
     if plan.strategy == "default":
         return tf.distribute.get_strategy()
     if plan.strategy == "multi_worker":
+        from trainer.distribute_keras import patch_multi_worker_logs
+
         tf_config()  # a readable message for a malformed TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        patch_multi_worker_logs()  # keras-team/keras#20585
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     pool = gpus or tf.config.list_logical_devices("CPU")
     if len(pool) < plan.replicas:

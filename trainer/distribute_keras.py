@@ -18,9 +18,16 @@
    shuffle, so a distributed run would see other crops than a one-device run of the
    same plan. `build_from_spec` gives Keras the dataset's element spec instead.
 
-Both override private hooks (`_backend_apply_gradients`, `_maybe_symbolic_build`),
-because no public ones exist; tests/trainer/test_distribute.py fails if a Keras release
-changes them (distributed training must still match one device).
+3. The step's logs under MultiWorkerMirroredStrategy. Keras averages them across
+   workers with `strategy.reduce("MEAN", v, axis=0)`, which fails on the scalar loss and
+   metrics ("Invalid reduction dimension 0 for input with 0 dimensions"; the same
+   issue). `axis=None` averages across replicas, which is what Keras does for every
+   other strategy; `patch_multi_worker_logs` swaps that in for MWMS only, so every
+   worker sees the same logs and its callbacks take the same decisions.
+
+All three override private hooks (`_backend_apply_gradients`, `_maybe_symbolic_build`,
+`reduce_per_replica`), because no public ones exist; tests/trainer/test_distribute.py
+fails if a Keras release changes them (distributed training must match one device).
 """
 
 from __future__ import annotations
@@ -109,3 +116,26 @@ def build_from_spec(model: keras.Model, strategy: tf.distribute.Strategy, spec: 
 
     # An instance attribute shadows Trainer._maybe_symbolic_build for this model only.
     model._maybe_symbolic_build = maybe_symbolic_build
+
+
+def patch_multi_worker_logs() -> None:
+    """Make Keras average a step's logs across workers with `axis=None` (see item 3).
+
+    Process-wide, idempotent, and a no-op for every strategy but a multi-worker
+    `MultiWorkerMirroredStrategy`. Called when such a strategy is created.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_fitplan_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+            strategy
+        ):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._fitplan_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
