@@ -65,6 +65,8 @@ class Choice:
         line: the candidate's memory line, or `None` when one size was measured.
         evaluations: every candidate's verdict and reason, the chosen one included.
         warnings: e.g. the fit's points were too close, or nothing was fast enough.
+        replicas: data-parallel replicas the micro-batch is per (docs/distributed.md);
+            `effective_batch` = micro_batch x replicas x accumulation_steps.
     """
 
     candidate: Candidate
@@ -84,6 +86,7 @@ class Choice:
     line: MemoryLine | None
     evaluations: tuple[Evaluation, ...]
     warnings: tuple[str, ...] = ()
+    replicas: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -57,6 +57,8 @@ def make_plan(
     sizes: Sequence[int] | None = None,
     precisions: Sequence[str] | None = None,
     effective_batch: int = presets.TARGET_EFFECTIVE_BATCH,
+    devices: int | None = 1,
+    workers: int = 1,
     headroom: float = presets.HEADROOM,
     weights: str = "none",
     out: str | Path | None = None,
@@ -73,7 +75,11 @@ def make_plan(
         budget_memory: bytes the run may use; `None` (default): the probe's budget.
         budget_time_s: wall time for training; `None` (default): no limit.
         backbones, sizes, precisions: restrict the candidates; `None`: the presets.
-        effective_batch: micro-batch x accumulation to reach. Defaults to `16`.
+        effective_batch: micro-batch x replicas x accumulation to reach. Defaults to `16`.
+        devices: GPUs per worker for data-parallel training (docs/distributed.md); the
+            micro-batch is per device and fits the smallest one. `None`: every visible
+            GPU. Defaults to `1`: one device, the probe's budget.
+        workers: hosts of a multi-worker run (assumed to match this one). Defaults to `1`.
         headroom: share of the budget kept free. Defaults to `0.1`.
         weights: encoder weights for the plan (`none`, `imagenet`, a path).
         out: write the plan here (atomically) when given.
@@ -87,6 +93,10 @@ def make_plan(
     say = log or (lambda _msg: None)
     hw = hardware.probe(out_dir=Path(out).parent if out else Path("."), with_tensorflow=False)
     budget = dict(hw["budget"])
+    if devices != 1 or workers != 1:  # data parallel: the smallest device's budget decides
+        from planner.hardware.replicas import replica_budget
+
+        budget = replica_budget(hw, devices, workers)
     device = budget["device"]
     if budget_memory is not None:
         if budget_memory > budget["bytes"]:
@@ -165,6 +175,7 @@ def make_plan(
         pids,
         say,
         count_planning_time,
+        replicas=int(budget.get("replicas", 1)),
     )
     traces += sum(1 for _ in verify_steps)  # each verification child traces once
     planning_time = time.monotonic() - t0
@@ -184,6 +195,7 @@ def make_plan(
         planning_time,
         len(pids),
         traces,
+        target=effective_batch,
     )
     if out is not None:
         save_plan(plan, out)
@@ -205,6 +217,7 @@ def _choose_and_verify(
     pids,
     say,
     count_planning_time=False,
+    replicas=1,
 ):
     """Choose; verify the choice with one measured run; if it fails, drop it and choose again."""
     measurements = list(measurements)
@@ -218,6 +231,7 @@ def _choose_and_verify(
             n_train_samples=n_train,
             native_hw=native_hw,
             target_effective_batch=target,
+            replicas=replicas,
             say=say,
         )
         c, mb = choice.candidate, choice.micro_batch
@@ -242,12 +256,12 @@ def _choose_and_verify(
             say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
         if got >= 1:
             peak = next(s.peak_bytes for s in steps if s.action == "accepted")
-            accum = max(1, math.ceil(target / got))
+            accum = max(1, math.ceil(target / (got * replicas)))
             choice = dataclasses.replace(
                 choice,
                 micro_batch=got,
                 accumulation_steps=accum,
-                effective_batch=got * accum,
+                effective_batch=got * replicas * accum,
                 normalization="frozen" if got < 8 else "train",
                 predicted_peak_bytes=int(peak),
                 line=line,
@@ -321,6 +335,7 @@ def _build_plan(
     planning_time,
     children,
     traces,
+    target=presets.TARGET_EFFECTIVE_BATCH,
 ) -> Plan:
     c = choice.candidate
     cache, cache_bytes = _cache_decision(fp, choice, budget["bytes"])
@@ -393,6 +408,12 @@ def _build_plan(
         "prediction": prediction,
         "evidence": evidence,
     }
+    if choice.replicas > 1:  # docs/distributed.md: the micro-batch is per replica
+        raw["strategy"] = budget["strategy"]
+        raw["replicas"] = int(choice.replicas)
+        # The learning rate is for the target effective batch, which replicas can pass;
+        # Adam (the plan's default) follows the square-root rule.
+        raw["optimizer"] = {"lr_scaling": "sqrt", "reference_batch": int(target)}
     try:
         return Plan.from_dict(raw)
     except FitplanError as exc:  # a planner bug, not a user mistake: keep the details

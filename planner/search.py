@@ -72,8 +72,8 @@ def _size_prior(hw: tuple[int, int], obj: presets.Objective) -> float:
     return (min(hw) / obj.size_reference) ** obj.size_exponent
 
 
-def _evaluate(m, *, budget, headroom, allowed, target, max_mb) -> Evaluation:
-    """Memory side of one candidate: its micro-batch, or why it has none."""
+def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Evaluation:
+    """Memory side of one candidate: its (per-replica) micro-batch, or why it has none."""
     c = m.candidate
     if m.pruned_reason is not None:
         return Evaluation(
@@ -98,7 +98,8 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb) -> Evaluation:
                 c, "rejected", f"trial failed: {why}", need_bytes=first.peak_bytes, need_at=at
             )
         return Evaluation(c, "rejected", f"trial failed: {why}")
-    cap = min([r.micro_batch - 1 for r in failed] + [target, max_mb])
+    # Per replica: the replicas together should not pass the target effective batch.
+    cap = min([r.micro_batch - 1 for r in failed] + [math.ceil(target / replicas), max_mb])
     line = None
     mb = max((r.micro_batch for r in ok if r.peak_bytes <= allowed), default=0)
     if len({r.micro_batch for r in ok}) >= 2:
@@ -118,7 +119,7 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb) -> Evaluation:
         reason = f"needs {need / GIB:.2f} GiB at {at} > allowed {allowed / GIB:.2f} GiB"
         return Evaluation(c, "rejected", reason, line=line, need_bytes=need, need_at=at)
     peak = measured[mb] if mb in measured else int(line.predict(mb))
-    accum = max(1, math.ceil(target / mb))
+    accum = max(1, math.ceil(target / (mb * replicas)))
     return Evaluation(
         c,
         "feasible",
@@ -145,6 +146,7 @@ def choose(
     min_epochs: int | None = None,
     objective: presets.Objective = presets.DEFAULT_OBJECTIVE,
     max_micro_batch: int = presets.MAX_MICRO_BATCH,
+    replicas: int = 1,
 ) -> Choice:
     """Pick the candidate that should reach the best validation quality within the budgets.
 
@@ -162,6 +164,9 @@ def choose(
             candidate reaches it). `None` (default): `objective.min_epochs`.
         objective: the scoring constants. Defaults to `presets.DEFAULT_OBJECTIVE`.
         max_micro_batch: largest micro-batch ever chosen. Defaults to `presets.MAX_MICRO_BATCH`.
+        replicas: data-parallel replicas (devices x workers, docs/distributed.md); the
+            micro-batch is per replica and `budget_bytes` is one device's (the smallest).
+            Effective batch = micro-batch x replicas x accumulation. Defaults to `1`.
 
     Raises:
         BudgetError: no candidate fits the memory budget (names the smallest need), or
@@ -182,9 +187,10 @@ def choose(
             allowed=allowed,
             target=target_effective_batch,
             max_mb=max_micro_batch,
+            replicas=replicas,
         )
         if e.verdict == "feasible":
-            e = _with_time(e, objective, time_budget_s, n_train_samples, native_hw)
+            e = _with_time(e, objective, time_budget_s, n_train_samples, native_hw, replicas)
         evals.append(e)
     feasible = [e for e in evals if e.verdict == "feasible" and (e.epochs_possible or 0) >= 1]
     if not feasible:
@@ -215,13 +221,20 @@ def choose(
     epochs = min(best.epochs_possible, objective.max_epochs)
     mb, accum = best.micro_batch, best.accumulation_steps
     steps = epoch_steps(
-        crops_per_epoch(n_train_samples, native_hw, best.candidate.input_size), mb, accum
+        crops_per_epoch(n_train_samples, native_hw, best.candidate.input_size),
+        mb * replicas,
+        accum,
     )
+    if replicas > 1:
+        notes.append(
+            f"step time measured on one device; the all-reduce across {replicas} replicas "
+            "is not included (docs/distributed.md)"
+        )
     return Choice(
         candidate=best.candidate,
         micro_batch=mb,
         accumulation_steps=accum,
-        effective_batch=mb * accum,
+        effective_batch=mb * replicas * accum,
         normalization="frozen" if mb < SMALL_MICRO_BATCH else "train",
         epochs=epochs,
         predicted_peak_bytes=best.predicted_peak_bytes,
@@ -235,13 +248,15 @@ def choose(
         line=best.line,
         evaluations=tuple(final),
         warnings=tuple(notes + list(best.line.warnings if best.line else ())),
+        replicas=replicas,
     )
 
 
-def _with_time(e, obj, time_budget_s, n, native_hw) -> Evaluation:
+def _with_time(e, obj, time_budget_s, n, native_hw, replicas=1) -> Evaluation:
     c = e.candidate
+    # Each step takes one micro-batch on every replica at once: a global batch of mb x replicas.
     steps = epoch_steps(
-        crops_per_epoch(n, native_hw, c.input_size), e.micro_batch, e.accumulation_steps
+        crops_per_epoch(n, native_hw, c.input_size), e.micro_batch * replicas, e.accumulation_steps
     )
     epoch_s = steps * e.step_time_s * (1 + obj.epoch_overhead)
     if time_budget_s is None:

@@ -34,7 +34,6 @@ from trainer.errors import HardwareError
 from trainer.plan import Plan
 
 __all__ = [
-    "default_lr_scaling",
     "get_strategy",
     "is_chief",
     "learning_rate_for",
@@ -243,8 +242,3 @@ def learning_rate_for(plan: Plan) -> float:
         return spec.learning_rate
     ratio = plan.effective_batch / spec.reference_batch
     return spec.learning_rate * (ratio if spec.lr_scaling == "linear" else math.sqrt(ratio))
-
-
-def default_lr_scaling(optimizer: str) -> str:
-    """The rule a planner records for `optimizer`: `"linear"` for SGD, `"sqrt"` otherwise."""
-    return "linear" if optimizer == "sgd" else "sqrt"

@@ -69,13 +69,6 @@ def test_scaling_without_reference_batch_is_refused():
         _plan(optimizer={"lr_scaling": "cubic", "reference_batch": 8})
 
 
-def test_default_lr_scaling():
-    from trainer.distribute import default_lr_scaling
-
-    assert default_lr_scaling("sgd") == "linear"
-    assert default_lr_scaling("adam") == default_lr_scaling("adamw") == "sqrt"
-
-
 # -- cluster, chief, worker folders -----------------------------------------------------
 
 
