@@ -231,6 +231,12 @@ def plan_cmd(
     weights: Annotated[
         str, typer.Option(help="Encoder weights: none, imagenet or a file.")
     ] = "none",
+    devices: Annotated[
+        int, typer.Option("--devices", min=0, help="GPUs per worker (0: all visible).")
+    ] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Hosts of a multi-worker run.")
+    ] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure candidates in child processes and write the plan that fits the budgets."""
@@ -252,6 +258,8 @@ def plan_cmd(
         precisions=parse_list(precisions, "--precisions"),
         effective_batch=effective_batch,
         headroom=headroom,
+        devices=devices or None,
+        workers=workers,
         log=lambda line: err.print(line, highlight=False, markup=False),
     )
     err.print(
