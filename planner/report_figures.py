@@ -132,7 +132,7 @@ def candidate_label(cand: dict[str, Any]) -> str:
 
 def samples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], num_classes: int) -> bytes:
     """One row per image: the image, its ground truth and the prediction."""
-    fig = _figure(10, 3.3 * len(rows))
+    fig = _figure(10, 2.7 * len(rows) + 0.3)
     axes = np.atleast_2d(fig.subplots(len(rows), 3))
     for (title, image, truth, pred), ax_row in zip(rows, axes, strict=True):
         vmax = max(1, num_classes - 1)

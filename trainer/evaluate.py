@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainer.errors import DataError
-from trainer.inference import LoadedRun, load_run, read_image, read_mask
+from trainer.inference import LoadedRun, check_run_dir, load_run, read_image, read_mask
 from trainer.pairs import find_pairs
 
 Progress = Callable[[int, int, Path], None]
@@ -93,6 +93,8 @@ def evaluate(
         RunDirError: the run folder is incomplete.
     """
     t0 = time.monotonic()
+    if run is None:
+        check_run_dir(run_dir)  # a wrong run folder is named before the data is read
     found = find_pairs(data_root, images, masks)
     if not found.pairs:
         raise DataError(

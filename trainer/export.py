@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import DataError, DiskFullError, FitplanError, RunDirError
-from trainer.inference import LoadedRun, load_run, pad_to, read_image, resize, to_classes
-from trainer.pairs import list_images
+from trainer.errors import DiskFullError, FitplanError, RunDirError
+from trainer.inference import LoadedRun, load_run, sample_crops
+from trainer.tiling import to_classes
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("float16", "int8")
@@ -67,6 +67,7 @@ def export(
     out: str | Path | None = None,
     *,
     data_root: str | Path | None = None,
+    run: LoadedRun | None = None,
 ) -> dict[str, Any]:
     """Export the run's best model and check that it predicts what the Keras model does.
 
@@ -79,6 +80,8 @@ def export(
             `default_path(run_dir, format, quantize)`. Replaced if it exists.
         data_root: dataset root for the check and calibration crops. `None`
             (default): the plan's `data.path`.
+        run: the run already loaded in float32 (`load_run(run_dir, precision="float32")`),
+            to export several formats without rebuilding. `None` (default): load it.
 
     Returns:
         `path`, `format`, `quantize`, `bytes` (the file's size, or the folder's
@@ -102,7 +105,7 @@ def export(
             "float16 or int8 with format tflite" if format == "tflite" else "only with tflite"
         )
         raise FitplanError(f"`quantize` applies {expected}. Received: quantize={quantize!r}")
-    run = load_run(run_dir, precision="float32")
+    run = run or load_run(run_dir, precision="float32")
     target = Path(out) if out is not None else default_path(run.path, format, quantize)
     check, source = sample_crops(run, data_root, CHECK_INPUTS, seed=1)
     if quantize == "int8" and source != "training images":
@@ -198,50 +201,6 @@ def _export_tflite(run, target, check, verify, quantize, data_root) -> dict[str,
     return result
 
 
-def sample_crops(
-    run: LoadedRun, data_root: str | Path | None, n: int, seed: int
-) -> tuple[np.ndarray, str]:
-    """`n` random crops of `input_size` from the run's training images, and where from.
-
-    Images are scaled by `data.image_scale` as in training. When the images are gone
-    (the run was moved), seeded synthetic images are used: smooth blobs plus grain.
-    """
-    th, tw = run.input_size
-    rng = np.random.default_rng(seed)
-    folder = Path(data_root or run.plan.data.path) / run.plan.data.images
-    files = list_images(folder) if folder.is_dir() else []
-    k = min(n, len(files), 8)  # a few images give enough variety for a check
-    picks = [files[i] for i in rng.choice(len(files), size=k, replace=False)] if k else []
-    images = []
-    for f in picks:
-        try:
-            img = read_image(f)
-        except DataError:
-            continue  # a broken training image must not block an export
-        scale = run.plan.data.image_scale
-        if scale != 1.0:
-            img = resize(
-                img, max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
-            )
-        images.append(pad_to(img, th, tw))
-    if not images:
-        return _synthetic(rng, n, th, tw), f"synthetic (no readable images in {folder})"
-    crops = []
-    for i in range(n):
-        img = images[i % len(images)]
-        y = int(rng.integers(0, img.shape[0] - th + 1))
-        x = int(rng.integers(0, img.shape[1] - tw + 1))
-        crops.append(img[y : y + th, x : x + tw])
-    return np.stack(crops).astype(np.float32), "training images"
-
-
-def _synthetic(rng: np.random.Generator, n: int, th: int, tw: int) -> np.ndarray:
-    coarse = rng.random((n, th // 8 + 1, tw // 8 + 1, 3)).astype(np.float32)
-    smooth = np.stack([resize(c, th, tw) for c in coarse])
-    grain = rng.normal(0, 0.05, (n, th, tw, 3)).astype(np.float32)
-    return np.clip(smooth + grain, 0, 1)
-
-
 def run_tflite(model: bytes, batch: np.ndarray) -> np.ndarray:
     """Run a TFLite flatbuffer on a float32 batch with TensorFlow's own interpreter."""
     import tensorflow as tf
@@ -293,5 +252,4 @@ __all__ = [
     "default_path",
     "export",
     "run_tflite",
-    "sample_crops",
 ]

@@ -7,19 +7,15 @@ The weights file holds tensors only, so a run folder from elsewhere cannot run c
 Prediction works at native resolution (times `plan.data.image_scale`), because that
 is what the model trained on: random native-resolution crops of `input_size`.
 Resizing a whole 768x1024 image down to a 256x256 input would show the model objects
-at a scale it never saw. An image is cut into tiles of `input_size` that overlap by
-half a tile; each tile's prediction is weighted by a smooth window that is largest
-at the tile's centre and near zero at its edges, where a convolutional net sees the
-least context, and the weighted sum is divided by the summed weights. With a
-stride of half a tile the windows (sin^2 along each axis) sum to a constant inside
-the image, so no seams show. Images smaller than a tile are reflect-padded.
+at a scale it never saw. Whole images are predicted with overlapping, blended tiles
+(`trainer.tiling`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,112 +23,19 @@ from typing import Any
 import numpy as np
 
 from trainer.errors import DataError, RunDirError
+from trainer.pairs import list_images
 from trainer.plan import Plan, load_plan
-
-# Half a tile of overlap: every interior pixel is predicted by 4 tiles (2 per axis).
-DEFAULT_OVERLAP = 0.5
-
-PredictFn = Callable[[np.ndarray], np.ndarray]
+from trainer.tiling import DEFAULT_OVERLAP, resize, sliding_window, to_classes
 
 
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of `tile` pixels every `stride`; the last one ends at `length`.
-
-    `length` must be >= `tile` (pad smaller images first).
-    """
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
-
-
-def blend_window(height: int, width: int) -> np.ndarray:
-    """The 2-D weight of one tile: `sin^2` along each axis, never exactly zero.
-
-    Sampled at pixel centres, so the edges get a small positive weight: a pixel that
-    only one tile covers (an image border) still gets that tile's prediction.
-    """
-
-    def axis(n: int) -> np.ndarray:
-        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
-
-    return np.outer(axis(height), axis(width)).astype(np.float32)
-
-
-def sliding_window(
-    predict: PredictFn,
-    image: np.ndarray,
-    tile: tuple[int, int],
-    *,
-    batch_size: int = 8,
-    overlap: float = DEFAULT_OVERLAP,
-) -> np.ndarray:
-    """Predict a whole image by blending overlapping tiles.
-
-    Args:
-        predict: maps a batch `[B, th, tw, C_in]` to `[B, th, tw, C_out]` (e.g. a
-            Keras model's `predict_on_batch`). Called with at most `batch_size` tiles.
-        image: `[H, W, C_in]` float32, any size.
-        tile: `(th, tw)`, the model's input size.
-        batch_size: tiles per call. Defaults to `8`.
-        overlap: share of a tile that neighbouring tiles overlap, in [0, 1).
-            Defaults to `0.5`: a stride of half a tile.
-
-    Returns:
-        `[H, W, C_out]` float32: per pixel, the window-weighted mean of the tiles'
-        predictions.
-    """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"`overlap` must be in [0, 1). Received: overlap={overlap!r}")
-    h, w = image.shape[:2]
-    th, tw = tile
-    padded = pad_to(image, th, tw)
-    ph, pw = padded.shape[:2]
-    ys = tile_starts(ph, th, max(1, round(th * (1 - overlap))))
-    xs = tile_starts(pw, tw, max(1, round(tw * (1 - overlap))))
-    coords = [(y, x) for y in ys for x in xs]
-    window = blend_window(th, tw)[..., None]
-    acc: np.ndarray | None = None
-    weight = np.zeros((ph, pw, 1), np.float32)
-    for i in range(0, len(coords), batch_size):
-        chunk = coords[i : i + batch_size]
-        batch = np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
-        out = np.asarray(predict(batch), dtype=np.float32)
-        if acc is None:
-            acc = np.zeros((ph, pw, out.shape[-1]), np.float32)
-        for (y, x), pred in zip(chunk, out, strict=True):
-            acc[y : y + th, x : x + tw] += pred * window
-            weight[y : y + th, x : x + tw] += window
-    assert acc is not None  # at least one tile always exists
-    return (acc / weight)[:h, :w]
-
-
-def pad_to(image: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Pad `[H, W, ...]` at the bottom and right to at least `th` x `tw`, by reflection."""
-    h, w = image.shape[:2]
-    pad_h, pad_w = max(0, th - h), max(0, tw - w)
-    if not (pad_h or pad_w):
-        return image
-    # Reflection keeps image statistics at the border, unlike zeros the model never saw.
-    widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
-    return np.pad(image, widths, mode="reflect" if min(h, w) > 1 else "edge")
-
-
-def to_classes(probs: np.ndarray) -> np.ndarray:
-    """Probabilities `[..., 1]` (sigmoid) or `[..., K]` (softmax) to int32 class indices."""
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] >= 0.5).astype(np.int32)
-    return np.argmax(probs, axis=-1).astype(np.int32)
-
-
-def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear, antialiased resize of `[H, W, C]` float32 (as the training pipeline does)."""
-    if array.shape[:2] == (height, width):
-        return array
-    import tensorflow as tf
-
-    out = tf.image.resize(array, (height, width), method="bilinear", antialias=True)
-    return out.numpy().astype(np.float32)
+def work_size(height: int, width: int, scale: float, tile: tuple[int, int]) -> tuple[int, int]:
+    """The size the training pipeline brings an image to (`trainer.data`): times `scale`,
+    then, if smaller than a tile, resized up with its aspect kept until a tile fits."""
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    if h < tile[0] or w < tile[1]:
+        f = max(tile[0] / h, tile[1] / w)
+        h, w = max(tile[0], math.ceil(h * f)), max(tile[1], math.ceil(w * f))
+    return h, w
 
 
 @dataclass
@@ -173,10 +76,7 @@ class LoadedRun:
     def predict_proba(self, image: np.ndarray, *, overlap: float = DEFAULT_OVERLAP) -> np.ndarray:
         """Probabilities `[H, W, 1 or K]` for one `[H, W, 3]` image in [0, 1], at its own size."""
         h, w = image.shape[:2]
-        scale = self.plan.data.image_scale
-        work = image
-        if scale != 1.0:  # the size the training pipeline decoded images to
-            work = resize(image, max(1, round(h * scale)), max(1, round(w * scale)))
+        work = resize(image, *work_size(h, w, self.plan.data.image_scale, self.input_size))
         probs = sliding_window(
             self.predict_batch, work, self.input_size, batch_size=self.batch_size, overlap=overlap
         )
@@ -225,6 +125,28 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     return data
 
 
+def check_run_dir(run_dir: str | Path) -> Plan:
+    """The run's plan, after checking that the files prediction needs are there (fast).
+
+    Raises:
+        RunDirError: naming the missing folder, plan.json or best.weights.h5.
+        PlanError: plan.json is invalid.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunDirError(f"{run}: run folder not found")
+    plan_path, weights = run / "plan.json", run / "best.weights.h5"
+    if not plan_path.exists():
+        raise RunDirError(f"{plan_path}: missing, so {run} is not a fitplan run folder")
+    plan = load_plan(plan_path)
+    if not weights.exists():
+        raise RunDirError(
+            f"{weights}: missing",
+            hint="the run stopped before its first epoch finished; train it again or resume it",
+        )
+    return plan
+
+
 def load_run(
     run_dir: str | Path, *, precision: str | None = None, batch_size: int | None = None
 ) -> LoadedRun:
@@ -244,17 +166,8 @@ def load_run(
         PlanError: plan.json is invalid.
     """
     run = Path(run_dir)
-    if not run.is_dir():
-        raise RunDirError(f"{run}: run folder not found")
-    plan_path, weights = run / "plan.json", run / "best.weights.h5"
-    if not plan_path.exists():
-        raise RunDirError(f"{plan_path}: missing, so {run} is not a fitplan run folder")
-    plan = load_plan(plan_path)
-    if not weights.exists():
-        raise RunDirError(
-            f"{weights}: missing",
-            hint="the run stopped before its first epoch finished; train it again or resume it",
-        )
+    plan = check_run_dir(run)
+    weights = run / "best.weights.h5"
     metrics = read_metrics(run)
     num_classes = metrics.get("num_classes") or plan.data.num_classes
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -297,17 +210,53 @@ def _build(plan: Plan, num_classes: int, weights: Path):
     return model
 
 
+def sample_crops(
+    run: LoadedRun, data_root: str | Path | None, n: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """`n` random crops of `input_size` from the run's training images, and where from.
+
+    Images are sized as in training (`work_size`). When the images are gone
+    (the run was moved), seeded synthetic images are used: smooth blobs plus grain.
+    """
+    th, tw = run.input_size
+    rng = np.random.default_rng(seed)
+    folder = Path(data_root or run.plan.data.path) / run.plan.data.images
+    files = list_images(folder) if folder.is_dir() else []
+    k = min(n, len(files), 8)  # a few images give enough variety for a check
+    picks = [files[i] for i in rng.choice(len(files), size=k, replace=False)] if k else []
+    images = []
+    for f in picks:
+        try:
+            img = read_image(f)
+        except DataError:
+            continue  # a broken training image must not block an export
+        h, w = img.shape[:2]
+        images.append(resize(img, *work_size(h, w, run.plan.data.image_scale, (th, tw))))
+    if not images:
+        return _synthetic(rng, n, th, tw), f"synthetic (no readable images in {folder})"
+    crops = []
+    for i in range(n):
+        img = images[i % len(images)]
+        y = int(rng.integers(0, img.shape[0] - th + 1))
+        x = int(rng.integers(0, img.shape[1] - tw + 1))
+        crops.append(img[y : y + th, x : x + tw])
+    return np.stack(crops).astype(np.float32), "training images"
+
+
+def _synthetic(rng: np.random.Generator, n: int, th: int, tw: int) -> np.ndarray:
+    coarse = rng.random((n, th // 8 + 1, tw // 8 + 1, 3)).astype(np.float32)
+    smooth = np.stack([resize(c, th, tw) for c in coarse])
+    grain = rng.normal(0, 0.05, (n, th, tw, 3)).astype(np.float32)
+    return np.clip(smooth + grain, 0, 1)
+
+
 __all__ = [
-    "DEFAULT_OVERLAP",
     "LoadedRun",
-    "blend_window",
+    "check_run_dir",
     "load_run",
-    "pad_to",
     "read_image",
     "read_mask",
     "read_metrics",
-    "resize",
-    "sliding_window",
-    "tile_starts",
-    "to_classes",
+    "sample_crops",
+    "work_size",
 ]

@@ -58,7 +58,7 @@ def _crops(plan: Plan, num_classes: int, n: int) -> tuple[np.ndarray, np.ndarray
 
 
 class FakeRun(NamedTuple):
-    """A hand-written run folder and the saved model's output `y` on the input `x`."""
+    """A hand-written run folder and the saved model's output `y` on crops `x` of its data."""
 
     path: Path
     x: np.ndarray
@@ -86,7 +86,7 @@ def make_run(
         x, y = _crops(plan, num_classes, 64)
         model.fit(x, y, batch_size=8, epochs=fit_steps * 8 // len(x), verbose=0)
     model.save_weights(str(run_dir / "best.weights.h5"))
-    x = np.random.default_rng(0).random((2, *plan.input_size, 3)).astype(np.float32)
+    x = _crops(plan, num_classes, 2)[0]
     y = np.asarray(model.predict_on_batch(x))
     write_text(run_dir / "history.csv", HISTORY)
     if metrics:

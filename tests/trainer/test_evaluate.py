@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.trainer.run_factory import make_plan, make_run
-from trainer.errors import DataError
+from trainer.errors import DataError, RunDirError
 from trainer.evaluate import class_scores, confusion, evaluate
 from trainer.inference import LoadedRun
 
@@ -98,7 +98,12 @@ def test_no_pairs_is_a_data_error(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(DataError, match="no image/mask pairs"):
-        evaluate(tmp_path, tmp_path)
+        evaluate(tmp_path, tmp_path, run=_fake_run(tmp_path))
+
+
+def test_a_wrong_run_folder_is_named_before_the_data_is_read(tmp_path):
+    with pytest.raises(RunDirError, match="run folder not found"):
+        evaluate(tmp_path / "nope", tmp_path / "no-data-either")
 
 
 @pytest.mark.slow

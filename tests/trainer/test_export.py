@@ -22,6 +22,13 @@ def fake(tmp_path_factory):
     return make_run(root / "run", make_plan(data), fit_steps=40)
 
 
+@pytest.fixture(scope="module")
+def loaded(fake):
+    from trainer.inference import load_run
+
+    return load_run(fake.path, precision="float32")  # built once for every export below
+
+
 def _reload(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
     """Run an export with the consumer's own loader, independently of export()."""
     if fmt == "keras":
@@ -47,8 +54,8 @@ def _reload(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
         ("tflite", "int8"),
     ],
 )
-def test_export_round_trips_within_tolerance(fake, fmt, quantize):
-    out = export(fake.path, fmt, quantize)
+def test_export_round_trips_within_tolerance(fake, loaded, fmt, quantize):
+    out = export(fake.path, fmt, quantize, run=loaded)
     tol = TOLERANCE[(fmt, quantize)]
     assert out["tolerance"] == tol and out["bytes"] > 10_000
     assert out["max_abs_diff"] <= tol["max_abs_diff"]
@@ -84,23 +91,23 @@ def test_bad_arguments_are_named(fake, fmt, quantize, match):
         export(fake.path, fmt, quantize)
 
 
-def test_int8_without_training_images_is_refused(fake, tmp_path):
+def test_int8_without_training_images_is_refused(fake, loaded, tmp_path):
     with pytest.raises(FitplanError, match="int8"):
-        export(fake.path, "tflite", "int8", tmp_path / "m.tflite", data_root=tmp_path)
+        export(fake.path, "tflite", "int8", tmp_path / "m.tflite", data_root=tmp_path, run=loaded)
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_synthetic_inputs_check_a_float_export_when_the_data_is_gone(fake, tmp_path):
-    out = export(fake.path, "keras", out=tmp_path / "m.keras", data_root=tmp_path)
+def test_synthetic_inputs_check_a_float_export_when_the_data_is_gone(fake, loaded, tmp_path):
+    out = export(fake.path, "keras", out=tmp_path / "m.keras", data_root=tmp_path, run=loaded)
     assert out["inputs_from"].startswith("synthetic") and out["max_abs_diff"] == 0.0
 
 
-def test_an_export_over_tolerance_is_not_written(fake, tmp_path, monkeypatch):
+def test_an_export_over_tolerance_is_not_written(fake, loaded, tmp_path, monkeypatch):
     strict = {"max_abs_diff": -1.0, "mean_abs_diff": 1.0, "mask_agreement": 0.0}
     monkeypatch.setitem(export_mod.TOLERANCE, ("keras", None), strict)
     target = tmp_path / "m.keras"
     with pytest.raises(FitplanError, match="max_abs_diff=0, over the tolerance -1"):
-        export(fake.path, "keras", out=target)
+        export(fake.path, "keras", out=target, run=loaded)
     assert list(tmp_path.iterdir()) == []
 
 

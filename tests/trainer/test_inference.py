@@ -10,14 +10,8 @@ import pytest
 
 from tests.trainer.run_factory import make_plan, make_run
 from trainer.errors import RunDirError
-from trainer.inference import (
-    blend_window,
-    load_run,
-    pad_to,
-    sliding_window,
-    tile_starts,
-    to_classes,
-)
+from trainer.inference import load_run, work_size
+from trainer.tiling import blend_window, pad_to, sliding_window, tile_starts, to_classes
 
 # -- tiling (pure numpy, no model) -------------------------------------------------------
 
@@ -111,8 +105,13 @@ def fake(tmp_path_factory):
     return make_run(root / "run", make_plan(data))
 
 
-def test_load_run_rebuilds_the_model_and_loads_the_best_weights(fake):
-    run = load_run(fake.path)
+@pytest.fixture(scope="module")
+def loaded(fake):
+    return load_run(fake.path)
+
+
+def test_load_run_rebuilds_the_model_and_loads_the_best_weights(fake, loaded):
+    run = loaded
     assert run.num_classes == 2 and run.mask_values == (0, 255)
     assert run.model.output_shape == (None, 32, 32, 1)
     np.testing.assert_allclose(run.model.predict_on_batch(fake.x), fake.y, atol=1e-6)
@@ -129,9 +128,9 @@ def test_load_run_never_deserialises_a_model_file(fake, monkeypatch):
     load_run(fake.path)
 
 
-@pytest.mark.parametrize(("h", "w"), [(50, 70), (20, 24)])
-def test_predictions_have_the_image_size(fake, h, w):
-    run = load_run(fake.path)
+@pytest.mark.parametrize(("h", "w"), [(50, 70), (20, 24), (10, 6)])
+def test_predictions_have_the_image_size(loaded, h, w):
+    run = loaded
     image = np.random.default_rng(0).random((h, w, 3)).astype(np.float32)
     probs = run.predict_proba(image)
     assert probs.shape == (h, w, 1) and 0 <= probs.min() and probs.max() <= 1
@@ -156,6 +155,12 @@ def test_image_scale_predicts_smaller_and_resizes_back(tmp_path, fake):
     assert len(seen) == 1  # the 64x64 image became one 32x32 tile
 
 
+def test_small_images_are_sized_up_as_in_training():
+    assert work_size(10, 6, 1.0, (32, 32)) == (54, 32)  # aspect kept, as trainer.data does
+    assert work_size(64, 96, 0.5, (32, 32)) == (32, 48)
+    assert work_size(40, 40, 1.0, (32, 32)) == (40, 40)
+
+
 def test_missing_files_are_named(tmp_path, fake):
     with pytest.raises(RunDirError, match="run folder not found"):
         load_run(tmp_path / "nope")
@@ -173,7 +178,7 @@ def test_weights_that_do_not_fit_the_plan_are_refused(tmp_path, fake):
     bad = tmp_path / "bad"
     bad.mkdir()
     raw = json.loads((fake.path / "plan.json").read_text())
-    raw["backbone"] = "mobilenet_v3_small"
+    raw["normalization"] = "group"  # GroupNorm layers where the file has BatchNorm
     (bad / "plan.json").write_text(json.dumps(raw))
     (bad / "best.weights.h5").write_bytes((fake.path / "best.weights.h5").read_bytes())
     with pytest.raises(RunDirError, match="does not fit"):
