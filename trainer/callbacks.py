@@ -88,9 +88,10 @@ class RunCheckpointer(keras.callbacks.Callback):
         history.append(row)
         if value is not None and math.isfinite(float(value)) and self._improved(float(value)):
             self.state["best_value"], self.state["best_epoch"] = float(value), epoch + 1
-            self.run.save_weights(
-                self.model, self.run.best_path, self.max_bytes, self._bytes_except("best")
-            )
+            # Under a new name: best.weights.h5 changes only once state.json says so.
+            target = self.run.next_best_path(epoch + 1)
+            self.run.save_weights(self.model, target, self.max_bytes, self._bytes_except("best"))
+            self.state["best_pending"] = target.name
         self.state["epochs_done"] = epoch + 1
         self.state["phase"] = self.phase
         if self.keep_last:
@@ -106,8 +107,10 @@ class RunCheckpointer(keras.callbacks.Callback):
         if which == "best":
             files = self.run.path.glob("last-e*.weights.h5") if self.keep_last else []
             return sum(p.stat().st_size for p in files)
-        best = self.run.best_path
-        return best.stat().st_size if best.exists() else 0
+        # A new best written this epoch replaces the old one at the commit: count the new.
+        files = [*self.run.path.glob("best-next-e*.weights.h5"), self.run.best_path]
+        best = next((p for p in files if p.exists()), None)
+        return best.stat().st_size if best is not None else 0
 
 
 class TimeLimit(keras.callbacks.Callback):

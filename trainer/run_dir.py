@@ -12,11 +12,15 @@ Layout (docs/runs.md):
 Protocol for `last`: write the new file under a new name (atomically), then
 `state.json` naming it (atomically), then delete the old one. A kill at any point
 leaves `state.json` naming a complete file; files it does not name are leftovers
-of an interrupted write and are removed on resume.
+of an interrupted write and are removed on resume. A new best goes the same way:
+`best-next-eNNNN.weights.h5`, then `state.json` naming it (`best_pending`), then a
+rename over `best.weights.h5`; resume finishes the rename of the file `state.json`
+names and deletes any other, so the best file always matches `best_epoch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -60,6 +64,9 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.json"
 
+    def next_best_path(self, epoch: int) -> Path:
+        return self.path / f"best-next-e{epoch:04d}.weights.h5"
+
     def last_path(self, epoch: int) -> Path:
         return self.path / f"last-e{epoch:04d}.weights.h5"
 
@@ -91,6 +98,8 @@ class RunDir:
         plan = load_plan(run.plan_path)
         state = run.read_state()
         run.remove_leftovers(state)
+        if state is not None:
+            state.pop("best_pending", None)
         return run, plan, state
 
     def read_state(self) -> dict[str, Any] | None:
@@ -108,7 +117,18 @@ class RunDir:
         return state
 
     def remove_leftovers(self, state: dict[str, Any] | None) -> None:
-        """Delete `last-*` files that `state.json` does not name, and stale temp files."""
+        """Delete `last-*` files that `state.json` does not name, and stale temp files.
+
+        A `best-next` file becomes the best file if `state.json` names it
+        (`best_pending`), else it is the leftover of an epoch that never committed.
+        """
+        pending = state.get("best_pending") if state else None
+        for p in self.path.glob("best-next-e*.weights.h5"):
+            if p.name == pending:
+                os.replace(p, self.best_path)
+                _fsync_dir(self.path)
+            else:
+                p.unlink(missing_ok=True)
         keep = state.get("last_weights") if state else None
         for p in self.path.glob("last-e*.weights.h5"):
             if p.name != keep:
@@ -159,6 +179,7 @@ class RunDir:
         write_text(self.history_path, history_csv(history))
         write_json(self.state_path, {"version": STATE_VERSION, **state})
         self.remove_leftovers(state)
+        state.pop("best_pending", None)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics_path, metrics)
@@ -166,6 +187,16 @@ class RunDir:
     def checkpoint_bytes(self) -> int:
         files = [self.best_path, *self.path.glob("last-e*.weights.h5")]
         return sum(p.stat().st_size for p in files if p.exists())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename durable; not every file system allows a directory fsync.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _expected_bytes(model: Any, existing: list[Path]) -> int:

@@ -108,3 +108,18 @@ def assert_run_intact(run: Path) -> dict[str, Any]:
         assert (run / state["last_weights"]).exists()
     assert (run / "best.weights.h5").exists()
     return state
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """Whether two weights files hold the same arrays, in the same order."""
+    import h5py
+    import numpy as np
+
+    def arrays(path: Path) -> list:
+        out: list = []
+        with h5py.File(path, "r") as fh:
+            fh.visititems(lambda n, o: out.append(o[()]) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+    pairs = list(zip(arrays(a), arrays(b), strict=True))
+    return all(np.array_equal(x, y) for x, y in pairs)

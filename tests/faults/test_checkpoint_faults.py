@@ -124,3 +124,44 @@ def test_weights_bytes_estimate_covers_the_file(tmp_path, model):
         rtol=0.01,
         atol=70_000,
     )
+
+
+# -- the best file moves only with state.json ---------------------------------------------
+
+
+def test_a_best_written_but_not_committed_is_dropped_on_resume(tmp_path, model):
+    """Killed after the new best was written, before state.json: the old best stays the best."""
+    run = RunDir(tmp_path)
+    run.save_weights(model, run.best_path, None, 0)
+    old = run.best_path.read_bytes()
+    run.commit_state({"epochs_done": 1, "best_epoch": 1}, [])
+    model.set_weights([w + 1 for w in model.get_weights()])
+    run.save_weights(model, run.next_best_path(2), None, 0)  # ...and the kill lands here
+    run.remove_leftovers(run.read_state())  # what resume does first
+    assert run.best_path.read_bytes() == old
+    assert not run.next_best_path(2).exists()
+
+
+def test_a_best_committed_but_not_renamed_becomes_the_best_on_resume(tmp_path, model):
+    """Killed between state.json naming the new best and its rename: resume finishes it."""
+    run = RunDir(tmp_path)
+    run.save_weights(model, run.best_path, None, 0)
+    model.set_weights([w + 1 for w in model.get_weights()])
+    run.save_weights(model, run.next_best_path(2), None, 0)
+    new = run.next_best_path(2).read_bytes()
+    state = {"epochs_done": 2, "best_epoch": 2, "best_pending": run.next_best_path(2).name}
+    from trainer.atomic import write_json
+
+    write_json(run.state_path, {"version": 1, **state})  # ...and the kill lands here
+    run.remove_leftovers(run.read_state())
+    assert run.best_path.read_bytes() == new
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["best.weights.h5"]
+
+
+def test_commit_promotes_the_new_best(tmp_path, model):
+    run = RunDir(tmp_path)
+    run.save_weights(model, run.next_best_path(1), None, 0)
+    state = {"epochs_done": 1, "best_epoch": 1, "best_pending": run.next_best_path(1).name}
+    run.commit_state(state, [{"epoch": 1, "loss": 1.0}])
+    assert run.best_path.exists() and not run.next_best_path(1).exists()
+    assert "best_pending" not in state  # the next commit does not name it again

@@ -24,6 +24,7 @@ from tests.faults.common import (
     fitplan_child,
     h5_opens,
     plan_dict,
+    same_tensors,
     wait_for,
     write_plan,
 )
@@ -65,6 +66,10 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_last_good_state(killed_mid_
     assert state["epochs_done"] == 1 and state["last_weights"] == "last-e0001.weights.h5"
     assert h5_opens(run / "best.weights.h5") and h5_opens(run / "last-e0001.weights.h5")
     assert not (run / "last-e0002.weights.h5").exists()
+    # The best file is epoch 1's, as state.json says, even when epoch 2 wrote a better one
+    # (best-next-e0002, a leftover that resume deletes) before the kill.
+    assert state["best_epoch"] == 1
+    assert same_tensors(run / "best.weights.h5", run / "last-e0001.weights.h5")
 
 
 def test_disk_full_during_a_checkpoint_write_exits_8_and_keeps_the_previous_one(
