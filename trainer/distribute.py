@@ -95,9 +95,12 @@ def get_strategy(plan: Plan) -> tf.distribute.Strategy:
         HardwareError: the machine or cluster does not offer `plan.replicas` replicas.
     """
     key = (plan.strategy, plan.replicas)
-    if key not in _STRATEGIES:
-        _STRATEGIES[key] = _make_strategy(plan)
-    strategy = _STRATEGIES[key]
+    if plan.strategy == "default":
+        strategy = tf.distribute.get_strategy()  # not cached: it depends on the scope
+    else:
+        if key not in _STRATEGIES:
+            _STRATEGIES[key] = _make_strategy(plan)
+        strategy = _STRATEGIES[key]
     if strategy.num_replicas_in_sync != plan.replicas:
         workers = _num_workers(strategy)
         raise HardwareError(
@@ -110,8 +113,6 @@ def get_strategy(plan: Plan) -> tf.distribute.Strategy:
 
 
 def _make_strategy(plan: Plan) -> tf.distribute.Strategy:
-    if plan.strategy == "default":
-        return tf.distribute.get_strategy()
     if plan.strategy == "multi_worker":
         from trainer.distribute_keras import patch_multi_worker_logs
 
