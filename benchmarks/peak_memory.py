@@ -142,8 +142,9 @@ def prediction_error(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "median": round(statistics.median(e for e, _ in errs), 5),
         "max": round(worst[0], 5),
         "worst": worst[1],
-        "definition": "|predicted - measured| / measured; predicted from the line through the "
-        "two smallest micro-batches of the same child, for each larger micro-batch",
+        "definition": "|predicted - measured| / measured, for each micro-batch larger than the "
+        "two the line was fitted to (measured together in the trial child); the larger size "
+        "measured in a fresh child",
     }
 
 

@@ -58,9 +58,9 @@ class PipelineBench:
     backbone: str = "mobilenet_v3_small"
     side: int = 256
     micro_batch: int = 4
-    steps: int = 12  # per timed epoch; each source is timed `rounds` times, alternating
-    rounds: int = 3
-    timeout_s: float = 900.0
+    steps: int = 10  # per timed epoch; each source is timed `rounds` times, alternating
+    rounds: int = 2
+    timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,15 @@ SUITES: dict[str, Suite] = {
         pipeline=PipelineBench(),
         accumulation=AccumulationBench(),
         streaming=StreamingBench(),
+    ),
+    "prediction": Suite(
+        "prediction check at 256x256: 2 backbones, line through 1 and 4, fresh 8 and 16",
+        memory=MemoryMatrix(
+            backbones=("unet_small", "mobilenet_v3_small"),
+            sides=(256,),
+            fit_micro_batches=(1, 4),
+            check_micro_batches=(8, 16),
+        ),
     ),
     "pipeline": Suite("input pipeline throughput only", pipeline=PipelineBench()),
     "accumulation": Suite("accumulation overhead only", accumulation=AccumulationBench()),
