@@ -160,10 +160,15 @@ def make_plan(
             return None
         return budget_time_s - (time.monotonic() - t0 if count_planning_time else 0.0)
 
+    # The trial measures the train step alone; a real run adds the data pipeline,
+    # validation and callbacks (presets.TRAINING_OVERHEAD_BYTES). Kept free like the
+    # headroom, so the step's allowed share is budget x (1 - headroom) - overhead.
+    overhead = presets.TRAINING_OVERHEAD_BYTES.get(device, 0)
+    step_headroom = min(0.95, headroom + overhead / budget["bytes"])
     choice, verify_steps = _choose_and_verify(
         measurements,
         budget["bytes"],
-        headroom,
+        step_headroom,
         time_left,
         n_train,
         native_hw,
@@ -339,18 +344,20 @@ def _build_plan(
 ) -> Plan:
     c = choice.candidate
     cache, cache_bytes = _cache_decision(fp, choice, budget["bytes"])
+    overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
     time_limit = None
     if budget_time_s is not None:
         time_limit = float(budget_time_s)  # counted from the start of planning under --auto
     prediction = {
-        "peak_bytes": int(choice.predicted_peak_bytes + cache_bytes),
+        "peak_bytes": int(choice.predicted_peak_bytes + overhead + cache_bytes),
         "train_step_peak_bytes": int(choice.predicted_peak_bytes),
+        "training_overhead_bytes": int(overhead),
         "cache_bytes": int(cache_bytes),
         "step_time_s": round(choice.step_time_s, 4),
         "epoch_time_s": round(choice.epoch_time_s, 2),
         "epochs": int(choice.epochs),
         "micro_batches_per_epoch": int(choice.micro_batches_per_epoch),
-        "headroom_bytes": int(choice.headroom_bytes),
+        "headroom_bytes": int(choice.headroom_bytes - overhead),
         "budget_bytes": int(budget["bytes"]),
         "verified": bool(verify_steps) or "measured directly",
     }
@@ -422,7 +429,8 @@ def _build_plan(
 
 def _cache_decision(fp: dict[str, Any], choice: Choice, budget: int) -> tuple[str, int]:
     """Keep decoded pairs in RAM only when they fit in a small share of the headroom."""
-    decoded = int(fp.get("decoded_bytes") or 0)
+    # The scan counts 8-bit channels; the trainer caches float32 images.
+    decoded = int(fp.get("decoded_bytes") or 0) * presets.CACHE_BYTES_PER_DECODED_BYTE
     spare = choice.allowed_bytes - choice.predicted_peak_bytes
     if decoded and decoded <= presets.CACHE_SHARE_OF_SPARE * spare:
         return "memory", decoded

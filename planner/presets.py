@@ -52,6 +52,19 @@ TRIAL_TIMEOUT_S = 300.0
 HEADROOM = 0.10
 MAX_MICRO_BATCH = 64
 
+# Memory a real training run uses beyond the trial's train-step peak: the tf.data
+# pipeline (decoded full-size images being cropped, prefetched batches), the validation
+# pass (its own traced function), Keras callbacks and checkpoint writes. Measured on
+# epfl-em (768x1024, efficientnet_b0 384x384, micro-batch 4 and 6): real runs peaked
+# 0.32-0.38 GiB above the trial at the same micro-batch; the pipeline alone took
+# 0.11-0.13 GiB (docs/planning.md, "Measured on epfl-em"). A cache of decoded pairs
+# (plan data.cache = "memory") comes on top (`CACHE_BYTES_PER_DECODED_BYTE`). GPU: the
+# pipeline lives in host RAM, outside the allocator peak the plan predicts; not measured.
+TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.4 * GIB), "gpu": 0}
+# The trainer caches images as float32 (4 bytes per decoded 8-bit channel) and masks as
+# uint8; the scan's `decoded_bytes` counts 8-bit channels. 4 bounds it (alpha is dropped).
+CACHE_BYTES_PER_DECODED_BYTE = 4
+
 # Analytic estimate (no TensorFlow), used only to prune what cannot fit at micro-batch 1.
 # Runtime overhead: peak RSS at micro-batch 0 minus 16 bytes per parameter, measured
 # 0.76-1.17 GiB on CPU across the six backbones (docs/planning.md, "Calibration").
