@@ -73,3 +73,25 @@ def test_streaming_verdict_compares_the_largest_with_the_smallest():
     assert not streaming_verdict([rows[0], {"pairs": 64, "status": "ok", "peak_bytes": 1200}])[
         "meets_aim"
     ]
+
+
+def test_every_suite_fits_the_planner_trial_sizes():
+    from benchmarks.suites import SUITES
+    from planner.presets import TRIAL_MICRO_BATCHES
+    from trainer.plan import BACKBONES
+
+    matrices = [s.memory for s in SUITES.values() if s.memory is not None]
+    assert matrices
+    for m in matrices:
+        assert m.fit_micro_batches == TRIAL_MICRO_BATCHES
+        assert min(m.check_micro_batches) > max(m.fit_micro_batches)
+        assert set(m.backbones) <= set(BACKBONES)
+        assert all(side % 32 == 0 for side in m.sides)
+
+
+def test_the_plot_is_written_from_records(tmp_path):
+    from benchmarks.plot import plot_peaks
+
+    out = add_predictions([rec(1, 1000 * MIB), rec(4, 1300 * MIB), rec(8, 1750 * MIB)])
+    plot_peaks(out, tmp_path / "peak.png", baseline_bytes=600 * MIB)
+    assert (tmp_path / "peak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
