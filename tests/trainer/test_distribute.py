@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -118,8 +119,6 @@ def test_chief_writes_out_and_other_workers_a_removed_temp_folder(tmp_path, monk
 
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     out = tmp_path / "run"
     with worker_dir(out, _fake_strategy("worker", 0, {"worker": ["a:1", "b:1"]})) as folder:
