@@ -9,7 +9,9 @@ batch 4 x 2 accumulation steps, 2 epochs):
 - **one**: one process, default strategy, micro-batch 4;
 - **mirrored**: one process, `MirroredStrategy` over 2 logical CPU devices, micro-batch 2
   per replica;
-- **workers**: 2 processes on 127.0.0.1, `MultiWorkerMirroredStrategy`, micro-batch 2 each.
+- **workers**: 2 processes on 127.0.0.1, `MultiWorkerMirroredStrategy`, micro-batch 2 each;
+- **split**: one process, default strategy, micro-batch 2 x 4 accumulation steps: the same
+  global batch split like the replicas split it, to tell rounding from distribution.
 
 The arms run one after another, `--rounds` times in turn, so a change in the machine's
 load hits every arm. The step time is the median over every training step but the first
@@ -68,7 +70,9 @@ def _run_arm(arm: str, k: int, out: Path, data: Path, plan: dict) -> dict:
     d.mkdir(parents=True)
     load = os.getloadavg()[0]
     run = {"name": arm, "out": str(d / "run"), "plan": dict(plan)}
-    if arm == "one":
+    if arm in ("one", "split"):
+        if arm == "split":
+            run["plan"].update(micro_batch=2, accumulation_steps=4)
         spec = {"data": str(data), "result": str(d / "r.json"), "runs": [run]}
         _wait([_spawn(spec, d / "spec.json", _env())])
     elif arm == "mirrored":
@@ -108,7 +112,7 @@ def main() -> None:
     make_demo_dataset(data / "train", n=args.images, size=hw, seed=1)
     make_demo_dataset(data / "val", n=2, size=hw, seed=2)
     plan = {"input_size": list(hw), "epochs": 2}
-    arms = ("one", "mirrored", "workers")
+    arms = ("one", "mirrored", "workers", "split")
     runs: dict[str, list[dict]] = {a: [] for a in arms}
     t0 = time.monotonic()
     for k in range(args.rounds):

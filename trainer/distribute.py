@@ -24,22 +24,26 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from trainer.callbacks import TimeLimit
 from trainer.errors import HardwareError
 from trainer.plan import Plan
 
 __all__ = [
+    "AgreedTimeLimit",
     "get_strategy",
     "is_chief",
     "learning_rate_for",
     "shard_datasets",
     "strategy_for_run",
     "tf_config",
+    "time_limit_for",
     "worker_dir",
 ]
 
@@ -224,6 +228,39 @@ def shard_datasets(bundle: Any) -> Any:
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     val = bundle.val.with_options(options) if bundle.val is not None else None
     return dataclasses.replace(bundle, train=bundle.train.with_options(options), val=val)
+
+
+# -- decisions every worker must share ----------------------------------------------------
+
+
+class AgreedTimeLimit(TimeLimit):
+    """`TimeLimit` for several workers: all of them stop after the same step.
+
+    Each worker reads its own clock, so one could pass the deadline a step before
+    another and leave `fit` while the other waits for it in a collective, forever. The
+    decision is the all-reduced sum of the workers' flags instead (one scalar per step;
+    early stopping and the plateau schedule need nothing: they read all-reduced logs).
+    """
+
+    def __init__(self, deadline: float | None, strategy: tf.distribute.Strategy):
+        super().__init__(deadline)
+        self.strategy = strategy
+
+    def _check(self):
+        if self.deadline is None:  # the same on every worker: the plan's time limit
+            return
+        past = tf.constant(1.0 if time.monotonic() >= self.deadline else 0.0)
+        if float(self.strategy.reduce("SUM", past, axis=None)) > 0:
+            self.triggered = True
+            self.model.stop_training = True
+
+
+def time_limit_for(deadline: float | None) -> TimeLimit:
+    """`TimeLimit`, agreed across workers when the current strategy has several."""
+    strategy = tf.distribute.get_strategy()
+    return (
+        AgreedTimeLimit(deadline, strategy) if _num_workers(strategy) > 1 else TimeLimit(deadline)
+    )
 
 
 # -- the learning rate for a larger global batch ------------------------------------------

@@ -27,7 +27,6 @@ from trainer.callbacks import (
     MemoryGuard,
     RunCheckpointer,
     Throughput,
-    TimeLimit,
     peak_memory_bytes,
 )
 from trainer.distribute import (
@@ -35,6 +34,7 @@ from trainer.distribute import (
     learning_rate_for,
     shard_datasets,
     strategy_for_run,
+    time_limit_for,
     worker_dir,
 )
 from trainer.distribute_keras import build_from_spec
@@ -281,7 +281,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
     guard = MemoryGuard(_host_budget(plan))
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
-    time_limit = TimeLimit(deadline)
+    time_limit = time_limit_for(deadline)  # agreed across workers (docs/distributed.md)
     stopped_by = "epochs"
     t0 = time.monotonic() - float(state.get("wall_time_s", 0.0))
     for name, start, end, lr in phases:

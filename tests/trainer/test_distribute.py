@@ -350,7 +350,13 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, data,
                 {
                     "name": f"w{i}",
                     "out": str(out),
-                    "plan": {"strategy": "multi_worker", "replicas": 2, "micro_batch": 2},
+                    # A time limit that never fires: the workers still agree on it every step.
+                    "plan": {
+                        "strategy": "multi_worker",
+                        "replicas": 2,
+                        "micro_batch": 2,
+                        "time_limit_s": 3600,
+                    },
                     "interrupt_after": 2,
                 }
             ],
@@ -388,3 +394,40 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, data,
     assert metrics["epochs"] == 3 and metrics["replicas"] == 2
     assert metrics["strategy"] == "multi_worker"
     assert list((tmp_path / "tmp1").iterdir()) == []
+
+
+def test_agreed_time_limit_stops_when_any_worker_is_past_the_deadline():
+    import time
+
+    import tensorflow as tf
+
+    from trainer.distribute import AgreedTimeLimit
+
+    class TwoWorkers:  # the other worker is past its deadline; this one is not
+        def reduce(self, op, value, axis):
+            assert op == "SUM" and axis is None
+            return value + tf.constant(1.0)
+
+    model = SimpleNamespace(stop_training=False)
+    cb = AgreedTimeLimit(time.monotonic() + 3600, TwoWorkers())
+    cb.set_model(model)
+    cb.on_train_batch_end(0)
+    assert cb.triggered and model.stop_training
+
+    class Nobody(TwoWorkers):
+        def reduce(self, op, value, axis):
+            return value
+
+    model = SimpleNamespace(stop_training=False)
+    cb = AgreedTimeLimit(time.monotonic() + 3600, Nobody())
+    cb.set_model(model)
+    cb.on_train_batch_end(0)
+    assert not cb.triggered and not model.stop_training
+
+
+def test_one_process_keeps_the_plain_time_limit():
+    from trainer.callbacks import TimeLimit
+    from trainer.distribute import AgreedTimeLimit, time_limit_for
+
+    cb = time_limit_for(None)
+    assert type(cb) is TimeLimit and not isinstance(cb, AgreedTimeLimit)
