@@ -14,6 +14,10 @@ measured peaks of the two *smallest* sizes (1 and 4, as
 fitted sizes get no prediction (`predicted_peak_bytes` is `None`): a line through a
 point "predicts" it trivially. Each record also carries the analytic estimate the
 planner prunes with (`planner.candidates.analytic_estimate`), for information only.
+
+BatchNorm mode, as the planner: the fit child measures 1 and 4 in the mode of the sizes
+its line predicts (`fit_normalization`: "train" for checks at 8 and 16), and each check
+child in the plan's own mode for its size (`"auto"`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from benchmarks.suites import MemoryMatrix
 from planner.candidates import analytic_estimate
 from planner.memory_model import fit_line
 from planner.trial import TrialResult, TrialSpec, measure_one, run_trial
+from trainer.plan import SMALL_MICRO_BATCH
 
 Log = Callable[[str], None]
 FIT_POINTS = 2  # the smallest two sizes, as the planner's trial (1 and 4)
@@ -148,6 +153,14 @@ def prediction_error(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def fit_normalization(matrix: MemoryMatrix) -> str:
+    """The fit child's BatchNorm mode: that of the sizes its line predicts, as the planner
+    chooses it (`planner.candidates.trial_normalization`): "train" when every check size
+    is at least `SMALL_MICRO_BATCH`, else "frozen"."""
+    checks = matrix.check_micro_batches
+    return "train" if checks and min(checks) >= SMALL_MICRO_BATCH else "frozen"
+
+
 def run_matrix(
     matrix: MemoryMatrix,
     baseline_bytes: int | None,
@@ -167,6 +180,7 @@ def run_matrix(
                     (side, side),
                     matrix.fit_micro_batches,
                     precision=precision,
+                    normalization=fit_normalization(matrix),
                     warmup_steps=matrix.warmup_steps,
                     measured_steps=matrix.measured_steps,
                     device=device,
@@ -176,8 +190,9 @@ def run_matrix(
                 measured = [(mb, fits.get(mb), spec, "trial child") for mb in spec.micro_batches]
                 for mb in matrix.check_micro_batches:
                     log(f"measuring {backbone} {side}x{side} {precision} at {mb} (fresh child)")
-                    r = measure_one(spec, mb, timeout_s=matrix.timeout_s)
-                    one = dataclasses.replace(spec, micro_batches=(mb,))
+                    # The plan's own mode at this size, as the planner's verification child.
+                    one = dataclasses.replace(spec, micro_batches=(mb,), normalization="auto")
+                    r = measure_one(one, mb, timeout_s=matrix.timeout_s)
                     measured.append((mb, r, one, "fresh child"))
                 for mb, r, child_spec, where in measured:
                     config = {

@@ -25,7 +25,7 @@ from typing import Any
 from planner import presets
 from planner.trial_spec import TrialSpec
 from trainer.models.backbones import backbone_info
-from trainer.plan import BACKBONES, PRECISIONS
+from trainer.plan import BACKBONES, PRECISIONS, SMALL_MICRO_BATCH
 
 
 @dataclass(frozen=True, order=True)
@@ -161,6 +161,38 @@ def analytic_estimate(
     return int(
         presets.RUNTIME_OVERHEAD_BYTES[device] + params * 4 * copies + per_sample * micro_batch
     )
+
+
+def trial_normalization(
+    candidate: Candidate,
+    *,
+    allowed_bytes: int,
+    max_micro_batch: int,
+    num_classes: int = 2,
+    device: str = "cpu",
+) -> str:
+    """The BatchNorm mode a candidate's trial should measure in: that of the plan it will feed.
+
+    A plan trains BatchNorm at micro-batch `SMALL_MICRO_BATCH` (8) and above and freezes
+    it below; training BatchNorm keeps more per sample (unet_small 256x256 at 8: 1369 MiB
+    trained vs 1263 MiB frozen, docs/benchmarks.md). The trial's sizes (1 and 4) are both
+    small, so the line through them would be fitted in the wrong mode for every plan at 8
+    or more. This asks the analytic estimate whether the candidate can reach 8 within
+    `allowed_bytes` (and the cap `max_micro_batch` allows it): `"train"` if so, else
+    `"frozen"`. When the choice lands on the other side, verification measures the
+    chosen size in its own mode (`planner.make_plan`).
+    """
+    if max_micro_batch < SMALL_MICRO_BATCH:
+        return "frozen"
+    est = analytic_estimate(
+        candidate.backbone,
+        candidate.input_size,
+        SMALL_MICRO_BATCH,
+        candidate.precision,
+        num_classes,
+        device=device,
+    )
+    return "train" if est <= allowed_bytes else "frozen"
 
 
 def prune(

@@ -23,6 +23,7 @@ class CandidateMeasurement:
     trials: tuple[TrialResult, ...] = ()
     pruned_reason: str | None = None
     estimate_bytes: int | None = None
+    normalization: str | None = None  # the BatchNorm mode its trials ran in
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,14 @@ def make_plan(
     pids: set[int] = set()
     traces = 0
     limit = budget["bytes"]
+    # The trial's train step gets what is left once the headroom and the training
+    # overhead (pipeline, validation, callbacks: presets.TRAINING_OVERHEAD_BYTES) are
+    # kept free: budget x (1 - headroom) - overhead.
+    overhead = presets.TRAINING_OVERHEAD_BYTES.get(device, 0)
+    step_headroom = min(0.95, headroom + overhead / budget["bytes"])
+    step_allowed = int(budget["bytes"] * (1 - step_headroom))
+    replicas = int(budget.get("replicas", 1))
+    max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(effective_batch / replicas))
     for c in kept:
         if (
             budget_time_s is not None
@@ -145,14 +153,22 @@ def make_plan(
             measurements.append(CandidateMeasurement(c, pruned_reason=reason))
             say(f"skipped {c.label}: {reason}")
             continue
-        say(
-            f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} (one child)..."
+        norm = cand.trial_normalization(
+            c,
+            allowed_bytes=step_allowed,
+            max_micro_batch=max_mb,
+            num_classes=num_classes,
+            device=device,
         )
-        spec = cand.trial_spec(c, num_classes=num_classes, device=device)
+        say(
+            f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} "
+            f"(one child, BatchNorm {norm})..."
+        )
+        spec = cand.trial_spec(c, num_classes=num_classes, device=device, normalization=norm)
         results = run_trial(spec, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
         pids |= {r.child_pid for r in results if r.child_pid}
         traces += sum(r.traces or 0 for r in results)
-        measurements.append(CandidateMeasurement(c, trials=tuple(results)))
+        measurements.append(CandidateMeasurement(c, trials=tuple(results), normalization=norm))
         say("  " + "; ".join(_trial_line(r) for r in results))
 
     def time_left() -> float | None:
@@ -160,11 +176,6 @@ def make_plan(
             return None
         return budget_time_s - (time.monotonic() - t0 if count_planning_time else 0.0)
 
-    # The trial measures the train step alone; a real run adds the data pipeline,
-    # validation and callbacks (presets.TRAINING_OVERHEAD_BYTES). Kept free like the
-    # headroom, so the step's allowed share is budget x (1 - headroom) - overhead.
-    overhead = presets.TRAINING_OVERHEAD_BYTES.get(device, 0)
-    step_headroom = min(0.95, headroom + overhead / budget["bytes"])
     choice, verify_steps = _choose_and_verify(
         measurements,
         budget["bytes"],
@@ -180,7 +191,7 @@ def make_plan(
         pids,
         say,
         count_planning_time,
-        replicas=int(budget.get("replicas", 1)),
+        replicas=replicas,
     )
     traces += sum(1 for _ in verify_steps)  # each verification child traces once
     planning_time = time.monotonic() - t0
@@ -201,6 +212,7 @@ def make_plan(
         len(pids),
         traces,
         target=effective_batch,
+        measurements=measurements,
     )
     if out is not None:
         save_plan(plan, out)
@@ -242,7 +254,9 @@ def _choose_and_verify(
         c, mb = choice.candidate, choice.micro_batch
         m = next(x for x in measurements if x.candidate == c)
         measured = {r.micro_batch: r for r in m.trials if r.ok}
-        if mb in measured or choice.line is None:
+        # A size the trial measured in the plan's own BatchNorm mode needs no second child.
+        same_mode = m.normalization in (None, choice.normalization)
+        if (mb in measured and same_mode) or choice.line is None:
             say(f"chose {c.label} micro-batch {mb}: measured directly, no verification needed")
             return choice, []
         say(
@@ -341,6 +355,7 @@ def _build_plan(
     children,
     traces,
     target=presets.TARGET_EFFECTIVE_BATCH,
+    measurements=(),
 ) -> Plan:
     c = choice.candidate
     cache, cache_bytes = _cache_decision(fp, choice, budget["bytes"])
@@ -368,6 +383,16 @@ def _build_plan(
         "budget": budget,
         "choice": choice.to_dict(),
         "verification": [s.to_dict() for s in verify_steps],
+        # Every trial child's raw results, with the BatchNorm mode it measured in.
+        "trials": [
+            {
+                **m.candidate.to_dict(),
+                "normalization": m.normalization,
+                "results": [r.to_dict() for r in m.trials],
+            }
+            for m in measurements
+            if m.trials
+        ],
         "dataset": {
             k: fp.get(k)
             for k in (

@@ -15,6 +15,7 @@ from planner.candidates import (
     input_sizes,
     precisions_for,
     prune,
+    trial_normalization,
     trial_spec,
 )
 
@@ -101,6 +102,17 @@ def test_prune_tolerates_an_estimate_slightly_over_budget():
     need = analytic_estimate(c.backbone, c.input_size, 1)
     kept, _ = prune([c], budget_bytes=int(need / 0.9 / 1.2), headroom=0.1)  # 1.2x over < 1.25
     assert kept == [c]
+
+
+def test_trials_measure_in_the_batchnorm_mode_of_the_plan_they_feed():
+    c = Candidate("unet_small", (256, 256))
+    at_8 = analytic_estimate(c.backbone, c.input_size, 8)
+    # Room for micro-batch 8: the plan will train BatchNorm, so the trial does too.
+    assert trial_normalization(c, allowed_bytes=at_8, max_micro_batch=16) == "train"
+    # One byte short of 8: the plan stays below 8 with frozen BatchNorm.
+    assert trial_normalization(c, allowed_bytes=at_8 - 1, max_micro_batch=16) == "frozen"
+    # A cap below 8 (e.g. effective batch 16 over 4 replicas) never trains BatchNorm.
+    assert trial_normalization(c, allowed_bytes=64 * GIB, max_micro_batch=4) == "frozen"
 
 
 def test_the_parent_side_never_imports_tensorflow():

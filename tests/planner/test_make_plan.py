@@ -54,3 +54,44 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     assert metrics["epochs"] >= 1
     assert any("measuring unet_small 32x32" in line for line in lines)
     assert result.children == ev["children"]
+
+
+@pytest.mark.parametrize(
+    ("trial_mode", "verified"), [("frozen", False), ("train", True), (None, False)]
+)
+def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
+    monkeypatch, trial_mode, verified
+):
+    """Trials at 1 and 4 in training mode say nothing exact about a frozen plan at 4."""
+    from planner import make_plan as mp
+    from planner.candidates import Candidate
+    from planner.choice import CandidateMeasurement
+    from planner.trial_spec import TrialResult
+
+    gib = 2**30
+    c = Candidate("unet_small", (64, 64))
+    trials = (
+        TrialResult("ok", 1, peak_bytes=int(1.0 * gib), step_time_s=0.1),
+        TrialResult("ok", 4, peak_bytes=int(1.3 * gib), step_time_s=0.3),
+    )
+    calls = []
+
+    def fake_measure_one(spec, size, **kw):
+        calls.append((size, spec.normalization, spec.to_plan().resolved_normalization))
+        return TrialResult("ok", size, peak_bytes=int(1.25 * gib), step_time_s=0.3)
+
+    monkeypatch.setattr(mp, "measure_one", fake_measure_one)
+    m = CandidateMeasurement(c, trials=trials, normalization=trial_mode)
+    # allowed = 1.5 x 0.9 = 1.35 GiB: 4 fits (1.3), 5 does not (1.4): the choice is 4.
+    choice, steps = mp._choose_and_verify(
+        [m], int(1.5 * gib), 0.1, lambda: None, 10, (64, 64), 16, 2, "cpu",
+        int(1.5 * gib), 60.0, set(), lambda _msg: None,
+    )  # fmt: skip
+    assert choice.micro_batch == 4 and choice.normalization == "frozen"
+    if verified:
+        assert calls == [(4, "auto", "frozen")]  # the plan's own mode at 4
+        assert choice.predicted_peak_bytes == int(1.25 * gib)
+        assert [s.action for s in steps] == ["accepted"]
+    else:
+        assert calls == [] and steps == []
+        assert choice.predicted_peak_bytes == int(1.3 * gib)
