@@ -22,6 +22,15 @@ from keras import layers
 
 NORMALIZATIONS = ("train", "frozen", "group")
 
+# BatchNorm momentum of every layer in a "train"-mode model. Keras defaults to 0.99 and
+# MobileNetV3 to 0.999: the moving statistics that validation and inference use then
+# keep 0.999^n of their initial values after n steps (82% after 200), and a model
+# trained from scratch for a few hundred steps validates with statistics it never saw.
+# Measured on epfl-em (mobilenet_v3_small 384x384, micro-batch 16, weights none, 9
+# epochs of ~22 steps): training Dice rose to 0.67 while validation Dice stayed at
+# 0.16. At 0.9 the statistics follow the data within about 20 steps.
+TRAIN_BN_MOMENTUM = 0.9
+
 _CALIBRATION_SAMPLES = 128
 _CALIBRATION_MAX_BATCH = 32
 
@@ -91,6 +100,12 @@ def batchnorm_layers(model_or_layers) -> list:
             if isinstance(layer, layers.BatchNormalization):
                 found.append(layer)
     return found
+
+
+def set_batchnorm_momentum(model: keras.Layer, momentum: float = TRAIN_BN_MOMENTUM) -> None:
+    """Set the momentum of every BatchNorm layer in `model` (nested ones too)."""
+    for layer in batchnorm_layers(model):
+        layer.momentum = momentum
 
 
 def freeze_batchnorm(model: keras.Layer) -> None:

@@ -26,6 +26,7 @@ from trainer.models.layers import (
     calibrate_batchnorm,
     conv_block,
     freeze_batchnorm,
+    set_batchnorm_momentum,
 )
 from trainer.models.weights import resolve_weights
 
@@ -106,6 +107,8 @@ def build_unet(
         "sigmoid" if out_channels == 1 else "softmax", dtype="float32", name="probabilities"
     )(x)
     model = keras.Model(inputs, outputs, name=f"unet_{backbone}")
+    if normalization == "train":  # moving statistics that keep up with short runs
+        set_batchnorm_momentum(model)
     if normalization in ("frozen", "group"):
         # "group": keras.applications encoders create their BatchNorm layers inside the
         # constructor and cannot swap them without rebuilding the whole network (and
