@@ -52,17 +52,19 @@ TRIAL_TIMEOUT_S = 300.0
 HEADROOM = 0.10
 MAX_MICRO_BATCH = 64
 
-# Memory a real training run uses beyond the trial's train-step peak: the tf.data
-# pipeline (decoded full-size images being cropped, prefetched batches), the validation
-# pass (its own traced function), Keras callbacks, checkpoint writes and more steps.
-# Measured on epfl-em (768x1024 pairs, efficientnet_b0 384x384, streamed): real runs
-# peaked 0.66-0.71 GiB above the trial's line at micro-batch 2, 5 and 8, and 0.45 GiB
-# above a verification child at micro-batch 6 (cached); the pipeline alone took
-# 0.11-0.13 GiB (docs/planning.md, "Measured on epfl-em"). An empirical term, fitted on
-# those runs, not derived. A cache of decoded pairs (plan data.cache = "memory") comes on
-# top (`CACHE_BYTES_PER_DECODED_BYTE`). GPU: the pipeline lives in host RAM, outside the
-# allocator peak the plan predicts; not measured, so 0.
-TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.7 * GIB), "gpu": 0}
+# Memory a real training run uses beyond the trial's train-step peak at the same
+# micro-batch: the tf.data pipeline (decoded full-size images being cropped, prefetched
+# batches; 0.11-0.13 GiB alone), the validation pass (its own traced function), Keras
+# callbacks and checkpoint writes. Measured on epfl-em (768x1024 pairs, efficientnet_b0
+# 384x384, streamed), real run minus the trial child at the same micro-batch: 0.30 and
+# 0.29 GiB at micro-batch 1 and 4 on this 2-core AMD EPYC when idle, 0.32-0.38 GiB on
+# the same kind of machine under load (docs/planning.md, "Measured on epfl-em"). An empirical term, not
+# derived. (A 0.7 GiB figure measured against the *line* at sizes 2-8 mixed this with
+# the line's own underestimate of large sizes, which verification handles.) A cache of
+# decoded pairs (plan data.cache = "memory") comes on top (`CACHE_BYTES_PER_DECODED_BYTE`).
+# GPU: the pipeline lives in host RAM, outside the allocator peak the plan predicts; not
+# measured, so 0.
+TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.4 * GIB), "gpu": 0}
 # The trainer caches images as float32 (4 bytes per decoded 8-bit channel) and masks as
 # uint8; the scan's `decoded_bytes` counts 8-bit channels. 4 bounds it (alpha is dropped).
 CACHE_BYTES_PER_DECODED_BYTE = 4
