@@ -31,6 +31,17 @@ app = typer.Typer(
 )
 
 err = Console(stderr=True)
+
+
+def _stdout() -> Console:
+    """Console for tables on stdout: 160 columns when it is a file or a pipe.
+
+    Rich falls back to 80 columns there, which folds the candidate table into
+    unreadable slivers in a log; a terminal (or `COLUMNS`) keeps its own width.
+    """
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=160)
 _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -125,7 +136,7 @@ def probe(
     if json_out:
         print_json(report)
     else:
-        Console().print(hardware.probe_table(report))
+        _stdout().print(hardware.probe_table(report))
 
 
 @app.command()
@@ -150,7 +161,7 @@ def scan(
     if json_out:
         print_json(fp)
     else:
-        Console().print(dataset.scan_table(fp))
+        _stdout().print(dataset.scan_table(fp))
     dataset.require_trainable(fp)
 
 
@@ -201,7 +212,7 @@ def demo(
     else:
         _render_train_result(summary["train"], Path(summary["out"]) / "run", False)
         t = summary["test"]
-        Console().print(
+        _stdout().print(
             f"held-apart test set: Dice {t['dice_mean']:.3f}, IoU {t['iou_mean']:.3f} "
             f"on {t['images']} images; the plan is {summary['plan']}"
         )
@@ -271,7 +282,7 @@ def plan_cmd(
     if json_out:
         print_json(result.plan.to_dict())
     else:
-        Console().print(plan_table(result.plan.to_dict()))
+        _stdout().print(plan_table(result.plan.to_dict()))
 
 
 @app.command()
@@ -401,7 +412,7 @@ def _render_train_result(metrics: dict[str, Any], run_dir: Path, json_out: bool)
         elif isinstance(v, float):
             v = f"{v:.4g}"
         table.add_row(key, str(v))
-    Console().print(table)
+    _stdout().print(table)
 
 
 RunArg = Annotated[Path, typer.Argument(help="Run folder written by `fitplan train`.")]
@@ -425,7 +436,7 @@ def evaluate(
     if json_out:
         print_json(result)
     else:
-        Console().print(evaluation_table(result))
+        _stdout().print(evaluation_table(result))
 
 
 @app.command()
@@ -477,7 +488,7 @@ def export(
     if json_out:
         print_json(result)
     else:
-        Console().print(escape(export_line(result)), highlight=False, soft_wrap=True)
+        _stdout().print(escape(export_line(result)), highlight=False, soft_wrap=True)
 
 
 @app.command()
