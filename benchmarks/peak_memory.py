@@ -2,9 +2,9 @@
 
 Measuring reuses the planner's trial child unchanged (default target
 `planner.trial_child:measure`), the way the planner uses it: per (backbone, input size,
-precision) one child measures the fit sizes 1 and 4 (`run_trial`, the planner's trial,
-each size's peak alone: the child resets the kernel's `VmHWM` mark before each size),
-and each larger size runs in a fresh child (`measure_one`, the planner's verification).
+precision) the fit sizes 1 and 4 each run in a fresh child (`measure_each`, the
+planner's trial), and each larger size runs in a fresh child (`measure_one`, the
+planner's verification).
 
 What "predicted" means here: exactly what the planner does with a trial. A line
 `peak = a + b * micro_batch` is fitted (`planner.memory_model.fit_line`) through the
@@ -31,7 +31,7 @@ from typing import Any
 from benchmarks.suites import MemoryMatrix
 from planner.candidates import analytic_estimate
 from planner.memory_model import fit_line
-from planner.trial import TrialResult, TrialSpec, measure_one, run_trial
+from planner.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
 from trainer.plan import SMALL_MICRO_BATCH
 
 Log = Callable[[str], None]
@@ -186,8 +186,10 @@ def run_matrix(
                     device=device,
                 )
                 log(f"measuring {backbone} {side}x{side} {precision} at {list(spec.micro_batches)}")
-                fits = {r.micro_batch: r for r in run_trial(spec, timeout_s=matrix.timeout_s)}
-                measured = [(mb, fits.get(mb), spec, "trial child") for mb in spec.micro_batches]
+                fits = {r.micro_batch: r for r in measure_each(spec, timeout_s=matrix.timeout_s)}
+                measured = [
+                    (mb, fits.get(mb), spec, "trial child (fresh)") for mb in spec.micro_batches
+                ]
                 for mb in matrix.check_micro_batches:
                     log(f"measuring {backbone} {side}x{side} {precision} at {mb} (fresh child)")
                     # The plan's own mode at this size, as the planner's verification child.

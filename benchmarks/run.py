@@ -99,8 +99,8 @@ def run_suite(suite: Suite, *, device: str, epfl: Path, log=print) -> dict[str, 
             ),
             "step_time_s": f"median of {m.measured_steps} train_on_batch steps after "
             f"{m.warmup_steps} warm-up steps (the first traces)",
-            "children": "per (backbone, input size, precision): one planner trial child "
-            f"(planner.trial.run_trial, default target) for micro-batches {list(m.fit_micro_batches)} "
+            "children": "per (backbone, input size, precision): one fresh planner trial child "
+            f"per fit size (planner.trial.measure_each, default target) {list(m.fit_micro_batches)} "
             "ascending, as the planner's trial; one fresh child (planner.trial.measure_one) per "
             f"larger size {list(m.check_micro_batches)}, as the planner's verification",
             "inputs": "synthetic float32 images in [0, 1] and class-index masks, 2 classes",

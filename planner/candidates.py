@@ -25,7 +25,7 @@ from typing import Any
 from planner import presets
 from planner.trial_spec import TrialSpec
 from trainer.models.backbones import backbone_info
-from trainer.plan import BACKBONES, PRECISIONS, SMALL_MICRO_BATCH
+from trainer.plan import BACKBONES, PRECISIONS, SMALL_MICRO_BATCH, normalization_for
 
 
 @dataclass(frozen=True, order=True)
@@ -170,18 +170,22 @@ def trial_normalization(
     max_micro_batch: int,
     num_classes: int = 2,
     device: str = "cpu",
+    weights: str = "none",
 ) -> str:
     """The BatchNorm mode a candidate's trial should measure in: that of the plan it will feed.
 
-    A plan trains BatchNorm at micro-batch `SMALL_MICRO_BATCH` (8) and above and freezes
-    it below; training BatchNorm keeps more per sample (unet_small 256x256 at 8: 1369 MiB
-    trained vs 1263 MiB frozen, docs/benchmarks.md). The trial's sizes (1 and 4) are both
-    small, so the line through them would be fitted in the wrong mode for every plan at 8
-    or more. This asks the analytic estimate whether the candidate can reach 8 within
-    `allowed_bytes` (and the cap `max_micro_batch` allows it): `"train"` if so, else
-    `"frozen"`. When the choice lands on the other side, verification measures the
-    chosen size in its own mode (`planner.make_plan`).
+    Training BatchNorm keeps more per sample than frozen (unet_small 256x256 at 8: 1376
+    MiB vs 1102 MiB, fresh children), so the line must be fitted in the plan's mode
+    (`trainer.plan.normalization_for`). From scratch that is always `"train"`. With
+    pretrained weights a plan freezes BatchNorm below `SMALL_MICRO_BATCH` (8) and trains
+    it from 8, while the trial's sizes (1 and 4) are both small: this asks the analytic
+    estimate whether the candidate can reach 8 within `allowed_bytes` (and the cap
+    `max_micro_batch` allows it): `"train"` if so, else `"frozen"`. When the choice lands
+    on the other side, verification measures the chosen size in its own mode
+    (`planner.make_plan`).
     """
+    if normalization_for(1, weights) == "train":
+        return "train"
     if max_micro_batch < SMALL_MICRO_BATCH:
         return "frozen"
     est = analytic_estimate(

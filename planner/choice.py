@@ -56,7 +56,7 @@ class Choice:
     Args:
         candidate: backbone, input size and precision chosen.
         micro_batch, accumulation_steps, effective_batch, normalization: plan fields
-            (`normalization` is "frozen" below `SMALL_MICRO_BATCH`, else "train").
+            (`normalization` from `trainer.plan.normalization_for`).
         epochs: the plan's epochs (what the time budget allows, at most `max_epochs`).
         predicted_peak_bytes: the memory line at `micro_batch` (before verification).
         budget_bytes, allowed_bytes, headroom_bytes: budget = allowed + headroom.

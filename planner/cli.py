@@ -42,6 +42,8 @@ def _stdout() -> Console:
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
         return Console()
     return Console(width=160)
+
+
 _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])

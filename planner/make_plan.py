@@ -23,10 +23,10 @@ from planner import presets
 from planner.choice import CandidateMeasurement, Choice
 from planner.memory_model import verify
 from planner.search import choose
-from planner.trial import measure_one, run_trial
+from planner.trial import measure_each, measure_one
 from trainer.errors import BudgetError, FitplanError
 from trainer.pairs import Pair
-from trainer.plan import DataSpec, Plan, save_plan
+from trainer.plan import DataSpec, Plan, normalization_for, save_plan
 from trainer.sampling import split_pairs
 
 Log = Callable[[str], None]
@@ -159,13 +159,14 @@ def make_plan(
             max_micro_batch=max_mb,
             num_classes=num_classes,
             device=device,
+            weights=weights,
         )
         say(
             f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} "
-            f"(one child, BatchNorm {norm})..."
+            f"(one child each, BatchNorm {norm})..."
         )
         spec = cand.trial_spec(c, num_classes=num_classes, device=device, normalization=norm)
-        results = run_trial(spec, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
+        results = measure_each(spec, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
         pids |= {r.child_pid for r in results if r.child_pid}
         traces += sum(r.traces or 0 for r in results)
         measurements.append(CandidateMeasurement(c, trials=tuple(results), normalization=norm))
@@ -192,6 +193,7 @@ def make_plan(
         say,
         count_planning_time,
         replicas=replicas,
+        weights=weights,
     )
     traces += sum(1 for _ in verify_steps)  # each verification child traces once
     planning_time = time.monotonic() - t0
@@ -235,6 +237,7 @@ def _choose_and_verify(
     say,
     count_planning_time=False,
     replicas=1,
+    weights="none",
 ):
     """Choose; verify the choice with one measured run; if it fails, drop it and choose again."""
     measurements = list(measurements)
@@ -249,6 +252,7 @@ def _choose_and_verify(
             native_hw=native_hw,
             target_effective_batch=target,
             replicas=replicas,
+            weights=weights,
             say=say,
         )
         c, mb = choice.candidate, choice.micro_batch
@@ -262,9 +266,16 @@ def _choose_and_verify(
         say(
             f"chose {c.label} micro-batch {mb} (predicted {_gib(choice.predicted_peak_bytes)}); verifying..."
         )
-        spec = cand.trial_spec(c, num_classes=num_classes, device=device)
 
-        def measure(size: int, spec=spec):
+        def measure(size: int, c=c):
+            # Each size in the plan's own BatchNorm mode at that size (it can change
+            # when verification steps down across SMALL_MICRO_BATCH).
+            spec = cand.trial_spec(
+                c,
+                num_classes=num_classes,
+                device=device,
+                normalization=normalization_for(size, weights),
+            )
             r = measure_one(spec, size, timeout_s=timeout_s, memory_limit_bytes=limit)
             if r.child_pid:
                 pids.add(r.child_pid)
@@ -281,7 +292,7 @@ def _choose_and_verify(
                 micro_batch=got,
                 accumulation_steps=accum,
                 effective_batch=got * replicas * accum,
-                normalization="frozen" if got < 8 else "train",
+                normalization=normalization_for(got, weights),
                 predicted_peak_bytes=int(peak),
                 line=line,
             )

@@ -14,7 +14,8 @@ GIB = 2**30
 
 # -- candidates -------------------------------------------------------------------------
 
-# Few on purpose: one child per (backbone, size, precision) costs 20-50 s on this CPU.
+# Few on purpose: each (backbone, size, precision) costs two children (one per trial
+# size), 10-40 s each on this CPU.
 DEFAULT_BACKBONES: tuple[str, ...] = ("mobilenet_v3_small", "efficientnet_b0")
 # Square crop sides to try, kept only where they fit in the images (multiples of 32).
 DEFAULT_SIDES: tuple[int, ...] = (256, 384)
@@ -37,8 +38,10 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
 
 # -- trials -----------------------------------------------------------------------------
 
-# Sizes measured per child for the fit: a spread of 4x (1 and 2 is noise, measured).
-# The second size retraces once; later sizes reuse that relaxed-shape trace (counted).
+# Sizes measured for the fit, each in its own fresh child (`planner.trial.measure_each`):
+# a spread of 4x (1 and 2 is noise, measured). Measured in one child, the second size
+# carried the first's leftovers and a relaxed-shape retrace, and the line through them
+# over-predicted larger sizes by 10-26%.
 TRIAL_MICRO_BATCHES: tuple[int, ...] = (1, 4)
 TRIAL_WARMUP_STEPS = 3
 TRIAL_MEASURED_STEPS = 5

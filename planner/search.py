@@ -3,7 +3,7 @@
 For each candidate: fit the memory line to its ok trials, take the largest micro-batch
 whose predicted peak stays under budget x (1 - headroom) (never above a size that
 failed, the target effective batch or `presets.MAX_MICRO_BATCH`), accumulate to the
-target effective batch, freeze BatchNorm below `trainer.plan.SMALL_MICRO_BATCH`, and
+target effective batch, pick the BatchNorm mode (`trainer.plan.normalization_for`), and
 estimate the epoch time from the measured step time. Then score what is feasible
 (`presets.Objective`, docs/planning.md) and pick the best; every other candidate gets
 its verdict and reason.
@@ -28,7 +28,7 @@ from planner.choice import CandidateMeasurement, Choice, Evaluation
 from planner.memory_model import allowed_bytes, fit_line, largest_fitting
 from planner.trial_spec import TrialResult
 from trainer.errors import BudgetError, FitplanError
-from trainer.plan import SMALL_MICRO_BATCH
+from trainer.plan import normalization_for
 from trainer.sampling import crops_for, epoch_steps
 
 __all__ = [
@@ -147,6 +147,7 @@ def choose(
     objective: presets.Objective = presets.DEFAULT_OBJECTIVE,
     max_micro_batch: int = presets.MAX_MICRO_BATCH,
     replicas: int = 1,
+    weights: str = "none",
 ) -> Choice:
     """Pick the candidate that should reach the best validation quality within the budgets.
 
@@ -167,6 +168,8 @@ def choose(
         replicas: data-parallel replicas (devices x workers, docs/distributed.md); the
             micro-batch is per replica and `budget_bytes` is one device's (the smallest).
             Effective batch = micro-batch x replicas x accumulation. Defaults to `1`.
+        weights: the plan's encoder weights; with the micro-batch they set the BatchNorm
+            mode (`trainer.plan.normalization_for`). Defaults to `"none"`.
 
     Raises:
         BudgetError: no candidate fits the memory budget (names the smallest need), or
@@ -235,7 +238,7 @@ def choose(
         micro_batch=mb,
         accumulation_steps=accum,
         effective_batch=mb * replicas * accum,
-        normalization="frozen" if mb < SMALL_MICRO_BATCH else "train",
+        normalization=normalization_for(mb, weights),
         epochs=epochs,
         predicted_peak_bytes=best.predicted_peak_bytes,
         budget_bytes=budget_bytes,

@@ -14,6 +14,9 @@ API for `planner.make_plan`:
     run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None) -> list[TrialResult]
     measure_one(spec, micro_batch, *, timeout_s, memory_limit_bytes=None) -> TrialResult
         One size in its own child: the `measure` callable `memory_model.verify` wants.
+    measure_each(spec, *, timeout_s, memory_limit_bytes=None) -> list[TrialResult]
+        Every size in its own child, ascending, stopping at the first failure: what
+        the planner fits its memory line through (same-child sizes are inflated).
         One child process. Results are ascending by micro-batch and stop at the first
         result that is not "ok" (larger sizes were not tried). Never raises for what
         happens in the child: an OOM, crash, hang or garbage becomes a result.
@@ -234,3 +237,29 @@ def measure_one(
         one, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes, on_event=on_event
     )
     return results[-1]
+
+
+def measure_each(
+    spec: TrialSpec,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int | None = None,
+) -> list[TrialResult]:
+    """Each size of `spec` in its own fresh child, ascending; stops at the first failure.
+
+    What the planner fits its line through. A size measured in the same child after a
+    smaller one also carries that size's leftovers and a second, relaxed-shape trace,
+    and its peak is inflated: at 256x256 with training BatchNorm, micro-batch 4 peaked
+    at 1106 MiB after 1 in one child against 1057 MiB alone (unet_small), 1684 against
+    1550 MiB (mobilenet_v3_small), and a line through the same-child pair over-predicted
+    fresh runs at 8 and 16 by 10-26%; through fresh children, by 0-3%
+    (docs/planning.md, "Trials"). The price: one more child per candidate (a TensorFlow
+    import and a model build, ~10 s here).
+    """
+    results: list[TrialResult] = []
+    for mb in spec.micro_batches:
+        r = measure_one(spec, mb, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes)
+        results.append(r)
+        if not r.ok:
+            break
+    return results

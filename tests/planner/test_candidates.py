@@ -107,12 +107,15 @@ def test_prune_tolerates_an_estimate_slightly_over_budget():
 def test_trials_measure_in_the_batchnorm_mode_of_the_plan_they_feed():
     c = Candidate("unet_small", (256, 256))
     at_8 = analytic_estimate(c.backbone, c.input_size, 8)
-    # Room for micro-batch 8: the plan will train BatchNorm, so the trial does too.
-    assert trial_normalization(c, allowed_bytes=at_8, max_micro_batch=16) == "train"
+    pre = dict(weights="imagenet")
+    # Pretrained, room for micro-batch 8: the plan will train BatchNorm, the trial too.
+    assert trial_normalization(c, allowed_bytes=at_8, max_micro_batch=16, **pre) == "train"
     # One byte short of 8: the plan stays below 8 with frozen BatchNorm.
-    assert trial_normalization(c, allowed_bytes=at_8 - 1, max_micro_batch=16) == "frozen"
+    assert trial_normalization(c, allowed_bytes=at_8 - 1, max_micro_batch=16, **pre) == "frozen"
     # A cap below 8 (e.g. effective batch 16 over 4 replicas) never trains BatchNorm.
-    assert trial_normalization(c, allowed_bytes=64 * GIB, max_micro_batch=4) == "frozen"
+    assert trial_normalization(c, allowed_bytes=64 * GIB, max_micro_batch=4, **pre) == "frozen"
+    # From scratch every plan trains BatchNorm, whatever the budget.
+    assert trial_normalization(c, allowed_bytes=1, max_micro_batch=4) == "train"
 
 
 def test_the_parent_side_never_imports_tensorflow():

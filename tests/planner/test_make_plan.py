@@ -85,11 +85,12 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     # allowed = 1.5 x 0.9 = 1.35 GiB: 4 fits (1.3), 5 does not (1.4): the choice is 4.
     choice, steps = mp._choose_and_verify(
         [m], int(1.5 * gib), 0.1, lambda: None, 10, (64, 64), 16, 2, "cpu",
-        int(1.5 * gib), 60.0, set(), lambda _msg: None,
+        int(1.5 * gib), 60.0, set(), lambda _msg: None, weights="imagenet",
     )  # fmt: skip
+    # Pretrained weights: a plan at micro-batch 4 freezes BatchNorm.
     assert choice.micro_batch == 4 and choice.normalization == "frozen"
     if verified:
-        assert calls == [(4, "auto", "frozen")]  # the plan's own mode at 4
+        assert calls == [(4, "frozen", "frozen")]  # the plan's own mode at 4
         assert choice.predicted_peak_bytes == int(1.25 * gib)
         assert [s.action for s in steps] == ["accepted"]
     else:

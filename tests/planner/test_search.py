@@ -63,9 +63,12 @@ def test_the_largest_fitting_micro_batch_exactly():
     ],
 )
 def test_effective_batch_is_kept_as_the_micro_batch_shrinks(fits, mb, accum, norm):
-    c = pick([measured()], budget_bytes=budget_for(fits))
+    c = pick([measured()], budget_bytes=budget_for(fits), weights="imagenet")
     assert (c.micro_batch, c.accumulation_steps, c.normalization) == (mb, accum, norm)
     assert c.effective_batch >= 16
+    # From scratch BatchNorm trains at every micro-batch (trainer.plan.normalization_for).
+    c = pick([measured()], budget_bytes=budget_for(fits))
+    assert (c.micro_batch, c.accumulation_steps, c.normalization) == (mb, accum, "train")
 
 
 def test_a_failed_size_caps_the_micro_batch_below_it():

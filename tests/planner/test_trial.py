@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from planner.trial import TrialResult, TrialSpec, measure_one, run_trial
+from planner.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
 from trainer.errors import PlanError
 
 FAULTS = "tests.planner.fault_targets:"
@@ -148,3 +148,17 @@ def test_real_unet_small_on_cpu():
 def test_measure_one_runs_one_size_in_its_own_child():
     r = measure_one(spec("fake_measure", (1, 4, 8), a=10, b=1), 6, timeout_s=60)
     assert (r.status, r.micro_batch, r.peak_bytes) == ("ok", 6, 16)
+
+
+def test_measure_each_gives_every_size_its_own_child_and_stops_at_the_first_failure():
+    results = measure_each(
+        spec("fake_measure", (8, 1, 4, 2), ceiling=5, a=1000, b=100), timeout_s=60
+    )
+    assert [(r.micro_batch, r.status) for r in results] == [
+        (1, "ok"),
+        (2, "ok"),
+        (4, "ok"),
+        (8, "oom"),
+    ]
+    assert [r.peak_bytes for r in results[:3]] == [1100, 1200, 1400]
+    assert len({r.child_pid for r in results}) == 4  # one fresh child per size

@@ -45,6 +45,10 @@ def base_plan(data: Path) -> dict[str, Any]:
         "epochs": 3,
         "seed": 3,
         "augment": {"preset": "none"},
+        # Frozen BatchNorm: training BatchNorm normalises each replica's micro-batch on
+        # its own (tf.distribute does not synchronise it), so 2 replicas x 2 images and
+        # one device x 4 images legitimately differ; the comparison is of the rest.
+        "normalization": "frozen",
         # SGD: Adam divides each gradient by its own magnitude, so float rounding in
         # near-zero gradients (which differs with how a batch is split, on one device
         # too) moves weights by up to lr per step (docs/distributed.md).

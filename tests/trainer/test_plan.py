@@ -25,7 +25,7 @@ def test_minimal_plan_from_the_issue_is_valid_with_documented_defaults():
     assert plan.precision == "float32"
     assert plan.data.images == "images" and plan.data.masks == "mitochondria"
     assert plan.data.cache == "stream"
-    assert plan.resolved_normalization == "frozen"  # micro-batch 4 < 8
+    assert plan.resolved_normalization == "train"  # from scratch: always trained
     assert plan.augment.resolved()["hflip"] is True
 
 
@@ -96,7 +96,11 @@ def test_missing_file_is_plan_error(tmp_path):
         load_plan(tmp_path / "nope.json")
 
 
-def test_normalization_auto_trains_batchnorm_from_eight():
+def test_normalization_auto_trains_batchnorm_from_scratch_and_pretrained_from_eight():
+    pre = {**MINIMAL, "weights": "imagenet"}
+    assert Plan.from_dict({**pre, "micro_batch": 7}).resolved_normalization == "frozen"
+    assert Plan.from_dict({**pre, "micro_batch": 8}).resolved_normalization == "train"
+    assert Plan.from_dict({**MINIMAL, "micro_batch": 1}).resolved_normalization == "train"
     assert Plan.from_dict({**MINIMAL, "micro_batch": 8}).resolved_normalization == "train"
     assert Plan.from_dict({**MINIMAL, "normalization": "group"}).resolved_normalization == "group"
 
