@@ -148,7 +148,7 @@ def prediction_error(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "max": round(worst[0], 5),
         "worst": worst[1],
         "definition": "|predicted - measured| / measured, for each micro-batch larger than the "
-        "two the line was fitted to (measured together in the trial child); the larger size "
+        "two the line was fitted to (each measured in its own fresh child, as the planner's trial); the larger size "
         "measured in a fresh child",
     }
 
