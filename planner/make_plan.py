@@ -167,6 +167,11 @@ def make_plan(
         )
         spec = cand.trial_spec(c, num_classes=num_classes, device=device, normalization=norm)
         results = measure_each(spec, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
+        between = _size_between(results)
+        if between is not None:
+            say(f"  out of memory at {results[-1].micro_batch}: measuring {between} too")
+            mid = measure_one(spec, between, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
+            results = sorted([*results, mid], key=lambda r: r.micro_batch)
         pids |= {r.child_pid for r in results if r.child_pid}
         traces += sum(r.traces or 0 for r in results)
         measurements.append(CandidateMeasurement(c, trials=tuple(results), normalization=norm))
@@ -219,6 +224,22 @@ def make_plan(
     if out is not None:
         save_plan(plan, out)
     return PlanResult(plan, choice, planning_time, len(pids), traces, fp, hw)
+
+
+def _size_between(results: Sequence) -> int | None:
+    """A size to measure between the largest that fit and a larger one out of memory.
+
+    With one size measured and the next out of memory (e.g. 1 fits, 4 does not, under a
+    tight budget), the search has no line and would stop at the measured size although
+    2 or 3 may fit. One more child at the size halfway gives the second point. `None`
+    when there is nothing between, or the failure was not out of memory.
+    """
+    ok = [r for r in results if r.ok]
+    bad = [r for r in results if not r.ok]
+    if len(ok) != 1 or not bad or bad[0].status != "oom":
+        return None
+    low, high = ok[0].micro_batch, bad[0].micro_batch
+    return (low + high) // 2 if high - low >= 2 else None
 
 
 def _choose_and_verify(

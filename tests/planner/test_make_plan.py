@@ -96,3 +96,16 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     else:
         assert calls == [] and steps == []
         assert choice.predicted_peak_bytes == int(1.3 * gib)
+
+
+def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memory():
+    from planner.make_plan import _size_between
+    from planner.trial_spec import TrialResult
+
+    ok1 = TrialResult("ok", 1, peak_bytes=10)
+    assert _size_between([ok1, TrialResult("oom", 4, peak_bytes=30)]) == 2
+    assert _size_between([ok1, TrialResult("oom", 8)]) == 4
+    assert _size_between([ok1, TrialResult("oom", 2)]) is None  # nothing in between
+    assert _size_between([ok1, TrialResult("timeout", 4)]) is None  # slow, not too big
+    assert _size_between([ok1, TrialResult("ok", 4, peak_bytes=20)]) is None  # a line
+    assert _size_between([TrialResult("oom", 1)]) is None  # nothing fits
