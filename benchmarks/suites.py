@@ -58,8 +58,11 @@ class PipelineBench:
     backbone: str = "mobilenet_v3_small"
     side: int = 256
     micro_batch: int = 4
-    steps: int = 10  # per timed epoch; each source is timed `rounds` times, alternating
-    rounds: int = 2
+    # Per timed epoch; each source is timed `rounds` times, alternating. 10 x 2 gave
+    # ratios from 0.81 to 1.10 between runs; 20 x 4 on an idle machine gave rounds
+    # within 4% of each other (docs/benchmarks.md).
+    steps: int = 20
+    rounds: int = 4
     timeout_s: float = 1800.0
 
 
