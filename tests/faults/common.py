@@ -61,7 +61,15 @@ def fitplan_child(*args: str, module: str = "planner.cli") -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A terminal's default: a test run started in the background (`cmd &`, nohup)
+        # has SIGINT ignored, the child would inherit that, and Python installs no
+        # KeyboardInterrupt handler for an ignored SIGINT (the Ctrl-C test then fails).
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(child: subprocess.Popen, condition: Callable[[], bool], timeout: float = 300) -> None:
