@@ -53,6 +53,13 @@ def cli(*args: str):
 def fitplan_child(*args: str, module: str = "planner.cli") -> subprocess.Popen:
     """`python -m MODULE ARGS` as a real child in its own session (signals reach only it)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    # A terminal's default for the child: a test run started in the background (`cmd &`,
+    # nohup) has SIGINT ignored, a child inherits that through exec, and Python then
+    # installs no KeyboardInterrupt handler (the Ctrl-C test would fail). A handler in
+    # this process is reset to the default on exec. (Not preexec_fn: it can deadlock
+    # in a process with threads, and TensorFlow's are running here.)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return subprocess.Popen(
         [sys.executable, "-m", module, *map(str, args)],
         cwd=REPO,
@@ -61,15 +68,7 @@ def fitplan_child(*args: str, module: str = "planner.cli") -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        # A terminal's default: a test run started in the background (`cmd &`, nohup)
-        # has SIGINT ignored, the child would inherit that, and Python installs no
-        # KeyboardInterrupt handler for an ignored SIGINT (the Ctrl-C test then fails).
-        preexec_fn=_default_sigint,
     )
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(child: subprocess.Popen, condition: Callable[[], bool], timeout: float = 300) -> None:
