@@ -15,9 +15,9 @@ fitted sizes get no prediction (`predicted_peak_bytes` is `None`): a line throug
 point "predicts" it trivially. Each record also carries the analytic estimate the
 planner prunes with (`planner.candidates.analytic_estimate`), for information only.
 
-BatchNorm mode, as the planner: the fit child measures 1 and 4 in the mode of the sizes
-its line predicts (`fit_normalization`: "train" for checks at 8 and 16), and each check
-child in the plan's own mode for its size (`"auto"`).
+BatchNorm mode, as the planner: the fit children measure 1 and 4 in the mode of the sizes
+their line predicts (`fit_normalization`), and each check child in the plan's own mode
+for its size (`"auto"`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from benchmarks.suites import MemoryMatrix
 from planner.candidates import analytic_estimate
 from planner.memory_model import fit_line
 from planner.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
-from trainer.plan import SMALL_MICRO_BATCH
+from trainer.plan import normalization_for
 
 Log = Callable[[str], None]
 FIT_POINTS = 2  # the smallest two sizes, as the planner's trial (1 and 4)
@@ -154,11 +154,10 @@ def prediction_error(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def fit_normalization(matrix: MemoryMatrix) -> str:
-    """The fit child's BatchNorm mode: that of the sizes its line predicts, as the planner
-    chooses it (`planner.candidates.trial_normalization`): "train" when every check size
-    is at least `SMALL_MICRO_BATCH`, else "frozen"."""
-    checks = matrix.check_micro_batches
-    return "train" if checks and min(checks) >= SMALL_MICRO_BATCH else "frozen"
+    """The fit children's BatchNorm mode: the plan's mode at the smallest size the line
+    predicts (`trainer.plan.normalization_for`, from scratch as every trial: "train")."""
+    checks = matrix.check_micro_batches or matrix.fit_micro_batches
+    return normalization_for(min(checks), "none")
 
 
 def run_matrix(

@@ -21,7 +21,7 @@ from typing import Any
 from planner import candidates as cand
 from planner import presets
 from planner.choice import CandidateMeasurement, Choice
-from planner.memory_model import verify
+from planner.memory_model import allowed_bytes, verify
 from planner.search import choose
 from planner.trial import measure_each, measure_one
 from trainer.errors import BudgetError, FitplanError
@@ -141,7 +141,7 @@ def make_plan(
     # kept free: budget x (1 - headroom) - overhead.
     overhead = presets.TRAINING_OVERHEAD_BYTES.get(device, 0)
     step_headroom = min(0.95, headroom + overhead / budget["bytes"])
-    step_allowed = int(budget["bytes"] * (1 - step_headroom))
+    step_allowed = allowed_bytes(budget["bytes"], step_headroom)
     replicas = int(budget.get("replicas", 1))
     max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(effective_batch / replicas))
     for c in kept:

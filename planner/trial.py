@@ -12,14 +12,14 @@ API for `planner.make_plan`:
     TrialSpec(backbone, input_size, micro_batches, precision=..., ...)   what to measure
         (`TrialSpec` and `TrialResult` live in `planner.trial_spec`, re-exported here)
     run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None) -> list[TrialResult]
+        One child process. Results are ascending by micro-batch and stop at the first
+        result that is not "ok" (larger sizes were not tried). Never raises for what
+        happens in the child: an OOM, crash, hang or garbage becomes a result.
     measure_one(spec, micro_batch, *, timeout_s, memory_limit_bytes=None) -> TrialResult
         One size in its own child: the `measure` callable `memory_model.verify` wants.
     measure_each(spec, *, timeout_s, memory_limit_bytes=None) -> list[TrialResult]
         Every size in its own child, ascending, stopping at the first failure: what
         the planner fits its memory line through (same-child sizes are inflated).
-        One child process. Results are ascending by micro-batch and stop at the first
-        result that is not "ok" (larger sizes were not tried). Never raises for what
-        happens in the child: an OOM, crash, hang or garbage becomes a result.
     TrialResult(status, micro_batch, peak_bytes, step_time_s, trace_time_s, reason, ...)
         `child_pid` and `traces` make the number of children and graph traces visible:
         `len({r.child_pid for r in results})` children, `sum(r.traces ...)` traces.

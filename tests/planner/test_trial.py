@@ -43,8 +43,10 @@ def test_a_failing_child_becomes_one_result(target, status, words):
         assert w in r.reason, r.reason
 
 
-def test_sizes_are_measured_ascending_and_stop_at_the_first_oom():
-    results = run_trial(
+@pytest.mark.parametrize(("measure", "children"), [(run_trial, 1), (measure_each, 4)])
+def test_sizes_are_measured_ascending_and_stop_at_the_first_oom(measure, children):
+    """`run_trial`: one child for all sizes; `measure_each`: a fresh child per size."""
+    results = measure(
         spec("fake_measure", (16, 1, 4, 2, 8), ceiling=5, a=1000, b=100), timeout_s=60
     )
     assert [(r.micro_batch, r.status) for r in results] == [
@@ -55,7 +57,7 @@ def test_sizes_are_measured_ascending_and_stop_at_the_first_oom():
     ]
     assert [r.peak_bytes for r in results[:3]] == [1100, 1200, 1400]
     assert "fake ceiling 5" in results[-1].reason
-    assert len({r.child_pid for r in results}) == 1  # one child for all sizes
+    assert len({r.child_pid for r in results}) == children
 
 
 def test_oom_killer_after_a_good_size_keeps_the_good_result():
@@ -148,17 +150,3 @@ def test_real_unet_small_on_cpu():
 def test_measure_one_runs_one_size_in_its_own_child():
     r = measure_one(spec("fake_measure", (1, 4, 8), a=10, b=1), 6, timeout_s=60)
     assert (r.status, r.micro_batch, r.peak_bytes) == ("ok", 6, 16)
-
-
-def test_measure_each_gives_every_size_its_own_child_and_stops_at_the_first_failure():
-    results = measure_each(
-        spec("fake_measure", (8, 1, 4, 2), ceiling=5, a=1000, b=100), timeout_s=60
-    )
-    assert [(r.micro_batch, r.status) for r in results] == [
-        (1, "ok"),
-        (2, "ok"),
-        (4, "ok"),
-        (8, "oom"),
-    ]
-    assert [r.peak_bytes for r in results[:3]] == [1100, 1200, 1400]
-    assert len({r.child_pid for r in results}) == 4  # one fresh child per size
