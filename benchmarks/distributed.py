@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     args.out.mkdir(parents=True, exist_ok=False)
     data = args.out / "data"

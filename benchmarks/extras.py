@@ -1,7 +1,7 @@
 """Input-pipeline throughput, accumulation overhead and streaming memory (parent side).
 
 Each runs its target from `benchmarks/targets.py` inside the planner's trial child
-(`planner.trial.run_trial`) and returns a JSON-ready dict with the figure, how it was
+(`planner.trials.trial.run_trial`) and returns a JSON-ready dict with the figure, how it was
 measured and, where the issue sets one, the aim.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks.suites import AccumulationBench, PipelineBench, StreamingBench
 from benchmarks.synthetic import link_subset, write_pairs
-from planner.trial import TrialSpec, run_trial
+from planner.trials.trial import TrialSpec, run_trial
 
 Log = Callable[[str], None]
 EPFL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "epfl-em"
@@ -100,7 +100,7 @@ def run_pipeline(
         "aim": f"ratio >= {PIPELINE_AIM}",
         "meets_aim": d["ratio"] >= PIPELINE_AIM,
         "how": "one child; the same compiled model trained with model.fit from "
-        "trainer.data.build_datasets (stream: PNG decode + augment) and from 4 of its "
+        "trainer.data.pipeline.build_datasets (stream: PNG decode + augment) and from 4 of its "
         f"batches held in memory, alternating, {bench.rounds} rounds of {bench.steps} "
         "timed steps after 2 untimed; median images/s of each source, per wall second "
         "(ratio) and per CPU second of the child, all threads (cpu_ratio: robust to other "
@@ -207,7 +207,7 @@ def run_streaming(
 
 
 _STREAM_HOW = (
-    "each size in a fresh trial child: trainer.data.build_datasets(cache='stream') over "
+    "each size in a fresh trial child: trainer.data.pipeline.build_datasets(cache='stream') over "
     "{b.image_side}x{b.image_side} grey PNG pairs ({b.crop_side}px crops, micro-batch "
     "{b.micro_batch}, no model), then VmHWM reset and one epoch iterated; peak_bytes is the "
     "peak RSS during the epoch; files in a temporary folder, removed afterwards"

@@ -1,19 +1,19 @@
 """Peak memory per configuration, the planner's prediction for it, and the prediction error.
 
 Measuring reuses the planner's trial child unchanged (default target
-`planner.trial_child:measure`), the way the planner uses it: per (backbone, input size,
+`planner.trials.child:measure`), the way the planner uses it: per (backbone, input size,
 precision) the fit sizes 1 and 4 each run in a fresh child (`measure_each`, the
 planner's trial), and each larger size runs in a fresh child (`measure_one`, the
 planner's verification).
 
 What "predicted" means here: exactly what the planner does with a trial. A line
-`peak = a + b * micro_batch` is fitted (`planner.memory_model.fit_line`) through the
+`peak = a + b * micro_batch` is fitted (`planner.search.memory_model.fit_line`) through the
 measured peaks of the two *smallest* sizes (1 and 4, as
-`planner.presets.TRIAL_MICRO_BATCHES`, measured in one child), and predicts every
+`planner.search.presets.TRIAL_MICRO_BATCHES`, measured in one child), and predicts every
 *larger* size, which is measured in its own fresh child. The two
 fitted sizes get no prediction (`predicted_peak_bytes` is `None`): a line through a
 point "predicts" it trivially. Each record also carries the analytic estimate the
-planner prunes with (`planner.candidates.analytic_estimate`), for information only.
+planner prunes with (`planner.search.candidates.analytic_estimate`), for information only.
 
 BatchNorm mode, as the planner: the fit children measure 1 and 4 in the mode of the sizes
 their line predicts (`fit_normalization`), and each check child in the plan's own mode
@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.suites import MemoryMatrix
-from planner.candidates import analytic_estimate
-from planner.memory_model import fit_line
-from planner.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
+from planner.search.candidates import analytic_estimate
+from planner.search.memory_model import fit_line
+from planner.trials.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
 from trainer.plan import normalization_for
 
 Log = Callable[[str], None]
@@ -60,7 +60,7 @@ def measure_baseline_rss(device: str = "cpu", timeout_s: float = 300.0) -> dict[
         "import_rss_bytes": d.get("import_rss_bytes"),
         "import_time_s": d.get("import_time_s"),
         "how": "RSS (/proc/self/statm) of a fresh trial child after `import tensorflow, keras, "
-        "trainer.setup` and one small op (which starts TF's thread pools); python_rss_bytes "
+        "trainer.train.setup` and one small op (which starts TF's thread pools); python_rss_bytes "
         "is the same child before importing TensorFlow",
     }
 

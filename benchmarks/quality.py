@@ -4,11 +4,11 @@
 
 Two arms, each in its own process, on the same data and the same wall-clock budget:
 
-- **fitplan**: `planner.auto.auto_train` (what `fitplan train --auto DATA --masks M
+- **fitplan**: `planner.app.auto.auto_train` (what `fitplan train --auto DATA --masks M
   --budget-time T` runs): probe, scan, measure candidates, plan and train, planning
   counted inside the budget. It sees only the training folder; its validation split
   comes out of it (the test set is never used to pick weights). Scored with
-  `trainer.evaluate.evaluate` on the test set: tiled prediction at native resolution.
+  `trainer.use.evaluate.evaluate` on the test set: tiled prediction at native resolution.
 - **baseline**: the classic Keras U-Net tutorial (zhixuhao/unet, the repository this
   dataset was redistributed in), written here and not in the product: one grey
   channel, every image resized to 256x256, filters 64-128-256-512-1024 with dropout 0.5
@@ -87,7 +87,7 @@ def _grey_256(path: Path):
     """Image decoded as training decodes it, first channel (the slices are grey), bilinear to 256."""
     import tensorflow as tf
 
-    from trainer.inference import read_image
+    from trainer.use.inference import read_image
 
     image = read_image(path)[..., :1]
     return tf.image.resize(image, (SIDE, SIDE), method="bilinear").numpy()
@@ -97,8 +97,8 @@ def _load_train(root: Path, masks: str):
     import numpy as np
     import tensorflow as tf
 
-    from trainer.inference import read_mask
-    from trainer.pairs import find_pairs
+    from trainer.data.pairs import find_pairs
+    from trainer.use.inference import read_mask
 
     pairs = find_pairs(root, "images", masks).pairs
     xs = np.stack([_grey_256(p.image) for p in pairs])
@@ -125,10 +125,10 @@ def run_baseline(args: argparse.Namespace, started: float) -> dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    from trainer.evaluate import class_scores, confusion
-    from trainer.inference import read_mask
-    from trainer.memory import peak_rss_bytes
-    from trainer.pairs import find_pairs
+    from trainer.data.pairs import find_pairs
+    from trainer.train.memory import peak_rss_bytes
+    from trainer.use.evaluate import class_scores, confusion
+    from trainer.use.inference import read_mask
 
     keras.utils.set_random_seed(SEED)
     deadline = started + args.budget_s
@@ -187,7 +187,7 @@ def run_baseline(args: argparse.Namespace, started: float) -> dict[str, Any]:
         "recall": scores["recall"],
         "per_image_dice_mean": float(np.mean(per_image)),
         "scoring": "predict at 256x256, nearest-neighbour resize to native, threshold 0.5, "
-        "confusion matrix over all test pixels (as trainer.evaluate)",
+        "confusion matrix over all test pixels (as trainer.use.evaluate)",
         "train_images": n,
         "test_images": len(test_pairs),
         "optimizer_steps": Deadline.steps,
@@ -203,9 +203,9 @@ def run_baseline(args: argparse.Namespace, started: float) -> dict[str, Any]:
 
 
 def run_fitplan(args: argparse.Namespace, started: float) -> dict[str, Any]:
-    """`fitplan train --auto` under the budget, then `trainer.evaluate.evaluate` on the test set."""
-    from planner.auto import auto_train
-    from trainer.evaluate import evaluate
+    """`fitplan train --auto` under the budget, then `trainer.use.evaluate.evaluate` on the test set."""
+    from planner.app.auto import auto_train
+    from trainer.use.evaluate import evaluate
 
     run_dir = Path(args.out) / "fitplan-run"
     lines: list[str] = []
@@ -239,7 +239,7 @@ def run_fitplan(args: argparse.Namespace, started: float) -> dict[str, Any]:
         "precision": scores["precision_mean"],
         "recall": scores["recall_mean"],
         "per_image_dice_mean": scores["per_image_dice_mean"],
-        "scoring": "trainer.evaluate.evaluate: tiled prediction at native resolution, "
+        "scoring": "trainer.use.evaluate.evaluate: tiled prediction at native resolution, "
         "confusion matrix over all test pixels",
         "train_images": m.get("train_pairs"),
         "val_images": m.get("val_pairs"),
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["parallel", "sequential"], default="parallel")
     parser.add_argument("--arm", choices=["fitplan", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from planner.units import parse_duration
+    from planner.app.units import parse_duration
 
     args.budget_s = parse_duration(args.budget_time)
     args.out.mkdir(parents=True, exist_ok=True)

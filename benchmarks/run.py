@@ -100,12 +100,12 @@ def run_suite(suite: Suite, *, device: str, epfl: Path, log=print) -> dict[str, 
             "step_time_s": f"median of {m.measured_steps} train_on_batch steps after "
             f"{m.warmup_steps} warm-up steps (the first traces)",
             "children": "per (backbone, input size, precision): one fresh planner trial child "
-            f"per fit size (planner.trial.measure_each, default target) {list(m.fit_micro_batches)} "
-            "ascending, as the planner's trial; one fresh child (planner.trial.measure_one) per "
+            f"per fit size (planner.trials.trial.measure_each, default target) {list(m.fit_micro_batches)} "
+            "ascending, as the planner's trial; one fresh child (planner.trials.trial.measure_one) per "
             f"larger size {list(m.check_micro_batches)}, as the planner's verification",
             "inputs": "synthetic float32 images in [0, 1] and class-index masks, 2 classes",
             "predicted_peak_bytes": "line through the peaks of the two smallest micro-batches "
-            "(planner.memory_model.fit_line), evaluated at each larger size; null for the two "
+            "(planner.search.memory_model.fit_line), evaluated at each larger size; null for the two "
             "fitted sizes (a line through a point predicts it trivially)",
         }
         err = doc["prediction_error"]
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epfl", type=Path, default=extras.EPFL, help="epfl-em dataset root")
     args = parser.parse_args(argv)
     if args.threads > 0:
-        # Children inherit the environment (planner.trial copies os.environ).
+        # Children inherit the environment (planner.trials.trial copies os.environ).
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
     suite = SUITES[args.suite]

@@ -27,17 +27,17 @@ class MemoryMatrix:
         backbones: encoders to measure.
         sides: square input sides (multiples of 32).
         fit_micro_batches: sizes measured together in one child, exactly as the
-            planner's trial (`planner.presets.TRIAL_MICRO_BATCHES`, (1, 4)); the line
+            planner's trial (`planner.search.presets.TRIAL_MICRO_BATCHES`, (1, 4)); the line
             through them is the prediction.
         check_micro_batches: larger sizes, each measured in a fresh child as the
-            planner's verification (`planner.trial.measure_one`) and training run them.
+            planner's verification (`planner.trials.trial.measure_one`) and training run them.
             Not in the fit child: there a larger size reuses the relaxed-shape trace and
             the memory the smaller sizes left behind: the line over-predicted them by
             5-38% (docs/benchmarks.md).
         precisions: Keras dtype policies. float32 only on this CPU: bfloat16 conv
             training is 7-24x slower here (docs/planning.md).
         warmup_steps, measured_steps: per size, as the planner's trials
-            (`planner.presets`), so the gate tracks what the planner measures.
+            (`planner.search.presets`), so the gate tracks what the planner measures.
         timeout_s: wall-clock limit of one child.
     """
 

@@ -1,12 +1,12 @@
 """Child-side benchmark targets, run inside the planner's own trial child.
 
 Each function here is a `TrialSpec.target` (`"benchmarks.targets:NAME"`): the parent
-calls `planner.trial.run_trial`, which starts `python -m planner.trial_child`; that child
+calls `planner.trials.trial.run_trial`, which starts `python -m planner.trials.child`; that child
 resets the peak-RSS mark, enforces the time limit through its parent, and runs the
 target with `(spec, ctx)`. So every benchmark reuses the planner's one measuring child
 (peak RSS via `VmHWM` after `clear_refs`, or a 10 ms poll) instead of a second one. The
 peak-memory matrix needs no target at all: it runs the planner's default
-`planner.trial_child:measure`. Results travel back as `TrialResult`s; figures that do
+`planner.trials.child:measure`. Results travel back as `TrialResult`s; figures that do
 not fit its fields go in `details`.
 """
 
@@ -17,7 +17,7 @@ import statistics
 import time
 from typing import Any
 
-from planner.trial_spec import TrialResult, TrialSpec
+from planner.trials.spec import TrialResult, TrialSpec
 
 
 def _rss() -> int:
@@ -38,7 +38,7 @@ def baseline_rss(spec: TrialSpec, ctx: Any) -> None:
     import keras  # noqa: F401 - importing is what is measured
     import tensorflow as tf
 
-    import trainer.setup  # noqa: F401 - the measuring child imports it too
+    import trainer.train.setup  # noqa: F401 - the measuring child imports it too
 
     import_rss, import_s = _rss(), time.perf_counter() - t0
     tf.reduce_sum(tf.ones((8, 8))).numpy()  # starts the runtime: devices, thread pools
@@ -99,7 +99,7 @@ def _rates(model: Any, ds: Any, steps: int, warm: int, batch: int) -> tuple[floa
 
 
 def pipeline(spec: TrialSpec, ctx: Any) -> None:
-    """Images/s training from disk through `trainer.data` vs the same batches held in memory.
+    """Images/s training from disk through `trainer.data.pipeline` vs the same batches held in memory.
 
     Both sources feed the same compiled model through `model.fit`, alternating
     (memory, disk) for `rounds` rounds; each timed epoch skips its first 2 batches
@@ -108,8 +108,8 @@ def pipeline(spec: TrialSpec, ctx: Any) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from trainer.data import build_datasets
-    from trainer.setup import build_model_for_plan
+    from trainer.data.pipeline import build_datasets
+    from trainer.train.setup import build_model_for_plan
 
     args = spec.target_args
     mb = spec.micro_batches[0]
@@ -169,7 +169,7 @@ def accumulation(spec: TrialSpec, ctx: Any) -> None:
     """
     import numpy as np
 
-    from trainer.setup import build_model_for_plan, compile_model
+    from trainer.train.setup import build_model_for_plan, compile_model
 
     args = spec.target_args
     mb, k = spec.micro_batches[0], spec.accumulation_steps
@@ -222,8 +222,8 @@ def accumulation(spec: TrialSpec, ctx: Any) -> None:
 
 
 def stream_epoch(spec: TrialSpec, ctx: Any) -> None:
-    """Peak RSS while streaming one training epoch of `trainer.data` (no model)."""
-    from trainer.data import build_datasets
+    """Peak RSS while streaming one training epoch of `trainer.data.pipeline` (no model)."""
+    from trainer.data.pipeline import build_datasets
 
     args = spec.target_args
     mb = spec.micro_batches[0]

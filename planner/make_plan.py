@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner import candidates as cand
-from planner import presets
-from planner.choice import CandidateMeasurement, Choice
-from planner.memory_model import allowed_bytes, verify
-from planner.search import choose
-from planner.trial import measure_each, measure_one
+from planner.search import candidates as cand
+from planner.search import presets
+from planner.search.choice import CandidateMeasurement, Choice
+from planner.search.choose import choose
+from planner.search.memory_model import allowed_bytes, verify
+from planner.trials.trial import measure_each, measure_one
+from trainer.data.pairs import Pair
+from trainer.data.splits import split_pairs
 from trainer.errors import BudgetError, FitplanError
-from trainer.pairs import Pair
 from trainer.plan import DataSpec, Plan, normalization_for, save_plan
-from trainer.sampling import split_pairs
 
 Log = Callable[[str], None]
 
@@ -87,7 +87,8 @@ def make_plan(
         log: receives one line per stage (progress for the CLI).
         trial_timeout_s: time limit of each trial child.
     """
-    from planner import dataset, hardware
+    from planner import hardware
+    from planner.scan import dataset
 
     t0 = time.monotonic()
     say = log or (lambda _msg: None)

@@ -4,7 +4,7 @@ Data parallelism puts the same model and the same per-replica micro-batch on eve
 device, so the device with the least free memory decides the micro-batch: the budget
 is the smallest of the devices' own budgets (free memory minus CUDA's and TensorFlow's
 reserve, as for one GPU). `MirroredStrategy` uses the first `devices` visible GPUs in
-CUDA order (`trainer.distribute.get_strategy`), so those are the devices counted here.
+CUDA order (`trainer.train.distribute.get_strategy`), so those are the devices counted here.
 The planner sees only its own host: the other hosts of a multi-worker run are assumed
 to have the same devices (docs/distributed.md).
 """

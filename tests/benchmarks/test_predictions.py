@@ -77,7 +77,7 @@ def test_streaming_verdict_compares_the_largest_with_the_smallest():
 
 def test_every_suite_fits_the_planner_trial_sizes():
     from benchmarks.suites import SUITES
-    from planner.presets import TRIAL_MICRO_BATCHES
+    from planner.search.presets import TRIAL_MICRO_BATCHES
     from trainer.plan import BACKBONES
 
     matrices = [s.memory for s in SUITES.values() if s.memory is not None]

@@ -18,7 +18,7 @@ def test_exit_code_table_lists_exactly_the_codes_in_errors_py():
 def test_every_cli_command_is_documented():
     from typer.main import get_command
 
-    from planner.cli import app
+    from planner.app.cli import app
 
     text = (ROOT / "docs" / "cli.md").read_text()
     for name in get_command(app).commands:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from planner.app.cli import app
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ def test_probe_table_by_default():
 def test_probe_json_with_real_tensorflow_keeps_stdout_pure_json(tmp_path):
     # A child process, so TensorFlow's own logging really goes where it goes in use.
     proc = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "probe", "--json", "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "planner.app.cli", "probe", "--json", "--out-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

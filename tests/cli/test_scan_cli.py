@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from planner.app.cli import app
 from tests.planner.messy_data import build_messy_dataset
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from planner.cli import app
+from planner.app.cli import app
 from tests.trainer.run_factory import make_plan, make_run
 
 runner = CliRunner()
@@ -21,7 +21,7 @@ EPFL = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "epf
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("use-cli")
     data = make_demo_dataset(root / "data", n=4, size=(48, 64))
@@ -70,7 +70,7 @@ def test_report_prints_its_path(fake, tmp_path):
 def test_tables_render_without_a_model():
     from rich.console import Console
 
-    from planner.use_views import evaluation_table, export_line
+    from planner.app.use_views import evaluation_table, export_line
 
     score = {"dice": 0.8, "iou": 0.667, "precision": None, "recall": 1.0}
     result = {

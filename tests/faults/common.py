@@ -14,7 +14,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from planner.cli import app
+from planner.app.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -50,7 +50,7 @@ def cli(*args: str):
     return result
 
 
-def fitplan_child(*args: str, module: str = "planner.cli") -> subprocess.Popen:
+def fitplan_child(*args: str, module: str = "planner.app.cli") -> subprocess.Popen:
     """`python -m MODULE ARGS` as a real child in its own session (signals reach only it)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
     # A terminal's default for the child: a test run started in the background (`cmd &`,

@@ -31,7 +31,7 @@ def main() -> None:
             time.sleep(3600)
 
     keras.Model.save_weights = save_weights
-    from planner.cli import app
+    from planner.app.cli import app
 
     sys.argv = ["fitplan", *args]
     app()

@@ -20,7 +20,7 @@ import pytest
 
 from tests.faults.common import REPO, h5_opens
 from trainer.errors import DiskFullError
-from trainer.run_dir import RunDir
+from trainer.train.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ FULL_DISK_CHILD = """
 import json, sys
 import numpy as np, keras
 from trainer.errors import DiskFullError
-from trainer.run_dir import RunDir
+from trainer.train.run_dir import RunDir
 run = RunDir(sys.argv[1])
 model = keras.Sequential([keras.Input((512,)), keras.layers.Dense(512)])  # 1 MiB of weights
 run.save_weights(model, run.best_path, None, 0)
@@ -112,7 +112,7 @@ def test_a_really_full_disk_raises_disk_full_and_keeps_the_previous_checkpoint(t
 
 
 def test_weights_bytes_estimate_covers_the_file(tmp_path, model):
-    from trainer.run_dir import _expected_bytes
+    from trainer.train.run_dir import _expected_bytes
 
     run = RunDir(tmp_path)
     estimate = _expected_bytes(model, [])

@@ -28,7 +28,7 @@ SCAN_ONLY = {"photo_mask", "grey_photo_mask"}
 
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
-    from planner.dataset import scan
+    from planner.scan.dataset import scan
 
     root = tmp_path_factory.mktemp("messy") / "data"
     expected = build_messy_dataset(root)
@@ -86,7 +86,7 @@ def test_scan_of_an_empty_directory_exits_3_naming_the_folder(tmp_path):
 
 
 def test_training_excludes_what_scan_excludes_and_names_the_file(messy):
-    from trainer.data import build_datasets
+    from trainer.data.pipeline import build_datasets
 
     root, expected, fp = messy
     data = {"path": str(root), "val_fraction": 0.0, "mask_values": [0, 255]}
@@ -109,7 +109,7 @@ def test_training_excludes_what_scan_excludes_and_names_the_file(messy):
 
 
 def test_without_mask_values_photos_among_the_masks_are_refused_by_name(messy):
-    from trainer.data import build_datasets
+    from trainer.data.pipeline import build_datasets
 
     root, _, _ = messy
     plan = Plan.from_dict(plan_dict(root, data={"path": str(root)}))
@@ -121,8 +121,8 @@ def test_without_mask_values_photos_among_the_masks_are_refused_by_name(messy):
 
 
 def test_a_corrupt_stream_under_valid_crcs_is_found_by_decoding(tmp_path):
-    from trainer.integrity import file_problem, find_undecodable
-    from trainer.pairs import find_pairs
+    from trainer.data.integrity import file_problem, find_undecodable
+    from trainer.data.pairs import find_pairs
 
     root = small_dataset(tmp_path / "d")
     bad = root / "images" / "p1.png"
@@ -133,7 +133,7 @@ def test_a_corrupt_stream_under_valid_crcs_is_found_by_decoding(tmp_path):
 
 
 def test_only_bad_pairs_is_a_data_error_naming_a_file(tmp_path):
-    from trainer.data import build_datasets
+    from trainer.data.pipeline import build_datasets
 
     root = small_dataset(tmp_path / "d", n=2)
     (root / "images" / "p0.png").write_bytes(b"")

@@ -35,7 +35,7 @@ def run(tmp_path_factory) -> Path:
     """A run folder with real weights, plus a hostile .keras model and a pickle."""
     import keras
 
-    from trainer.setup import build_model_for_plan
+    from trainer.train.setup import build_model_for_plan
 
     root = tmp_path_factory.mktemp("load")
     run = root / "run"
@@ -69,7 +69,7 @@ def run(tmp_path_factory) -> Path:
 def test_load_run_opens_neither_the_keras_file_nor_the_pickle(run, monkeypatch):
     import keras
 
-    from trainer.inference import load_run
+    from trainer.use.inference import load_run
 
     opened = []
     monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: opened.append((a, k)))
@@ -94,7 +94,7 @@ def test_the_planted_keras_file_is_refused_by_keras_safe_mode(run):
 def test_a_pickle_in_place_of_the_weights_is_refused_by_name(run, tmp_path):
     import shutil
 
-    from trainer.inference import load_run
+    from trainer.use.inference import load_run
 
     bad = tmp_path / "run"
     shutil.copytree(run, bad)

@@ -123,9 +123,9 @@ def test_unknown_keys_are_refused_everywhere_except_top_level_notes(tmp_path, da
 
 def test_the_trainer_digest_is_the_scan_digest(tmp_path):
     """One rule: a plan made from a scan matches the data it was made from."""
-    from planner.dataset import scan
+    from planner.scan.dataset import scan
     from tests.planner.messy_data import build_messy_dataset
-    from trainer.digest import dataset_digest
+    from trainer.data.digest import dataset_digest
 
     root = tmp_path / "messy"
     build_messy_dataset(root)  # pipes, loops, broken links, unpaired files: all in the digest
@@ -136,8 +136,8 @@ def test_the_trainer_digest_is_the_scan_digest(tmp_path):
 def test_a_plan_for_other_data_warns_with_both_digests(data, tmp_path):
     import shutil
 
-    from planner.dataset import scan
-    from trainer.preflight import fingerprint_warning
+    from planner.scan.dataset import scan
+    from trainer.train.preflight import fingerprint_warning
 
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)
@@ -151,7 +151,7 @@ def test_a_plan_for_other_data_warns_with_both_digests(data, tmp_path):
 
 
 def test_a_plan_for_more_memory_than_this_machine_has_warns_with_both_numbers(data):
-    from trainer.preflight import budget_warning, plan_warnings
+    from trainer.train.preflight import budget_warning, plan_warnings
 
     raw = plan_dict(data)
     raw["target"] = {"device": "cpu", "budget_bytes": 64 * 2**30}

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("runs") / "data", n=6, size=(64, 64), seed=1)
 
@@ -97,7 +97,7 @@ def test_disk_full_during_a_checkpoint_write_exits_8_and_keeps_the_previous_one(
 
 
 def test_resume_after_the_kill_and_the_full_disk_finishes_with_nothing_torn(killed_mid_write):
-    from trainer.run_dir import read_history
+    from trainer.train.run_dir import read_history
 
     run, _ = killed_mid_write
     result = cli("train", "--resume", run, "--json")
@@ -110,7 +110,7 @@ def test_resume_after_the_kill_and_the_full_disk_finishes_with_nothing_torn(kill
 
 
 def test_ctrl_c_exits_130_with_the_best_weights_and_a_resumable_state(data, tmp_path):
-    from trainer.run_dir import RunDir
+    from trainer.train.run_dir import RunDir
 
     plan = write_plan(tmp_path / "plan.json", plan_dict(data, epochs=50, steps_per_epoch=4))
     run = tmp_path / "run"

@@ -1,6 +1,6 @@
 """Child-side targets for trial fault tests: each misbehaves in one way, none imports TF.
 
-Run inside `python -m planner.trial_child` through `TrialSpec(target="tests.planner.fault_targets:NAME")`.
+Run inside `python -m planner.trials.child` through `TrialSpec(target="tests.planner.fault_targets:NAME")`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from planner.trial import TrialResult
+from planner.trials.trial import TrialResult
 
 
 class ResourceExhaustedError(Exception):
@@ -104,6 +104,6 @@ def grow_until_limit(spec, ctx):
 
 
 def malformed_marker(spec, ctx):
-    from planner.trial import MARKER
+    from planner.trials.trial import MARKER
 
     print(MARKER + "{not json", flush=True)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from planner import presets
-from planner.candidates import (
+from planner.search import presets
+from planner.search.candidates import (
     Candidate,
     analytic_estimate,
     default_candidates,
@@ -120,8 +120,8 @@ def test_trials_measure_in_the_batchnorm_mode_of_the_plan_they_feed():
 
 def test_the_parent_side_never_imports_tensorflow():
     code = (
-        "import sys, planner.oom, planner.trial, planner.memory_model, planner.candidates, "
-        "planner.search, planner.presets, planner.choice, planner.trial_spec; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+        "import sys, trainer.oom, planner.trials.trial, planner.search.memory_model, planner.search.candidates, "
+        "planner.search.choose, planner.search.presets, planner.search.choice, planner.trials.spec; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

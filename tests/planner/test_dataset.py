@@ -1,4 +1,4 @@
-"""`planner.dataset.scan`: pairs, every bad-file case by name, mask values, digest, I/O."""
+"""`planner.scan.dataset.scan`: pairs, every bad-file case by name, mask values, digest, I/O."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageFile
 from rich.console import Console
 
-from planner import dataset
-from planner.demo import make_demo_dataset
-from planner.scan_values import mask_summary
+from planner.app.demo import make_demo_dataset
+from planner.scan import dataset
+from planner.scan.values import mask_summary
 from tests.planner.messy_data import build_messy_dataset, huge_header_png
 from trainer.errors import DataError
 

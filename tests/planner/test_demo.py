@@ -1,4 +1,4 @@
-"""`planner.demo`: deterministic, learnable, safe to rerun, refuses foreign folders."""
+"""`planner.app.demo`: deterministic, learnable, safe to rerun, refuses foreign folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from planner.demo import MARKER, make_demo_dataset, parse_size
+from planner.app.demo import MARKER, make_demo_dataset, parse_size
 from trainer.errors import DataError, FitplanError
 
 

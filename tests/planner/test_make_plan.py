@@ -11,7 +11,7 @@ from trainer.plan import load_plan
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("mp") / "data", n=10, size=(64, 64), seed=3)
 
@@ -25,7 +25,7 @@ def test_budget_too_small_fails_fast_naming_the_need(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_auto_plans_measures_and_trains(data_dir, tmp_path):
-    from planner.auto import auto_train
+    from planner.app.auto import auto_train
 
     lines = []
     result, trained = auto_train(
@@ -64,9 +64,9 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
 ):
     """Trials at 1 and 4 in training mode say nothing exact about a frozen plan at 4."""
     from planner import make_plan as mp
-    from planner.candidates import Candidate
-    from planner.choice import CandidateMeasurement
-    from planner.trial_spec import TrialResult
+    from planner.search.candidates import Candidate
+    from planner.search.choice import CandidateMeasurement
+    from planner.trials.spec import TrialResult
 
     gib = 2**30
     c = Candidate("unet_small", (64, 64))
@@ -100,7 +100,7 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
 
 def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memory():
     from planner.make_plan import _size_between
-    from planner.trial_spec import TrialResult
+    from planner.trials.spec import TrialResult
 
     ok1 = TrialResult("ok", 1, peak_bytes=10)
     assert _size_between([ok1, TrialResult("oom", 4, peak_bytes=30)]) == 2

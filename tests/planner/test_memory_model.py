@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.memory_model import (
+from planner.search.memory_model import (
     MemoryLine,
     allowed_bytes,
     fit_line,
@@ -12,7 +12,7 @@ from planner.memory_model import (
     scale_line,
     verify,
 )
-from planner.trial import TrialResult
+from planner.trials.trial import TrialResult
 
 MIB = 2**20
 GIB = 2**30

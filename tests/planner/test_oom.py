@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from planner.oom import classify_exit, is_oom_error
-from planner.trial import TrialResult
+from planner.trials.trial import TrialResult
+from trainer.oom import classify_exit, is_oom_error
 
 
 class ResourceExhaustedError(Exception):

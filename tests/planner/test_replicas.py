@@ -99,7 +99,7 @@ def test_replicas_shorten_the_predicted_epoch():
 
 @pytest.mark.slow
 def test_make_plan_for_two_workers_records_strategy_replicas_and_lr_rule(tmp_path):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
     from planner.make_plan import make_plan
 
     data = make_demo_dataset(tmp_path / "data", n=10, size=(64, 64), seed=3)

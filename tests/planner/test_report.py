@@ -63,7 +63,7 @@ EVIDENCE = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("report")
     data = make_demo_dataset(root / "data", n=8, size=(64, 64))
@@ -85,7 +85,7 @@ def _copy(run, dest, **plan_changes):
 
 @pytest.mark.slow
 def test_report_embeds_curves_memory_trials_and_predictions(run, tmp_path):
-    from planner.report import report
+    from planner.app.report import report
 
     path = report(run, tmp_path / "r.html")
     assert path == tmp_path / "r.html"
@@ -105,7 +105,7 @@ def test_report_embeds_curves_memory_trials_and_predictions(run, tmp_path):
 
 @pytest.mark.slow
 def test_a_plan_without_evidence_says_so_and_missing_data_is_skipped(run, tmp_path):
-    from planner.report import report
+    from planner.app.report import report
 
     bare = _copy(run, tmp_path / "run", evidence=None)
     html = report(bare, data_root=tmp_path / "gone").read_text()
@@ -116,7 +116,7 @@ def test_a_plan_without_evidence_says_so_and_missing_data_is_skipped(run, tmp_pa
 
 
 def test_missing_matplotlib_names_the_extra(run, monkeypatch):
-    from planner.report import report
+    from planner.app.report import report
 
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
@@ -125,7 +125,7 @@ def test_missing_matplotlib_names_the_extra(run, monkeypatch):
 
 
 def test_an_incomplete_run_is_named(tmp_path):
-    from planner.report import report
+    from planner.app.report import report
 
     with pytest.raises(RunDirError, match="plan.json: missing"):
         report(tmp_path)

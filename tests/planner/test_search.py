@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from planner.candidates import Candidate
-from planner.search import CandidateMeasurement, Choice, choose, crops_per_epoch, epoch_steps
-from planner.trial import TrialResult
+from planner.search.candidates import Candidate
+from planner.search.choose import CandidateMeasurement, Choice, choose, crops_per_epoch, epoch_steps
+from planner.trials.trial import TrialResult
 from trainer.errors import BudgetError, FitplanError
 
 MIB = 2**20

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from planner.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
+from planner.trials.trial import TrialResult, TrialSpec, measure_each, measure_one, run_trial
 from trainer.errors import PlanError
 
 FAULTS = "tests.planner.fault_targets:"
@@ -136,7 +136,7 @@ def test_real_unet_small_on_cpu():
         TrialSpec("unet_small", (64, 64), (1, 2), warmup_steps=2, measured_steps=2), timeout_s=300
     )
     if results[0].status == "error" and "build_model_for_plan" in results[0].reason:
-        pytest.skip(f"trainer.fit.build_model_for_plan is not available yet: {results[0].reason}")
+        pytest.skip(f"trainer.train.fit.build_model_for_plan is not available yet: {results[0].reason}")
     assert [(r.micro_batch, r.status) for r in results] == [(1, "ok"), (2, "ok")], results
     one, two = results
     assert one.child_pid == two.child_pid

@@ -14,7 +14,7 @@ SPEC is a JSON object:
     logical_cpus: split the CPU into this many logical devices first (0: leave it)
 
 A run with `interrupt_after` stops after that many epochs (as a kill would, after the
-epoch's checkpoint) and is then resumed with `trainer.fit.resume`.
+epoch's checkpoint) and is then resumed with `trainer.train.fit.resume`.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def main(spec_path: str) -> None:
     import keras
     import numpy as np
 
-    from trainer.fit import resume, train
     from trainer.plan import Plan
+    from trainer.train.fit import resume, train
 
     class StepTimes(keras.callbacks.Callback):
         def __init__(self):
@@ -100,7 +100,7 @@ def main(spec_path: str) -> None:
     data = Path(spec["data"])
     results: dict[str, Any] = {}
     if spec.get("save_init"):  # the untrained weights, from the plan's seed (default strategy)
-        from trainer.setup import build_model_for_plan
+        from trainer.train.setup import build_model_for_plan
 
         init = build_model_for_plan(Plan.from_dict(base_plan(data)), 2, compile=False)
         np.savez(Path(spec["result"]).with_name("init.npz"), *init.get_weights())

@@ -39,8 +39,8 @@ def make_plan(data_dir: Path, num_classes: int = 2, **over: Any) -> Plan:
 
 
 def _crops(plan: Plan, num_classes: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from trainer.decode import load_image, load_mask
-    from trainer.pairs import find_pairs
+    from trainer.data.decode import load_image, load_mask
+    from trainer.data.pairs import find_pairs
 
     pairs = find_pairs(plan.data.path, plan.data.images, plan.data.masks).pairs
     values = plan.data.mask_values or tuple(range(num_classes))
@@ -76,7 +76,7 @@ def make_run(
     predicts about 0.5 everywhere, which says nothing about how quantization
     changes the masks of a real model.
     """
-    from trainer.setup import build_model_for_plan, compile_model
+    from trainer.train.setup import build_model_for_plan, compile_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_plan(plan, run_dir / "plan.json")

@@ -6,7 +6,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from trainer.plan import Plan  # noqa: E402
-from trainer.setup import make_optimizer  # noqa: E402
+from trainer.train.setup import make_optimizer  # noqa: E402
 
 
 def _plan(name: str, micro_batch: int, steps: int) -> Plan:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.augment import NONE, AugmentSettings, augment_pair, random_params
+from trainer.data.augment import NONE, AugmentSettings, augment_pair, random_params
 from trainer.plan import AugmentSpec
 
 DEFAULT = AugmentSettings.from_spec(AugmentSpec())

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data import build_datasets
-from trainer.decode import infer_mask_values, load_image, load_mask, load_mask_raw
+from trainer.data.decode import infer_mask_values, load_image, load_mask, load_mask_raw
+from trainer.data.pairs import Pair
+from trainer.data.pipeline import build_datasets
+from trainer.data.splits import epoch_steps, split_pairs, tile_starts
 from trainer.errors import DataError, FitplanWarning
-from trainer.pairs import Pair
 from trainer.plan import Plan
-from trainer.sampling import epoch_steps, split_pairs, tile_starts
 
 EPFL = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "epfl-em"
 

@@ -51,7 +51,7 @@ def _plan(**over) -> Plan:
     [("none", 1e-3), ("linear", 4e-3), ("sqrt", 2e-3)],
 )
 def test_learning_rate_follows_the_plans_rule(rule, expected):
-    from trainer.distribute import learning_rate_for
+    from trainer.train.distribute import learning_rate_for
 
     opt = {"learning_rate": 1e-3, "lr_scaling": rule}
     if rule != "none":
@@ -78,14 +78,14 @@ def test_scaling_without_reference_batch_is_refused():
     "raw", ["{not json", '{"cluster": {"worker": ["a:1"]}}', '["worker"]', '{"task": {}}']
 )
 def test_malformed_tf_config_names_the_variable(raw):
-    from trainer.distribute import tf_config
+    from trainer.train.distribute import tf_config
 
     with pytest.raises(HardwareError, match="TF_CONFIG"):
         tf_config({"TF_CONFIG": raw})
 
 
 def test_tf_config_parses_cluster_and_task():
-    from trainer.distribute import tf_config
+    from trainer.train.distribute import tf_config
 
     conf = {"cluster": {"worker": ["h1:1", "h2:1"]}, "task": {"type": "worker", "index": 1}}
     assert tf_config({"TF_CONFIG": json.dumps(conf)}) == conf
@@ -109,13 +109,13 @@ def _fake_strategy(task_type, task_id, cluster):
     ],
 )
 def test_is_chief(task_type, task_id, cluster, chief):
-    from trainer.distribute import is_chief
+    from trainer.train.distribute import is_chief
 
     assert is_chief(_fake_strategy(task_type, task_id, cluster)) is chief
 
 
 def test_chief_writes_out_and_other_workers_a_removed_temp_folder(tmp_path, monkeypatch):
-    from trainer.distribute import worker_dir
+    from trainer.train.distribute import worker_dir
 
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -132,7 +132,7 @@ def test_chief_writes_out_and_other_workers_a_removed_temp_folder(tmp_path, monk
 
 
 def test_non_chief_resume_copies_what_state_names(tmp_path):
-    from trainer.distribute import worker_dir
+    from trainer.train.distribute import worker_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -161,8 +161,8 @@ def test_default_strategy_and_unchanged_optimizer_class():
     import keras
     import tensorflow as tf
 
-    from trainer.distribute import get_strategy
-    from trainer.distribute_keras import for_current_strategy
+    from trainer.train.distribute import get_strategy
+    from trainer.train.distribute_keras import for_current_strategy
 
     assert get_strategy(_plan()) is tf.distribute.get_strategy()
     assert for_current_strategy(keras.optimizers.Adam) is keras.optimizers.Adam
@@ -171,7 +171,7 @@ def test_default_strategy_and_unchanged_optimizer_class():
 def test_more_replicas_than_devices_is_refused():
     import tensorflow as tf
 
-    from trainer.distribute import get_strategy
+    from trainer.train.distribute import get_strategy
 
     n = len(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))
     with pytest.raises(HardwareError, match="replicas"):
@@ -181,9 +181,9 @@ def test_more_replicas_than_devices_is_refused():
 def test_mirrored_strategy_on_one_device_uses_the_safe_optimizer():
     import keras
 
-    from trainer.distribute import get_strategy
-    from trainer.distribute_keras import DistributedAccumulation
-    from trainer.setup import make_optimizer
+    from trainer.train.distribute import get_strategy
+    from trainer.train.distribute_keras import DistributedAccumulation
+    from trainer.train.setup import make_optimizer
 
     plan = _plan(strategy="mirrored", replicas=1, accumulation_steps=2)
     strategy = get_strategy(plan)
@@ -199,7 +199,7 @@ def test_datasets_are_sharded_by_element():
 
     import tensorflow as tf
 
-    from trainer.distribute import shard_datasets
+    from trainer.train.distribute import shard_datasets
 
     @dataclasses.dataclass
     class Bundle:
@@ -217,7 +217,7 @@ def test_datasets_are_sharded_by_element():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("dist")
     make_demo_dataset(root / "train", n=8, size=(32, 32), seed=1)
@@ -401,7 +401,7 @@ def test_agreed_time_limit_stops_when_any_worker_is_past_the_deadline():
 
     import tensorflow as tf
 
-    from trainer.distribute import AgreedTimeLimit
+    from trainer.train.distribute import AgreedTimeLimit
 
     class TwoWorkers:  # the other worker is past its deadline; this one is not
         def reduce(self, op, value, axis):
@@ -426,8 +426,8 @@ def test_agreed_time_limit_stops_when_any_worker_is_past_the_deadline():
 
 
 def test_one_process_keeps_the_plain_time_limit():
-    from trainer.callbacks import TimeLimit
-    from trainer.distribute import AgreedTimeLimit, time_limit_for
+    from trainer.train.callbacks import TimeLimit
+    from trainer.train.distribute import AgreedTimeLimit, time_limit_for
 
     cb = time_limit_for(None)
     assert type(cb) is TimeLimit and not isinstance(cb, AgreedTimeLimit)

@@ -10,8 +10,8 @@ from PIL import Image
 
 from tests.trainer.run_factory import make_plan, make_run
 from trainer.errors import DataError, RunDirError
-from trainer.evaluate import class_scores, confusion, evaluate
-from trainer.inference import LoadedRun
+from trainer.use.evaluate import class_scores, confusion, evaluate
+from trainer.use.inference import LoadedRun
 
 
 def test_class_scores_from_a_confusion_matrix():
@@ -108,7 +108,7 @@ def test_a_wrong_run_folder_is_named_before_the_data_is_read(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_run_is_scored_on_native_size_masks(tmp_path):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     data = make_demo_dataset(tmp_path / "data", n=3, size=(48, 80))
     run = make_run(tmp_path / "run", make_plan(data)).path

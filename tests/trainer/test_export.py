@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from tests.trainer.run_factory import make_plan, make_run
-from trainer import export as export_mod
 from trainer.errors import FitplanError
-from trainer.export import TOLERANCE, _atomic_dir, export, run_tflite
+from trainer.use import export as export_mod
+from trainer.use.export import TOLERANCE, _atomic_dir, export, run_tflite
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("export")
     data = make_demo_dataset(root / "data", n=4, size=(64, 64))
@@ -24,7 +24,7 @@ def fake(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(fake):
-    from trainer.inference import load_run
+    from trainer.use.inference import load_run
 
     return load_run(fake.path, precision="float32")  # built once for every export below
 

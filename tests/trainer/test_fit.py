@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", n=10, size=(64, 64), seed=1)
 
@@ -40,8 +40,8 @@ def _plan(data_dir: Path, **over) -> Plan:
 
 
 def test_train_writes_a_complete_bounded_run(tmp_path, data_dir):
-    from trainer.fit import train
-    from trainer.run_dir import read_history
+    from trainer.train.fit import train
+    from trainer.train.run_dir import read_history
 
     out = tmp_path / "run"
     result = train(_plan(data_dir), out)
@@ -67,7 +67,7 @@ def test_train_writes_a_complete_bounded_run(tmp_path, data_dir):
 
 
 def test_keep_best_only_writes_one_checkpoint(tmp_path, data_dir):
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     out = tmp_path / "run"
     train(_plan(data_dir, checkpoints={"keep": "best"}), out)
@@ -75,7 +75,7 @@ def test_keep_best_only_writes_one_checkpoint(tmp_path, data_dir):
 
 
 def test_checkpoint_byte_limit_refuses_and_keeps_nothing_torn(tmp_path, data_dir):
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     out = tmp_path / "run"
     with pytest.raises(DiskFullError, match="checkpoints.max_bytes"):
@@ -84,7 +84,7 @@ def test_checkpoint_byte_limit_refuses_and_keeps_nothing_torn(tmp_path, data_dir
 
 
 def test_existing_run_is_refused(tmp_path, data_dir):
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     out = tmp_path / "run"
     out.mkdir()
@@ -94,7 +94,7 @@ def test_existing_run_is_refused(tmp_path, data_dir):
 
 
 def test_bad_data_leaves_no_run_folder(tmp_path):
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     out = tmp_path / "run"
     with pytest.raises(DataError):
@@ -103,7 +103,7 @@ def test_bad_data_leaves_no_run_folder(tmp_path):
 
 
 def test_missing_imagenet_weights_fail_before_anything(tmp_path, data_dir, monkeypatch):
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     out = tmp_path / "run"
@@ -113,7 +113,7 @@ def test_missing_imagenet_weights_fail_before_anything(tmp_path, data_dir, monke
 
 
 def test_time_limit_stops_cleanly_with_best_weights(tmp_path, data_dir):
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     out = tmp_path / "run"
     result = train(_plan(data_dir, epochs=50, time_limit_s=0.001), out)
@@ -126,8 +126,8 @@ def test_out_of_memory_steps_down_and_keeps_effective_batch(tmp_path, data_dir):
     import keras
     import tensorflow as tf
 
-    from trainer.fit import train
     from trainer.plan import load_plan
+    from trainer.train.fit import train
 
     class OOMOnce(keras.callbacks.Callback):
         fired = False
@@ -151,8 +151,8 @@ def test_out_of_memory_steps_down_and_keeps_effective_batch(tmp_path, data_dir):
 
 
 def test_freeze_then_finetune_records_both_phases(tmp_path, data_dir):
-    from trainer.fit import train
-    from trainer.run_dir import read_history
+    from trainer.train.fit import train
+    from trainer.train.run_dir import read_history
 
     out = tmp_path / "run"
     train(_plan(data_dir, epochs=3, freeze_encoder_epochs=1), out)
@@ -162,14 +162,14 @@ def test_freeze_then_finetune_records_both_phases(tmp_path, data_dir):
 
 
 def test_resume_after_kill_9_continues_from_last_epoch(tmp_path, data_dir):
-    from trainer.fit import resume
-    from trainer.run_dir import read_history
+    from trainer.train.fit import resume
+    from trainer.train.run_dir import read_history
 
     plan_path = tmp_path / "plan.json"
     save_plan(_plan(data_dir, epochs=4, steps_per_epoch=8), plan_path)
     out = tmp_path / "run"
     child = subprocess.Popen(
-        [sys.executable, "-m", "planner.cli", "train", "--plan", str(plan_path), "--out", str(out)],
+        [sys.executable, "-m", "planner.app.cli", "train", "--plan", str(plan_path), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -197,7 +197,7 @@ def test_resume_after_kill_9_continues_from_last_epoch(tmp_path, data_dir):
 
 def test_host_memory_budget_is_enforced_by_stepping_down_then_refusing(tmp_path, data_dir):
     from trainer.errors import TrainingOOMError
-    from trainer.fit import train
+    from trainer.train.fit import train
 
     out = tmp_path / "run"
     plan = _plan(data_dir, micro_batch=2, target={"device": "cpu", "budget_bytes": 50 * 2**20})

@@ -10,8 +10,8 @@ import pytest
 
 from tests.trainer.run_factory import make_plan, make_run
 from trainer.errors import RunDirError
-from trainer.inference import load_run, work_size
-from trainer.tiling import blend_window, pad_to, sliding_window, tile_starts, to_classes
+from trainer.use.inference import load_run, work_size
+from trainer.use.tiling import blend_window, pad_to, sliding_window, tile_starts, to_classes
 
 # -- tiling (pure numpy, no model) -------------------------------------------------------
 
@@ -98,7 +98,7 @@ def test_to_classes_thresholds_sigmoid_and_argmaxes_softmax():
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    from planner.demo import make_demo_dataset
+    from planner.app.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("inference")
     data = make_demo_dataset(root / "data", n=4, size=(64, 64))
@@ -156,7 +156,7 @@ def test_image_scale_predicts_smaller_and_resizes_back(tmp_path, fake):
 
 
 def test_small_images_are_sized_up_as_in_training():
-    assert work_size(10, 6, 1.0, (32, 32)) == (54, 32)  # aspect kept, as trainer.data does
+    assert work_size(10, 6, 1.0, (32, 32)) == (54, 32)  # aspect kept, as trainer.data.pipeline does
     assert work_size(64, 96, 0.5, (32, 32)) == (32, 48)
     assert work_size(40, 40, 1.0, (32, 32)) == (40, 40)
 

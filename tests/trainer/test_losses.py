@@ -5,7 +5,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from trainer.losses import DiceCrossEntropy, OverlapScore, segmentation_metrics  # noqa: E402
+from trainer.train.losses import DiceCrossEntropy, OverlapScore, segmentation_metrics  # noqa: E402
 
 
 def test_binary_dice_and_iou_match_hand_computation():

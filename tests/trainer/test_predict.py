@@ -10,8 +10,8 @@ from PIL import Image
 
 from tests.trainer.run_factory import make_plan
 from trainer.errors import FitplanError
-from trainer.inference import LoadedRun
-from trainer.predict import PredictionFailures, predict
+from trainer.use.inference import LoadedRun
+from trainer.use.predict import PredictionFailures, predict
 
 
 class Bright:

@@ -1,0 +1,46 @@
+"""`fitplan train --auto`: probe, scan, plan and train in one call, planning inside the time budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from planner.make_plan import Log, PlanResult, make_plan
+
+
+def auto_train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    val: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    log: Log | None = None,
+    **plan_options: Any,
+) -> tuple[PlanResult, Any]:
+    """Make a plan for `data` and train it into the run folder `out`.
+
+    The time budget (`budget_time_s`) counts from the start of planning: the plan's
+    `time_limit_s` is the whole budget and training's clock starts when planning did,
+    so planning time is taken out of training time. The plan is saved in the run folder.
+
+    Args:
+        data: dataset root.
+        out: run folder to create.
+        val: separate validation root, or `None`.
+        callbacks: extra Keras callbacks for training (a progress display).
+        log: receives planning progress lines.
+        **plan_options: passed to `planner.make_plan.make_plan`.
+
+    Returns:
+        `(plan_result, train_result)`.
+    """
+    from trainer.train.fit import train
+
+    started = time.monotonic()
+    result = make_plan(data, val=val, count_planning_time=True, log=log, **plan_options)
+    if log:
+        log(f"planning took {result.planning_time_s:.0f} s with {result.children} child processes")
+    trained = train(result.plan, out, callbacks=callbacks, started_at=started)
+    return result, trained

@@ -1,0 +1,159 @@
+"""The planner's presets, as data: what to try by default and how to score it.
+
+Nothing here computes; `planner.search.candidates` and `planner.search.choose` read these values.
+Change a default here, not in code. The figures marked "measured" come from this
+machine (2-core AVX512-BF16 CPU, TF 2.21, Keras 3.15): see docs/planning.md for the
+commands; the quality priors are judgement, documented as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 2**30
+
+# -- candidates -------------------------------------------------------------------------
+
+# Few on purpose: each (backbone, size, precision) costs two children (one per trial
+# size), 10-40 s each on this CPU.
+DEFAULT_BACKBONES: tuple[str, ...] = ("mobilenet_v3_small", "efficientnet_b0")
+# Square crop sides to try, kept only where they fit in the images (multiples of 32).
+DEFAULT_SIDES: tuple[int, ...] = (256, 384)
+ALL_SIDES: tuple[int, ...] = (128, 192, 256, 320, 384, 448, 512)
+
+# Precision options by device, preferred first. Default candidates use only the first;
+# the rest are options (`--precisions`) whose trials measure them like any candidate.
+# On this CPU (AVX512_BF16, TF 2.21) bfloat16 *training* of conv U-Nets was far slower
+# than float32, though matmuls are faster: Conv2D backprop in bfloat16 took 16-24x the
+# float32 time (conv 4x128x128x96, 3x3), and the MobileNetV3Small U-Net stepped 7x
+# slower at 256x256 (docs/planning.md, "Calibration"), for only ~10% less memory.
+# So float32 stays first on a CPU even with bf16. mixed_float16 on a CPU was 5.7x slower
+# (MEASURED.md): never offered there.
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "cpu": ("float32",),
+    "cpu_bf16": ("float32", "mixed_bfloat16"),
+    "gpu": ("mixed_float16", "float32"),
+    "gpu_bf16": ("mixed_bfloat16", "mixed_float16", "float32"),
+}
+
+# -- trials -----------------------------------------------------------------------------
+
+# Sizes measured for the fit, each in its own fresh child (`planner.trials.trial.measure_each`):
+# a spread of 4x (1 and 2 is noise, measured). Measured in one child, the second size
+# carried the first's leftovers and a relaxed-shape retrace, and the line through them
+# over-predicted larger sizes by 10-26%.
+TRIAL_MICRO_BATCHES: tuple[int, ...] = (1, 4)
+TRIAL_WARMUP_STEPS = 3
+TRIAL_MEASURED_STEPS = 5
+# A child that has not finished by then is killed: tracing alone takes 14-31 s here.
+TRIAL_TIMEOUT_S = 300.0
+
+# -- memory -----------------------------------------------------------------------------
+
+# Share of the budget kept free; covers the ~4% RSS growth from step 3 to step 20
+# (measured) plus noise between runs.
+HEADROOM = 0.10
+MAX_MICRO_BATCH = 64
+
+# Memory a real training run uses beyond the trial's train-step peak at the same
+# micro-batch: the tf.data pipeline (decoded full-size images being cropped, prefetched
+# batches; 0.11-0.13 GiB alone), the validation pass (its own traced function), Keras
+# callbacks and checkpoint writes. Measured on epfl-em (768x1024 pairs, efficientnet_b0
+# 384x384, streamed, from scratch with training BatchNorm), real run minus the verified
+# train-step peak: 0.45, 0.53 and 0.60 GiB at micro-batch 1, 3 and 7 (with frozen
+# BatchNorm: 0.29-0.38 GiB). An empirical term fitted on those runs, not derived
+# (docs/planning.md, "Measured on epfl-em"); it grows a little with the micro-batch,
+# which the headroom covers. A cache of decoded pairs (plan data.cache = "memory") comes
+# on top (`CACHE_BYTES_PER_DECODED_BYTE`). GPU: the pipeline lives in host RAM, outside
+# the allocator peak the plan predicts; not measured, so 0.
+TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.5 * GIB), "gpu": 0}
+# The trainer caches images as float32 (4 bytes per decoded 8-bit channel) and masks as
+# uint8; the scan's `decoded_bytes` counts 8-bit channels. 4 bounds it (alpha is dropped).
+CACHE_BYTES_PER_DECODED_BYTE = 4
+
+# Analytic estimate (no TensorFlow), used only to prune what cannot fit at micro-batch 1.
+# Runtime overhead: peak RSS at micro-batch 0 minus 16 bytes per parameter, measured
+# 0.76-1.17 GiB on CPU across the six backbones (docs/planning.md, "Calibration").
+RUNTIME_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(1.0 * GIB), "gpu": int(0.3 * GIB)}
+# Bytes of training activations per input pixel per sample in float32: the slope of
+# peak RSS over micro-batch divided by height x width (measured at 256x256, micro-batch
+# 1 and 4, float32, Keras 3.15; docs/planning.md, "Calibration").
+ACTIVATION_BYTES_PER_PIXEL: dict[str, float] = {
+    "unet_small": 800.0,
+    "mobilenet_v3_small": 1700.0,
+    "mobilenet_v3_large": 2300.0,
+    "efficientnet_b0": 2500.0,
+    "efficientnetv2_b0": 1850.0,
+    "resnet50": 2100.0,
+}
+# Activation bytes relative to float32 under each policy. mixed_bfloat16: 0.9, measured
+# (MobileNetV3Small U-Net, 256x256: slope 94.7 vs 105.6 MiB per sample); float32
+# variables, losses and casts keep it far from 0.5. mixed_float16 (GPU): assumed alike.
+ACTIVATION_SCALE: dict[str, float] = {"float32": 1.0, "mixed_bfloat16": 0.9, "mixed_float16": 0.9}
+# Float32 copies per parameter while training with Adam: weights, gradients, two moments.
+PARAM_COPIES = 4
+# Prune only when the estimate exceeds the allowed budget by this factor: the estimate
+# is rough, and a wrongly pruned candidate is never measured.
+PRUNE_TOLERANCE = 1.25
+
+
+# -- the objective (planner.search.choose) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How `planner.search.choose.choose` scores a feasible candidate.
+
+    score = backbone_prior x size_prior x precision_prior x time_factor, with
+    size_prior = (min(height, width) / size_reference) ** size_exponent and
+    time_factor = min(1, epochs_possible / epochs_wanted) ** time_exponent
+    (1 without a time budget).
+
+    Args:
+        backbone_prior: expected relative validation quality per backbone, trained
+            from scratch on a small dataset (judgement, not measured).
+        precision_prior: quality cost of a precision policy.
+        size_reference: the crop side whose size prior is 1.
+        size_exponent: how much a larger crop (more context) is worth.
+        epochs_wanted: epochs beyond which more time adds nothing to the score.
+        min_epochs: fewer possible epochs than this rejects a candidate as too slow,
+            unless no candidate reaches it.
+        time_exponent: how steeply fewer epochs cost quality.
+        max_epochs: the plan's epochs when time allows more (early stopping ends sooner).
+        epoch_overhead: extra share of an epoch's training time for validation and
+            callbacks.
+    """
+
+    backbone_prior: dict[str, float] = field(
+        default_factory=lambda: {
+            "unet_small": 0.80,
+            "mobilenet_v3_small": 0.86,
+            "mobilenet_v3_large": 0.90,
+            "efficientnet_b0": 0.95,
+            "efficientnetv2_b0": 0.95,
+            "resnet50": 0.93,
+        }
+    )
+    precision_prior: dict[str, float] = field(
+        default_factory=lambda: {"float32": 1.0, "mixed_bfloat16": 0.99, "mixed_float16": 0.99}
+    )
+    size_reference: int = 256
+    size_exponent: float = 0.15
+    epochs_wanted: int = 30
+    min_epochs: int = 15
+    time_exponent: float = 0.5
+    max_epochs: int = 100
+    epoch_overhead: float = 0.15
+
+
+DEFAULT_OBJECTIVE = Objective()
+TARGET_EFFECTIVE_BATCH = 16
+
+# -- make_plan --------------------------------------------------------------------------
+
+# Under a time budget, stop starting new trial children once planning has used this
+# share of it: the rest is for training.
+PLANNING_SHARE = 0.35
+# Cache decoded pairs in RAM (plan data.cache = "memory") only when they take at most this
+# share of the memory the chosen micro-batch leaves unused under the allowed budget.
+CACHE_SHARE_OF_SPARE = 0.5

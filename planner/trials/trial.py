@@ -1,0 +1,265 @@
+"""Dry runs in child processes: one child measures several micro-batch sizes of one candidate.
+
+The parent (this module) never imports TensorFlow or builds a model: TF cannot give GPU
+memory back after an out-of-memory error, and a crash must not take the planner down.
+A child (`python -m planner.trials.child`, see that module) builds the trainer's own
+compiled model, runs `train_on_batch` on synthetic tensors for each micro-batch size in
+ascending order, and prints one JSON line per event on stdout behind `MARKER`; anything
+else on stdout is garbage. The parent enforces the time limit and kills the child's
+whole process group when it runs out.
+
+API for `planner.make_plan`:
+    TrialSpec(backbone, input_size, micro_batches, precision=..., ...)   what to measure
+        (`TrialSpec` and `TrialResult` live in `planner.trials.spec`, re-exported here)
+    run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None) -> list[TrialResult]
+        One child process. Results are ascending by micro-batch and stop at the first
+        result that is not "ok" (larger sizes were not tried). Never raises for what
+        happens in the child: an OOM, crash, hang or garbage becomes a result.
+    measure_one(spec, micro_batch, *, timeout_s, memory_limit_bytes=None) -> TrialResult
+        One size in its own child: the `measure` callable `memory_model.verify` wants.
+    measure_each(spec, *, timeout_s, memory_limit_bytes=None) -> list[TrialResult]
+        Every size in its own child, ascending, stopping at the first failure: what
+        the planner fits its memory line through (same-child sizes are inflated).
+    TrialResult(status, micro_batch, peak_bytes, step_time_s, trace_time_s, reason, ...)
+        `child_pid` and `traces` make the number of children and graph traces visible:
+        `len({r.child_pid for r in results})` children, `sum(r.traces ...)` traces.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
+from trainer.oom import classify_exit
+
+__all__ = ["DEFAULT_TARGET", "MARKER", "TrialResult", "TrialSpec", "measure_one", "run_trial"]
+
+_STDERR_TAIL_LINES = 40
+
+
+def _child_env(spec: TrialSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    # The child must import what the parent imports (tests' fault targets included).
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([os.getcwd(), *paths]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if spec.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    return env
+
+
+def run_trial(
+    spec: TrialSpec,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> list[TrialResult]:
+    """Measure `spec.micro_batches` in one child process; see the module docstring.
+
+    Args:
+        spec: what to measure. Its plan is validated here first (raises `PlanError`).
+        timeout_s: wall-clock limit for the whole child; then its process group is
+            killed and the size in progress gets status `"timeout"`.
+        memory_limit_bytes: on CPU, a soft limit: a thread in the child polls its RSS
+            and reports `"oom"` with the RSS reached once it is exceeded, then exits
+            (`RLIMIT_AS` is not used: TF reserves far more address space than it
+            touches). On GPU, the device's memory limit (a real TF OOM above it).
+            `None` (default): no limit beyond the machine's.
+        on_event: called with each event dict the child reports (progress display).
+
+    Returns:
+        Results ascending by micro-batch, ending at the first one that is not ok.
+    """
+    if spec.target is None:
+        spec.to_plan()  # a bad plan is the caller's mistake: raise here, not in the child
+    payload = json.dumps({"spec": spec.to_dict(), "memory_limit_bytes": memory_limit_bytes})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "planner.trials.child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(spec),
+        start_new_session=True,  # its own process group, so a kill reaches grandchildren
+    )
+    t0 = time.perf_counter()
+    events: list[dict[str, Any]] = []
+    garbage: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+
+    def read_stdout() -> None:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not line.startswith(MARKER):
+                garbage.append(line)
+                continue
+            try:
+                event = json.loads(line[len(MARKER) :])
+                if not isinstance(event, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                garbage.append(line)
+                continue
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+
+    def read_stderr() -> None:
+        for raw in proc.stderr:  # type: ignore[union-attr]
+            tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
+    for t in readers:
+        t.start()
+    timed_out = False
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(payload.encode())  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    finally:
+        # Always: a timed-out child, Ctrl-C in the parent, or grandchildren left behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for t in readers:
+            t.join(timeout=5)
+    wall = time.perf_counter() - t0
+    return _collect(
+        spec,
+        proc.pid,
+        proc.returncode,
+        events,
+        garbage,
+        "\n".join(tail),
+        timed_out,
+        timeout_s,
+        wall,
+    )
+
+
+def _collect(
+    spec: TrialSpec,
+    pid: int,
+    returncode: int | None,
+    events: list[dict[str, Any]],
+    garbage: list[str],
+    stderr_tail: str,
+    timed_out: bool,
+    timeout_s: float,
+    wall_s: float,
+) -> list[TrialResult]:
+    """Turn the child's events and exit into one result per size tried."""
+    results: list[TrialResult] = []
+    started: int | None = None
+    ready = False
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "ready":
+            ready = True
+        elif kind == "start":
+            started = ev.get("micro_batch")
+        elif kind == "result":
+            try:
+                r = TrialResult.from_dict(ev.get("result", {}))
+            except (TypeError, ValueError) as exc:
+                garbage.append(f"malformed result {ev!r}: {exc}")
+                break
+            results.append(
+                dataclasses.replace(
+                    r, child_pid=pid, details={**r.details, "child_wall_s": round(wall_s, 3)}
+                )
+            )
+    if results and not results[-1].ok:
+        return results
+    done = {r.micro_batch for r in results}
+    pending = [m for m in spec.micro_batches if m not in done]
+    if not pending:
+        return results
+    mb = started if started in pending else pending[0]
+    if timed_out or returncode != 0 or not garbage:
+        status, reason = classify_exit(
+            returncode, stderr_tail, timed_out=timed_out, timeout_s=timeout_s
+        )
+    else:
+        status, reason = (
+            "error",
+            "child printed no result lines; its stdout began: " + repr("\n".join(garbage)[:200]),
+        )
+    if started == mb:
+        where = f"at micro-batch {mb}"
+    elif ready:
+        where = f"after the model was built, before micro-batch {mb} started"
+    else:
+        where = "before the first step (starting the child or building the model)"
+    results.append(
+        TrialResult(
+            status=status,
+            micro_batch=mb,
+            reason=f"{reason}; {where}",
+            child_pid=pid,
+            details={
+                "child_wall_s": round(wall_s, 3),
+                "returncode": returncode,
+                "stderr_tail": stderr_tail[-2000:],
+            },
+        )
+    )
+    return results
+
+
+def measure_one(
+    spec: TrialSpec,
+    micro_batch: int,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> TrialResult:
+    """Measure one micro-batch size of `spec` in a fresh child (for verification)."""
+    one = dataclasses.replace(spec, micro_batches=(micro_batch,))
+    results = run_trial(
+        one, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes, on_event=on_event
+    )
+    return results[-1]
+
+
+def measure_each(
+    spec: TrialSpec,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int | None = None,
+) -> list[TrialResult]:
+    """Each size of `spec` in its own fresh child, ascending; stops at the first failure.
+
+    What the planner fits its line through. A size measured in the same child after a
+    smaller one also carries that size's leftovers and a second, relaxed-shape trace,
+    and its peak is inflated: at 256x256 with training BatchNorm, micro-batch 4 peaked
+    at 1106 MiB after 1 in one child against 1057 MiB alone (unet_small), 1684 against
+    1550 MiB (mobilenet_v3_small), and a line through the same-child pair over-predicted
+    fresh runs at 8 and 16 by 10-26%; through fresh children, by 0-3%
+    (docs/planning.md, "Trials"). The price: one more child per candidate (a TensorFlow
+    import and a model build, ~10 s here).
+    """
+    results: list[TrialResult] = []
+    for mb in spec.micro_batches:
+        r = measure_one(spec, mb, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes)
+        results.append(r)
+        if not r.ok:
+            break
+    return results

@@ -1,0 +1,337 @@
+"""The input pipeline: image/mask pairs on disk -> `tf.data` datasets for Keras `fit`.
+
+Training samples are random crops at native resolution (times `data.image_scale`),
+augmented by `trainer.data.augment`, so the model learns at the scale it will later see in
+sliding-window prediction. Validation cuts each image into a fixed grid of
+`input_size` tiles that covers it, with no augmentation, so the validation score is
+deterministic and measures the whole image. See docs/data.md for the design.
+
+Streaming (`cache="stream"`) shuffles file *indices*, not decoded images, and holds a
+few decoded images at a time, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from trainer.data.augment import AugmentSettings, apply_augment, random_params
+from trainer.data.decode import (
+    IMAGE_PIL,
+    MASK_PIL,
+    FileInfo,
+    as_rgb,
+    decode_image,
+    decode_mask_raw,
+    infer_mask_values,
+    load_image,
+    load_mask,
+    mask_lut,
+    to_classes,
+)
+from trainer.data.integrity import check_pairs
+from trainer.data.pairs import Pair, find_pairs
+from trainer.data.splits import crops_for, epoch_steps, split_pairs, tile_starts
+from trainer.errors import DataError, FitplanWarning
+from trainer.plan import DataSpec, Plan
+
+__all__ = [
+    "DataBundle",
+    "build_datasets",
+    "epoch_steps",
+    "load_image",
+    "load_mask",
+    "split_pairs",
+    "tile_starts",
+]
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Images decoded at once for crop mixing: a micro-batch mixes crops of this many images.
+# Each costs H x W x 13 bytes (float32 RGB + uint8 mask), whatever the dataset size.
+CYCLE = 4
+# Shuffle buffer of pair *indices* (8 bytes each): a full shuffle up to this many pairs.
+SHUFFLE_MAX = 65536
+
+
+@dataclass
+class DataBundle:
+    """Everything `fit` needs from the data.
+
+    Attributes:
+        train: one epoch of `(images [B, H, W, 3] float32 in [0, 1], masks [B, H, W, 1]
+            float32 class indices)`; iterating it again gives a fresh, reshuffled epoch.
+        val: validation tiles in a fixed order (last batch may be smaller), or `None`.
+        train_pairs, val_pairs: the pairs behind each dataset, sorted by key.
+        steps_per_epoch: micro-batches per training epoch, a multiple of
+            `plan.accumulation_steps` (already capped by `plan.steps_per_epoch`).
+        val_steps: batches in `val` (0 without validation).
+        num_classes: classes including background.
+        mask_values: raw mask value of each class.
+        crops_per_image: the plan's value, or the mean of the inferred per-pair counts.
+        pair_crops: crops drawn per training pair per epoch (before rounding up).
+        batch_size: images per micro-batch (`micro_batch x replicas`).
+    """
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset | None
+    train_pairs: list[Pair]
+    val_pairs: list[Pair]
+    steps_per_epoch: int
+    val_steps: int
+    num_classes: int
+    mask_values: tuple[int, ...]
+    crops_per_image: int
+    pair_crops: tuple[int, ...]
+    batch_size: int
+
+
+# -- file metadata ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Meta:
+    pairs: list[Pair]
+    image_route: list[int]
+    mask_route: list[int]
+    height: list[int]  # size the pair is decoded to (image_scale, then any upsizing)
+    width: list[int]
+
+    def tensors(self) -> dict[str, tf.Tensor]:
+        return {
+            "image": tf.constant([str(p.image) for p in self.pairs]),
+            "mask": tf.constant([str(p.mask) for p in self.pairs]),
+            "image_route": tf.constant(self.image_route, tf.int32),
+            "mask_route": tf.constant(self.mask_route, tf.int32),
+            "height": tf.constant(self.height, tf.int32),
+            "width": tf.constant(self.width, tf.int32),
+        }
+
+
+def _inspect(
+    pairs: list[Pair], infos: dict[Pair, tuple[FileInfo, FileInfo]], scale: float, min_hw
+) -> _Meta:
+    """Sizes at `scale` (from checked headers), resized up (aspect kept) to at least `min_hw`."""
+    meta = _Meta(pairs, [], [], [], [])
+    for p in pairs:
+        img, mask = infos[p]
+        h, w = max(1, round(img.height * scale)), max(1, round(img.width * scale))
+        if min_hw is not None and (h < min_hw[0] or w < min_hw[1]):
+            f = max(min_hw[0] / h, min_hw[1] / w)
+            h, w = max(min_hw[0], math.ceil(h * f)), max(min_hw[1], math.ceil(w * f))
+        meta.image_route.append(img.route)
+        meta.mask_route.append(mask.route)
+        meta.height.append(h)
+        meta.width.append(w)
+    return meta
+
+
+def _find(
+    root: str | Path, data: DataSpec
+) -> tuple[list[Pair], dict[Pair, tuple[FileInfo, FileInfo]]]:
+    """The usable pairs under `root` and their headers; bad pairs excluded with a warning.
+
+    Excluding, not refusing, matches `fitplan scan`: one corrupt file among thousands
+    must not cost the run, and a corrupt file met mid-epoch would (docs/reliability.md).
+    """
+    found = find_pairs(root, data.images, data.masks)
+    unpaired = found.unpaired_images + found.unpaired_masks
+    if unpaired:
+        shown = ", ".join(str(p) for p in unpaired[:3]) + (", ..." if len(unpaired) > 3 else "")
+        n = len(unpaired)
+        _warn(f"{n} file{'s' * (n != 1)} without a partner, not trained on: {shown}")
+    for dup in found.duplicates:
+        _warn(f"{dup}: another file has the same name without extension; not trained on")
+    if not found.pairs:
+        folder = Path(root) / data.images
+        raise DataError(
+            f"{folder}: no image/mask pairs found under {root}",
+            hint=f"{len(found.unpaired_images)} images and {len(found.unpaired_masks)} masks "
+            f"without a partner in {data.masks}; masks must share the image's name",
+        )
+    pairs, infos, excluded = check_pairs(found.pairs)
+    for bad in excluded:
+        _warn(str(bad))
+    if not pairs:
+        raise DataError(
+            f"{Path(root) / data.images}: all {len(excluded)} image/mask pairs are unusable "
+            f"(first: {excluded[0]})",
+            hint="`fitplan scan` lists every file and its problem",
+        )
+    return pairs, infos
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, FitplanWarning, stacklevel=3)
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+def _loader(meta: _Meta, lut: tf.Tensor):
+    t = meta.tensors()
+    pil_image = IMAGE_PIL in meta.image_route
+    pil_mask = MASK_PIL in meta.mask_route
+
+    def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = decode_image(t["image"][i], t["image_route"][i], pillow=pil_image)
+        raw = decode_mask_raw(t["mask"][i], t["mask_route"][i], pillow=pil_mask)
+        mask = to_classes(raw, lut)
+        size = tf.stack([t["height"][i], t["width"][i]])
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+        image = tf.cond(
+            same,
+            lambda: image,
+            lambda: tf.image.resize(image, size, method="bilinear", antialias=True),
+        )
+        mask = tf.cond(same, lambda: mask, lambda: tf.image.resize(mask, size, method="nearest"))
+        return image, mask
+
+    return load
+
+
+def _train_dataset(
+    meta: _Meta, lut: tf.Tensor, crops: list[int], plan: Plan, steps: int, batch: int
+) -> tf.data.Dataset:
+    n, seed = len(meta.pairs), plan.seed
+    load = _loader(meta, lut)
+    crops_t = tf.constant(crops, tf.int64)
+    # One seed per decoded image, attached before any parallel step: a crop's content
+    # then depends on the seed alone, never on which worker finished first.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    if plan.data.cache == "memory":
+        ds = tf.data.Dataset.range(n).map(lambda i: (i, *load(i)), num_parallel_calls=AUTOTUNE)
+        ds = ds.cache().shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = tf.data.Dataset.zip(ds, seeds)
+    else:
+        ids = tf.data.Dataset.range(n).shuffle(min(n, SHUFFLE_MAX), seed=seed).repeat()
+        ds = tf.data.Dataset.zip(ids, seeds).map(
+            lambda i, s: ((i, *load(i)), s), num_parallel_calls=AUTOTUNE
+        )
+
+    settings = AugmentSettings.from_spec(plan.augment)
+    size = tuple(plan.input_size)
+
+    def crops_of(item, s):
+        i, image, mask = item
+        params = random_params(tf.stack([s, i]), tf.shape(image)[:2], crops_t[i], size, settings)
+        one = tf.data.Dataset.from_tensors((image, mask)).repeat()
+        return tf.data.Dataset.zip(one, tf.data.Dataset.from_tensor_slices(params))
+
+    # repeat() + take(): the rounding-up extra crops come from the next shuffled pass.
+    # Maps keep their order (deterministic, the default): the order of crops is part of
+    # what plan.seed reproduces.
+    ds = ds.interleave(crops_of, cycle_length=min(n, CYCLE), block_length=1)
+
+    def augment(pair, params):
+        image, mask = apply_augment(*pair, *params, size, settings)
+        return image, tf.cast(mask, tf.float32)
+
+    ds = ds.take(steps * batch).map(augment, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps))
+
+
+def _val_dataset(
+    meta: _Meta, lut: tf.Tensor, plan: Plan, steps: int, batch: int
+) -> tf.data.Dataset:
+    th, tw = plan.input_size
+    load = _loader(meta, lut)
+    ds = tf.data.Dataset.range(len(meta.pairs)).map(load, num_parallel_calls=AUTOTUNE)
+    if plan.data.cache == "memory":
+        ds = ds.cache()
+
+    def starts(length: tf.Tensor, tile: int) -> tf.Tensor:
+        n = (length + tile - 1) // tile
+        return tf.minimum(tf.range(n) * tile, length - tile)
+
+    def tiles(image, mask):
+        ys, xs = starts(tf.shape(image)[0], th), starts(tf.shape(image)[1], tw)
+        yy, xx = tf.meshgrid(ys, xs, indexing="ij")
+        grid = tf.data.Dataset.from_tensor_slices((tf.reshape(yy, [-1]), tf.reshape(xx, [-1])))
+        return grid.map(
+            lambda y, x: (
+                tf.ensure_shape(as_rgb(image[y : y + th, x : x + tw]), [th, tw, 3]),
+                tf.ensure_shape(tf.cast(mask[y : y + th, x : x + tw], tf.float32), [th, tw, 1]),
+            )
+        )
+
+    ds = ds.flat_map(tiles).batch(batch).prefetch(AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps))
+
+
+def build_datasets(
+    plan: Plan, *, data_path: str | None = None, val_path: str | None = None
+) -> DataBundle:
+    """Build the training and validation datasets a plan describes.
+
+    Args:
+        plan: a validated plan; uses `data`, `input_size`, `micro_batch`, `replicas`,
+            `accumulation_steps`, `steps_per_epoch`, `augment` and `seed`.
+        data_path: dataset root overriding `plan.data.path`. `None`: use the plan's.
+        val_path: validation root overriding `plan.data.val`. `None`: use the plan's
+            (and when that is `None` too, split `plan.data.val_fraction` off by key).
+
+    Pairs whose files are unreadable, truncated, empty, too large or of mismatched
+    sizes are excluded with a `FitplanWarning` naming the file (`trainer.data.integrity`).
+
+    Raises:
+        DataError: naming the folder or file when there are no pairs, no usable pairs,
+            no training pairs or fewer than 2 classes.
+    """
+    data = plan.data
+    root = data_path or data.path
+    val_root = val_path or data.val
+    pairs, infos = _find(root, data)
+    if val_root is not None:
+        val_found, val_infos = _find(val_root, data)
+        train_pairs, val_pairs, infos = pairs, val_found, {**infos, **val_infos}
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, data.val_fraction)
+    if not train_pairs:
+        raise DataError(f"{Path(root) / data.images}: no training pairs left after the split")
+
+    size = tuple(plan.input_size)
+    train_meta = _inspect(train_pairs, infos, data.image_scale, None)
+    val_meta = _inspect(val_pairs, infos, data.image_scale, size) if val_pairs else None
+    mask_values = tuple(data.mask_values or infer_mask_values([p.mask for p in train_pairs]))
+    if data.classes is not None and data.classes != len(mask_values):
+        raise DataError(
+            f"{Path(root) / data.masks}: masks hold {len(mask_values)} class values "
+            f"{list(mask_values)} but the plan says data.classes={data.classes}",
+            hint="set data.mask_values in the plan to the raw value of each class",
+        )
+    lut = mask_lut(mask_values)
+    batch = plan.micro_batch * plan.replicas
+    crops = [
+        crops_for(h, w, size, data.crops_per_image)
+        for h, w in zip(train_meta.height, train_meta.width, strict=True)
+    ]
+    steps = epoch_steps(sum(crops), batch, plan.accumulation_steps, plan.steps_per_epoch)
+    train = _train_dataset(train_meta, lut, crops, plan, steps, batch)
+
+    val, val_steps = None, 0
+    if val_meta is not None:
+        n_tiles = sum(
+            len(tile_starts(h, size[0])) * len(tile_starts(w, size[1]))
+            for h, w in zip(val_meta.height, val_meta.width, strict=True)
+        )
+        val_steps = -(-n_tiles // batch)
+        val = _val_dataset(val_meta, lut, plan, val_steps, batch)
+
+    return DataBundle(
+        train=train,
+        val=val,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        steps_per_epoch=steps,
+        val_steps=val_steps,
+        num_classes=len(mask_values),
+        mask_values=mask_values,
+        crops_per_image=data.crops_per_image or max(1, round(sum(crops) / len(crops))),
+        pair_crops=tuple(crops),
+        batch_size=batch,
+    )

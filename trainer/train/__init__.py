@@ -1,0 +1,10 @@
+"""Training: set up the model, loss and optimizer from a plan, fit, and keep the run folder.
+
+Owns: `setup` (model + optimizer + loss from a plan), `losses`, `fit` (the training loop
+around Keras `fit`, OOM step-down, freeze then fine-tune), `callbacks`, `run_dir`
+(checkpoints, history, resume state), `progress`, `preflight` (checks before the first
+step), `memory` (peak RSS and allocator peaks), `distribute`/`distribute_keras`
+(tf.distribute strategies).
+May import: `trainer.plan`, `trainer.errors`, `trainer.atomic`, `trainer.oom`,
+`trainer.data`, `trainer.models`. Never `trainer.use` or `planner`.
+"""

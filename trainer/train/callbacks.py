@@ -1,0 +1,223 @@
+"""fitplan's own Keras callbacks: run-directory checkpoints, wall-time limit, throughput.
+
+Keras' `EarlyStopping(restore_best_weights=True)` and `ReduceLROnPlateau` do the
+learning-rate and stopping work; these callbacks only add what Keras lacks:
+checkpoints that are atomic and bounded, and resume state that also carries those
+two callbacks' counters (Keras' `BackupAndRestore` writes its files in place, so a
+kill during a write can tear them; here every write is a rename).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import keras
+
+from trainer.train.memory import gpu_peak_bytes, peak_rss_bytes
+from trainer.train.run_dir import RunDir
+
+_COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")
+
+
+def callback_counters(cb: keras.callbacks.Callback) -> dict[str, float]:
+    """The resumable counters of an EarlyStopping / ReduceLROnPlateau callback."""
+    out = {}
+    for name in _COUNTERS:
+        v = getattr(cb, name, None)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[name] = float(v)
+    return out
+
+
+def restore_counters(cb: keras.callbacks.Callback, counters: dict[str, float] | None) -> None:
+    """Put counters saved by `callback_counters` back (after Keras' on_train_begin reset)."""
+    for name, value in (counters or {}).items():
+        if hasattr(cb, name):
+            setattr(cb, name, int(value) if name != "best" else value)
+
+
+class RunCheckpointer(keras.callbacks.Callback):
+    """After each epoch: best and last weights, history and resume state, atomically.
+
+    Args:
+        run: the run directory.
+        monitor: the logged value that decides "best" (e.g. `"val_loss"`).
+        mode: `"min"` or `"max"`.
+        keep_last: write `last-eNNNN.weights.h5` for resume. `False`: best only.
+        max_bytes: bound on all checkpoint bytes, or `None`.
+        state: the resume state to continue from (best value, history, counters).
+        watched: callbacks whose counters go into the resume state, by name.
+        phase: freeze/fine-tune phase recorded in the state.
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        monitor: str,
+        mode: str,
+        keep_last: bool,
+        max_bytes: int | None,
+        state: dict[str, Any],
+        watched: dict[str, keras.callbacks.Callback],
+        phase: str,
+    ):
+        super().__init__()
+        self.run, self.monitor, self.mode = run, monitor, mode
+        self.keep_last, self.max_bytes = keep_last, max_bytes
+        self.state, self.watched, self.phase = state, watched, phase
+
+    def _improved(self, value: float) -> bool:
+        best = self.state.get("best_value")
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
+
+    def on_train_begin(self, logs=None):
+        for name, cb in self.watched.items():
+            restore_counters(cb, self.state.get("counters", {}).get(f"{self.phase}:{name}"))
+
+    def on_epoch_end(self, epoch: int, logs=None):
+        logs = dict(logs or {})
+        value = logs.get(self.monitor)
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["phase_frozen"] = 1.0 if self.phase == "frozen" else 0.0
+        history = self.state.setdefault("history", [])
+        history.append(row)
+        if value is not None and math.isfinite(float(value)) and self._improved(float(value)):
+            self.state["best_value"], self.state["best_epoch"] = float(value), epoch + 1
+            # Under a new name: best.weights.h5 changes only once state.json says so.
+            target = self.run.next_best_path(epoch + 1)
+            self.run.save_weights(self.model, target, self.max_bytes, self._bytes_except("best"))
+            self.state["best_pending"] = target.name
+        self.state["epochs_done"] = epoch + 1
+        self.state["phase"] = self.phase
+        if self.keep_last:
+            target = self.run.last_path(epoch + 1)
+            self.run.save_weights(self.model, target, self.max_bytes, self._bytes_except("last"))
+            self.state["last_weights"] = target.name
+        counters = self.state.setdefault("counters", {})
+        for name, cb in self.watched.items():
+            counters[f"{self.phase}:{name}"] = callback_counters(cb)
+        self.run.commit_state(self.state, history)
+
+    def _bytes_except(self, which: str) -> int:
+        if which == "best":
+            files = self.run.path.glob("last-e*.weights.h5") if self.keep_last else []
+            return sum(p.stat().st_size for p in files)
+        # A new best written this epoch replaces the old one at the commit: count the new.
+        files = [*self.run.path.glob("best-next-e*.weights.h5"), self.run.best_path]
+        best = next((p for p in files if p.exists()), None)
+        return best.stat().st_size if best is not None else 0
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop cleanly once the wall-clock deadline (`time.monotonic()` value) has passed.
+
+    Checked after every batch, so an epoch is cut short rather than overrun; Keras
+    then still validates and ends the epoch, so the best weights stay consistent.
+    """
+
+    def __init__(self, deadline: float | None):
+        super().__init__()
+        self.deadline = deadline
+        self.triggered = False
+
+    def _check(self):
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.triggered = True
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second (validation excluded) and the peak memory so far."""
+
+    def __init__(self, micro_batch: int):
+        super().__init__()
+        self.micro_batch = micro_batch
+        self.images = 0
+        self.train_seconds = 0.0
+        self._t0: float | None = None
+        self.last_epoch_images_per_s: float | None = None
+        self._epoch_images = 0
+        self._epoch_seconds = 0.0
+        self._skip = True
+
+    def on_train_begin(self, logs=None):
+        self._skip = True  # the first step of each fit() traces the graph (14-31 s here)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_images, self._epoch_seconds = 0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._skip:
+            self._skip = False
+        elif self._t0 is not None:
+            dt = time.perf_counter() - self._t0
+            self.train_seconds += dt
+            self._epoch_seconds += dt
+            self.images += self.micro_batch
+            self._epoch_images += self.micro_batch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._epoch_seconds > 0:
+            self.last_epoch_images_per_s = self._epoch_images / self._epoch_seconds
+        if logs is not None:
+            logs["images_per_s"] = self.last_epoch_images_per_s or 0.0
+            logs["peak_memory_bytes"] = float(peak_memory_bytes())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def peak_memory_bytes() -> int:
+    """The allocator's peak on a GPU, else the process's peak RSS."""
+    gpu = gpu_peak_bytes()
+    return gpu if gpu is not None else peak_rss_bytes()
+
+
+class BudgetExceeded(MemoryError):
+    """The process's peak memory passed the plan's budget (treated as out of memory)."""
+
+
+class MemoryGuard(keras.callbacks.Callback):
+    """On a CPU, treat peak RSS above the plan's budget as out of memory.
+
+    A GPU reports its own out-of-memory errors; host RAM does not until the kernel
+    kills the process (or the cgroup does), losing the epoch. Checking the peak after
+    each step turns "over budget" into an error the trainer can step down from.
+
+    Args:
+        budget_bytes: the plan's `target.budget_bytes`; `None` disables the guard.
+    """
+
+    def __init__(self, budget_bytes: int | None):
+        super().__init__()
+        self.budget_bytes = budget_bytes
+
+    def on_train_begin(self, logs=None):
+        from trainer.train.memory import reset_peak_rss
+
+        reset_peak_rss()  # a step-down in this process must not see the old peak
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.budget_bytes is None:
+            return
+        peak = peak_rss_bytes()
+        if peak > self.budget_bytes:
+            raise BudgetExceeded(
+                f"peak memory {peak / 2**30:.2f} GiB passed the plan's memory budget "
+                f"{self.budget_bytes / 2**30:.2f} GiB"
+            )

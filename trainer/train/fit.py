@@ -1,0 +1,403 @@
+"""Execute a plan: `train(plan, out)` and `resume(out)`.
+
+Keras does the work: `model.fit`, the optimizer's `gradient_accumulation_steps`,
+`ReduceLROnPlateau`, `EarlyStopping(restore_best_weights=True)` and
+`keras.mixed_precision`. This module orders it: validate inputs before anything
+is written, then freeze-then-fine-tune phases, atomic bounded checkpoints, a wall
+time limit, resume after a kill, and a step-down of the micro-batch when a step
+runs out of memory (accumulation doubles, so the effective batch is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from trainer.errors import DataError, FitplanWarning, TrainingOOMError
+from trainer.plan import Plan
+from trainer.train.callbacks import (
+    MemoryGuard,
+    RunCheckpointer,
+    Throughput,
+    peak_memory_bytes,
+)
+from trainer.train.distribute import (
+    get_strategy,
+    learning_rate_for,
+    shard_datasets,
+    strategy_for_run,
+    time_limit_for,
+    worker_dir,
+)
+from trainer.train.distribute_keras import build_from_spec
+from trainer.train.preflight import warn_plan_mismatch
+from trainer.train.run_dir import RunDir
+from trainer.train.setup import build_model_for_plan, compile_model
+
+# build_model_for_plan is re-exported: the planner's dry runs build the model as training does.
+__all__ = ["TrainResult", "build_model_for_plan", "resume", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left: its folder, final metrics and the model (best weights)."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    model: keras.Model
+    plan: Plan
+
+
+def train(
+    plan: Plan,
+    out: str | Path,
+    *,
+    data_path: str | None = None,
+    val_path: str | None = None,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    started_at: float | None = None,
+) -> TrainResult:
+    """Train `plan` into the new run folder `out`.
+
+    Args:
+        plan: a validated plan.
+        out: run folder; must not already hold a run.
+        data_path, val_path: override `plan.data.path` / `plan.data.val`.
+        max_epochs: override `plan.epochs` (recorded in the run's plan.json).
+        max_steps: cap micro-batches per epoch (quick runs; recorded likewise).
+        callbacks: extra Keras callbacks (e.g. a progress display).
+        started_at: `time.monotonic()` when the user's time budget started
+            (`--auto` counts planning time); defaults to now.
+    """
+    started_at = time.monotonic() if started_at is None else started_at
+    plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
+    strategy = get_strategy(plan)  # before any TF op: multi-worker must configure first
+    _check_weights(plan)
+    bundle = _datasets(plan)  # reads the data before anything is written
+    warn_plan_mismatch(plan)
+    with worker_dir(out, strategy) as folder:  # only the chief writes `out`
+        run = RunDir.create(folder, plan)
+        try:
+            result = _train_with_stepdown(run, plan, bundle, None, callbacks, started_at)
+        except BaseException:
+            _remove_if_no_epoch(run)
+            raise
+    result.run_dir = Path(out)
+    return result
+
+
+def resume(
+    out: str | Path,
+    *,
+    data_path: str | None = None,
+    val_path: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Continue the run in `out` from its last completed epoch, optimizer state included."""
+    strategy = strategy_for_run(out)  # before any TF op, as in train()
+    with worker_dir(out, strategy, resume=True) as folder:
+        run, plan, state = RunDir.open_for_resume(folder)
+        plan = _apply_overrides(plan, data_path, val_path, None, None)
+        _check_weights(plan)
+        bundle = _datasets(plan)
+        warn_plan_mismatch(plan)
+        elapsed = float(state.get("wall_time_s", 0.0)) if state else 0.0
+        started_at = time.monotonic() - elapsed
+        result = _train_with_stepdown(run, plan, bundle, state, callbacks, started_at)
+    result.run_dir = Path(out)
+    return result
+
+
+# -- internals -----------------------------------------------------------------
+
+
+def _apply_overrides(plan, data_path, val_path, max_epochs, max_steps) -> Plan:
+    data = plan.data
+    if data_path is not None:
+        data = dataclasses.replace(data, path=str(data_path))
+    if val_path is not None:
+        data = dataclasses.replace(data, val=str(val_path))
+    changes: dict[str, Any] = {"data": data}
+    if max_epochs is not None:
+        changes["epochs"] = max_epochs
+    if max_steps is not None:
+        changes["steps_per_epoch"] = max_steps
+    return plan.replace(**changes)
+
+
+def _check_weights(plan: Plan) -> None:
+    from trainer.models import resolve_weights
+
+    resolve_weights(plan.backbone, plan.weights)  # WeightsError before any work
+
+
+def _datasets(plan: Plan):
+    from trainer.data.pipeline import build_datasets
+
+    return shard_datasets(build_datasets(plan))  # each worker keeps its share of a batch
+
+
+def _steps(plan: Plan, bundle) -> int:
+    # Micro-batches per epoch; the data module already applied plan.steps_per_epoch
+    # (in optimizer updates) and rounded to whole updates.
+    return bundle.steps_per_epoch
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import tensorflow as tf
+
+    return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError))
+
+
+def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> TrainResult:
+    adjustments: list[dict[str, Any]] = list((state or {}).get("adjustments", []))
+    while True:
+        try:
+            return _run(run, plan, bundle, state, callbacks, started_at, adjustments)
+        except Exception as exc:
+            if not _is_oom(exc):
+                _raise_if_a_file_is_bad(exc, run, bundle)
+                raise
+            if plan.micro_batch == 1:
+                raise TrainingOOMError(
+                    f"out of memory at micro_batch=1 ({type(exc).__name__}: {exc}); nothing smaller to try",
+                    hint="choose a smaller input_size or backbone (`fitplan plan` measures them)",
+                ) from exc
+            new_mb = plan.micro_batch // 2
+            new_k = math.ceil(plan.effective_batch / (new_mb * plan.replicas))
+            adjustments.append(
+                {
+                    "reason": f"out of memory at micro_batch={plan.micro_batch}: {type(exc).__name__}: {exc}",
+                    "micro_batch": [plan.micro_batch, new_mb],
+                    "accumulation_steps": [plan.accumulation_steps, new_k],
+                }
+            )
+            warnings.warn(
+                f"stepping down: {adjustments[-1]['reason']}", FitplanWarning, stacklevel=2
+            )
+            plan = plan.replace(micro_batch=new_mb, accumulation_steps=new_k)
+            run.save_plan(plan)
+            bundle = _datasets(plan)
+            state = run.read_state()
+            if state is not None:
+                state["adjustments"] = adjustments
+
+
+def _raise_if_a_file_is_bad(exc: Exception, run: RunDir, bundle) -> None:
+    """A file that passed the start-up checks but fails to decode mid-epoch: name it.
+
+    TensorFlow's error names a graph node, not the file; decoding every pair again
+    (only after such a failure) finds it. Nothing found: the original error stands.
+    """
+    import tensorflow as tf
+
+    if not isinstance(exc, tf.errors.OpError):
+        return
+    from trainer.data.integrity import find_undecodable
+
+    bad = find_undecodable([*bundle.train_pairs, *bundle.val_pairs])
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""
+    resume = f"continue with `fitplan train --resume {run.path}`"
+    raise DataError(
+        f"{bad[0][0]}: cannot be decoded ({bad[0][1]}){more}",
+        hint="fix or remove it, then " + (resume if run.state_path.exists() else "train again"),
+    ) from exc
+
+
+def _host_budget(plan: Plan) -> int | None:
+    """The budget the memory guard enforces: host-memory plans only (a GPU raises its own OOM)."""
+    if plan.target.device != "cpu" or plan.target.budget_bytes is None:
+        return None
+    from trainer.train.memory import gpu_peak_bytes
+
+    if gpu_peak_bytes() is not None:  # planned for a CPU, running on a GPU after all
+        return None
+    return plan.target.budget_bytes
+
+
+def _phases(plan: Plan) -> list[tuple[str, int, int, float]]:
+    lr = learning_rate_for(plan)  # optimizer.lr_scaling applied (docs/distributed.md)
+    freeze = min(plan.freeze_encoder_epochs, plan.epochs)
+    phases = []
+    if freeze > 0:
+        phases.append(("frozen", 0, freeze, lr))
+        lr *= plan.finetune_lr_factor
+    if plan.epochs > freeze:
+        phases.append(("finetune", freeze, plan.epochs, lr))
+    return phases
+
+
+def _monitor(plan: Plan, has_val: bool) -> tuple[str, str]:
+    name = plan.early_stopping.monitor
+    if not has_val:
+        name = name.removeprefix("val_")
+    return name, ("max" if name.endswith("dice") else "min")
+
+
+def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainResult:
+    strategy = get_strategy(plan)
+    model = build_model_for_plan(plan, bundle.num_classes, compile=False, strategy=strategy)
+    build_from_spec(model, strategy, bundle.train.element_spec)  # keras-team/keras#20585
+    with strategy.scope():  # optimizers (compile) must be created in the scope too
+        return _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model)
+
+
+def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model):
+    from trainer.models import set_encoder_trainable
+
+    num_classes = bundle.num_classes
+    steps = _steps(plan, bundle)
+    train_ds = bundle.train.repeat()
+    has_val = bundle.val is not None
+    monitor, mode = _monitor(plan, has_val)
+    state = dict(state or {"history": []})
+    state["adjustments"] = adjustments
+    done = int(state.get("epochs_done", 0))
+    phases = _phases(plan)
+
+    if done > 0:  # restore weights + optimizer in the configuration they were saved in
+        saved_phase = state.get("phase", phases[-1][0])
+        set_encoder_trainable(model, saved_phase != "frozen", plan.resolved_normalization)
+        lr = next((p[3] for p in phases if p[0] == saved_phase), phases[-1][3])
+        compile_model(model, plan, num_classes, lr)
+        model.optimizer.build(model.trainable_variables)
+        src = run.path / state["last_weights"] if state.get("last_weights") else run.best_path
+        model.load_weights(str(src))
+
+    throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
+    guard = MemoryGuard(_host_budget(plan))
+    deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
+    time_limit = time_limit_for(deadline)  # agreed across workers (docs/distributed.md)
+    stopped_by = "epochs"
+    t0 = time.monotonic() - float(state.get("wall_time_s", 0.0))
+    for name, start, end, lr in phases:
+        if end <= done:
+            continue
+        resumed_here = done > start
+        set_encoder_trainable(model, name != "frozen", plan.resolved_normalization)
+        if not (resumed_here and state.get("phase") == name):
+            compile_model(model, plan, num_classes, lr)  # a fresh optimizer for a new phase
+        es = keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode=mode,
+            patience=plan.early_stopping.patience,
+            min_delta=plan.early_stopping.min_delta,
+            restore_best_weights=True,
+        )
+        sched = plan.lr_schedule
+        rlrop = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss" if has_val else "loss",
+            factor=sched.factor,
+            patience=sched.patience,
+            min_lr=sched.min_lr,
+        )
+        ckpt = RunCheckpointer(
+            run,
+            monitor,
+            mode,
+            keep_last=plan.checkpoints.keep == "best_and_last",
+            max_bytes=plan.checkpoints.max_bytes,
+            state=state,
+            watched={"early_stopping": es, "lr_schedule": rlrop},
+            phase=name,
+        )
+        wall = _WallClock(state, t0)
+        model.fit(
+            train_ds,
+            validation_data=bundle.val,
+            epochs=end,
+            initial_epoch=max(done, start),
+            steps_per_epoch=steps,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot
+            verbose=0,
+            callbacks=[throughput, rlrop, es, wall, ckpt, time_limit, guard, *callbacks],
+        )
+        done = int(state.get("epochs_done", done))
+        if time_limit.triggered:
+            stopped_by = "time_limit"
+            break
+        if es.stopped_epoch > 0 and name != "frozen":
+            stopped_by = "early_stopping"
+            break
+
+    if run.best_path.exists():
+        with warnings.catch_warnings():  # optimizer slots of another phase: irrelevant here
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(str(run.best_path))
+    metrics = _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor)
+    run.write_metrics(metrics)
+    return TrainResult(run.path, metrics, model, plan)
+
+
+class _WallClock(keras.callbacks.Callback):
+    """Keeps `state["wall_time_s"]` current so a resumed run's time limit counts both parts."""
+
+    def __init__(self, state: dict[str, Any], t0: float):
+        super().__init__()
+        self.state, self.t0 = state, t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state["wall_time_s"] = time.monotonic() - self.t0
+
+
+def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dict[str, Any]:
+    history = state.get("history", [])
+    best_epoch = state.get("best_epoch")
+    best_row = next((r for r in history if r.get("epoch") == best_epoch), {})
+    val_dices = [r["val_dice"] for r in history if "val_dice" in r]
+    peak = max([peak_memory_bytes()] + [int(r.get("peak_memory_bytes", 0)) for r in history])
+    prediction = plan.prediction or {}
+    return {
+        "best_val_dice": best_row.get("val_dice"),
+        "max_val_dice": max(val_dices) if val_dices else None,
+        "best_val_iou": best_row.get("val_iou"),
+        "best_epoch": best_epoch,
+        "monitor": monitor,
+        "best_value": state.get("best_value"),
+        "epochs": int(state.get("epochs_done", 0)),
+        "stopped_by": stopped_by,
+        "wall_time_s": round(float(state.get("wall_time_s", 0.0)), 2),
+        "images_per_s": round(throughput.images_per_s, 3),
+        "peak_memory_bytes": int(peak),
+        "predicted_peak_bytes": prediction.get("peak_bytes"),
+        "steps_per_epoch": steps,
+        "train_pairs": len(bundle.train_pairs),
+        "val_pairs": len(bundle.val_pairs),
+        "num_classes": bundle.num_classes,
+        "mask_values": list(bundle.mask_values),  # evaluate maps masks as training did
+        "micro_batch": plan.micro_batch,
+        "accumulation_steps": plan.accumulation_steps,
+        "effective_batch": plan.effective_batch,
+        "strategy": plan.strategy,
+        "replicas": plan.replicas,
+        "precision": plan.precision,
+        "backbone": plan.backbone,
+        "input_size": list(plan.input_size),
+        "adjustments": state.get("adjustments", []),
+    }
+
+
+def _remove_if_no_epoch(run: RunDir) -> None:
+    """A run that failed before its first epoch leaves nothing behind (no half-built folder)."""
+    if run.state_path.exists():
+        return
+    with contextlib.suppress(OSError):
+        run.plan_path.unlink(missing_ok=True)
+        for p in run.path.glob(".*.tmp*"):
+            p.unlink(missing_ok=True)
+        if run.path.exists() and not any(run.path.iterdir()):
+            shutil.rmtree(run.path)
