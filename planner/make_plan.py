@@ -28,6 +28,7 @@ from trainer.data.pairs import Pair
 from trainer.data.splits import split_pairs
 from trainer.errors import BudgetError, FitplanError
 from trainer.plan import DataSpec, Plan, normalization_for, save_plan
+from trainer.units import gib
 
 Log = Callable[[str], None]
 
@@ -102,11 +103,11 @@ def make_plan(
     if budget_memory is not None:
         if budget_memory > budget["bytes"]:
             say(
-                f"warning: --budget-memory {_gib(budget_memory)} is more than this machine's "
-                f"budget {_gib(budget['bytes'])} ({budget['derivation']})"
+                f"warning: --budget-memory {gib(budget_memory)} is more than this machine's "
+                f"budget {gib(budget['bytes'])} ({budget['derivation']})"
             )
         budget.update(bytes=int(budget_memory), source="user", derivation="--budget-memory")
-    say(f"budget: {_gib(budget['bytes'])} on {device} ({budget['derivation']})")
+    say(f"budget: {gib(budget['bytes'])} on {device} ({budget['derivation']})")
 
     fp = dataset.scan(Path(data), images=images, masks=masks)
     dataset.require_trainable(fp)
@@ -286,7 +287,7 @@ def _choose_and_verify(
             say(f"chose {c.label} micro-batch {mb}: measured directly, no verification needed")
             return choice, []
         say(
-            f"chose {c.label} micro-batch {mb} (predicted {_gib(choice.predicted_peak_bytes)}); verifying..."
+            f"chose {c.label} micro-batch {mb} (predicted {gib(choice.predicted_peak_bytes)}); verifying..."
         )
 
         def measure(size: int, c=c):
@@ -510,9 +511,7 @@ def _gpu_bf16(hw: dict[str, Any]) -> bool:
 
 def _trial_line(r) -> str:
     if r.ok:
-        return f"mb {r.micro_batch}: {_gib(r.peak_bytes)}, {r.step_time_s:.2f} s/step"
+        return f"mb {r.micro_batch}: {gib(r.peak_bytes)}, {r.step_time_s:.2f} s/step"
     return f"mb {r.micro_batch}: {r.status} ({r.reason})"
 
 
-def _gib(n: float | None) -> str:
-    return "?" if n is None else f"{n / 2**30:.2f} GiB"

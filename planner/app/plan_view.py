@@ -7,9 +7,11 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from trainer.units import gib
+
 
 def _gib(n: Any) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f}"
+    return gib(n, missing="-", unit=False)
 
 
 def plan_table(plan_dict: dict[str, Any]) -> Group:

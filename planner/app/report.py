@@ -21,6 +21,7 @@ from planner.app import report_figures as figs
 from trainer.atomic import write_text
 from trainer.errors import DataError
 from trainer.train.run_dir import read_history
+from trainer.units import gib
 from trainer.use.inference import LoadedRun, load_run, read_image, read_mask
 
 GIB = 2**30
@@ -44,7 +45,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def _gib(v: Any) -> str:
-    return f"{v / GIB:.2f} GiB" if isinstance(v, (int, float)) else "not recorded"
+    return gib(v, missing="not recorded")
 
 
 def _note(text: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from planner.hardware.cgroup import memory_headroom
 from planner.hardware.gpu import compute_capability, visible_indices
+from trainer.units import fmt_bytes
 
 # Share of the effective host memory a CPU run may plan for. The rest absorbs what a
 # dry run does not see: RSS creeps ~4% between step 3 and step 20 (MEASURED.md), and
@@ -194,8 +195,3 @@ def _advice(policy: str, reason: str) -> dict:
     return {"policy": policy, "reason": reason}
 
 
-def fmt_bytes(n: int | None) -> str:
-    """`21.3 GiB` / `512 MiB`; `?` for unknown."""
-    if n is None:
-        return "?"
-    return f"{n / 2**30:.1f} GiB" if abs(n) >= 2**30 else f"{n / _MIB:.0f} MiB"

@@ -6,7 +6,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from planner.hardware.budget import fmt_bytes
+from trainer.units import fmt_bytes
 
 
 def probe_table(report: dict) -> RenderableType:

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner.trials.spec import TrialResult
+from trainer.units import gib
 
 # A fit whose largest size is under this multiple of its smallest is mostly noise.
 MIN_SPREAD = 3.0
 # On an OOM in verification (no usable peak) the next size is this share of the last.
 OOM_STEP_FACTOR = 0.75
-GIB = 2**30
+
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def verify(
                     VerifyStep(
                         **step,
                         action="accepted",
-                        reason=f"measured {_gib(r.peak_bytes)} <= allowed {_gib(allowed)}",
+                        reason=f"measured {gib(r.peak_bytes)} <= allowed {gib(allowed)}",
                     )
                 )
                 return mb, line, history
@@ -206,7 +207,7 @@ def verify(
                 largest_fitting(through, budget_bytes, headroom_fraction, max_micro_batch=mb),
             )
             why = (
-                f"measured {_gib(r.peak_bytes)} > allowed {_gib(allowed)} (predicted {_gib(pred)})"
+                f"measured {gib(r.peak_bytes)} > allowed {gib(allowed)} (predicted {gib(pred)})"
             )
         elif r.status == "oom":
             nxt = min(mb - 1, math.floor(mb * OOM_STEP_FACTOR))
@@ -249,5 +250,3 @@ def scale_line(line: MemoryLine, from_hw: tuple[int, int], to_hw: tuple[int, int
     )
 
 
-def _gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"

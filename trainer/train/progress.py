@@ -9,10 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trainer.train.callbacks import peak_memory_bytes
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+from trainer.units import gib
 
 
 class RichProgress(keras.callbacks.Callback):
@@ -82,7 +79,7 @@ class RichProgress(keras.callbacks.Callback):
         parts += [
             f"lr {lr:.2e}",
             f"{logs.get('images_per_s', 0.0):.1f} img/s",
-            f"peak {_gib(peak_memory_bytes())}",
+            f"peak {gib(peak_memory_bytes())}",
             f"{took:.0f}s",
             f"ETA {eta / 60:.1f} min (if no early stop)",
         ]
