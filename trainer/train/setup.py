@@ -1,7 +1,8 @@
 """Turn a plan into a compiled Keras model: precision policy, optimizer, loss, metrics.
 
-Shared by training (`trainer.train.fit`) and the planner's dry runs, so what the planner
-measures is exactly what will train.
+Shared by training (`trainer.train.fit`) and the planner's dry runs, so the model, loss,
+optimizer and precision the planner measures are the ones that train. The dry runs step at
+`accumulation_steps` 1 without the input pipeline; docs/planning.md says what that leaves out.
 """
 
 from __future__ import annotations
