@@ -37,7 +37,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~_umask())
         _fsync_file(tmp_path)
         os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         _remove_quietly(tmp_path)
         if exc.errno == errno.ENOSPC:
@@ -85,8 +85,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes the rename itself durable; not all file systems allow it.
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable; skipped where the file system refuses it."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -13,7 +13,7 @@ from trainer.models.backbones import BACKBONE_INFO, BACKBONES, STRIDES, backbone
 from trainer.models.weights import keras_cache_dir, resolve_weights
 
 if TYPE_CHECKING:
-    from trainer.models.finetune import count_params, encoder_of, set_encoder_trainable
+    from trainer.models.finetune import encoder_of, set_encoder_trainable
     from trainer.models.layers import NORMALIZATIONS
     from trainer.models.unet import build_unet
 
@@ -21,7 +21,6 @@ _LAZY = {
     "build_unet": "trainer.models.unet",
     "set_encoder_trainable": "trainer.models.finetune",
     "encoder_of": "trainer.models.finetune",
-    "count_params": "trainer.models.finetune",
     "NORMALIZATIONS": "trainer.models.layers",
 }
 
@@ -32,7 +31,6 @@ __all__ = [
     "STRIDES",
     "backbone_info",
     "build_unet",
-    "count_params",
     "encoder_of",
     "keras_cache_dir",
     "resolve_weights",

@@ -40,21 +40,3 @@ def set_encoder_trainable(model: keras.Model, trainable: bool, normalization: st
     encoder_of(model).trainable = bool(trainable)
     if normalization in ("frozen", "group"):
         freeze_batchnorm(model)
-
-
-def count_params(model: keras.Model, *, trainable_only: bool = False) -> int:
-    """Number of scalar weights in `model`.
-
-    Args:
-        model: a built model.
-        trainable_only: count only the weights that training updates. Defaults to
-            `False`: all weights, BatchNorm moving statistics included.
-    """
-    weights = model.trainable_weights if trainable_only else model.weights
-    total = 0
-    for w in weights:
-        n = 1
-        for d in w.shape:
-            n *= int(d)
-        total += n
-    return total

@@ -22,13 +22,6 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def current_rss_bytes() -> int:
-    """The process's resident set size now."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (Linux: write 5 to clear_refs). True if it worked."""
     try:
@@ -45,11 +38,3 @@ def gpu_peak_bytes(device: str = "GPU:0") -> int | None:
     if not tf.config.list_physical_devices("GPU"):
         return None
     return int(tf.config.experimental.get_memory_info(device)["peak"])
-
-
-def reset_gpu_peak(device: str = "GPU:0") -> None:
-    """Reset the allocator's peak counter on `device` (no-op without a GPU)."""
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.reset_memory_stats(device)

@@ -20,7 +20,6 @@ names and deletes any other, so the best file always matches `best_epoch`.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -30,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic import write_json, write_text, write_with
+from trainer.atomic import fsync_dir, write_json, write_text, write_with
 from trainer.errors import DiskFullError, RunDirError
 from trainer.plan import Plan, load_plan, save_plan
 
@@ -126,7 +125,7 @@ class RunDir:
         for p in self.path.glob("best-next-e*.weights.h5"):
             if p.name == pending:
                 os.replace(p, self.best_path)
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
             else:
                 p.unlink(missing_ok=True)
         keep = state.get("last_weights") if state else None
@@ -187,16 +186,6 @@ class RunDir:
     def checkpoint_bytes(self) -> int:
         files = [self.best_path, *self.path.glob("last-e*.weights.h5")]
         return sum(p.stat().st_size for p in files if p.exists())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; not every file system allows a directory fsync.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _expected_bytes(model: Any, existing: list[Path]) -> int:
