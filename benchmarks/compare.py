@@ -7,6 +7,13 @@ A configuration only in the results is reported as new and does not fail: it has
 baseline yet (add it by updating the baseline). Step time is reported as a ratio, never
 gated: machines are noisy. Exit 2: a file cannot be read.
 
+Peaks depend on the machine kind (oneDNN's instruction set, TF version, threads:
+`benchmarks.fingerprint`), so BASELINE is normally a folder of baselines, one per machine
+kind, and the one whose fingerprint matches the results' is used. When none matches,
+nothing can be gated: the results are stored in the folder as that kind's baseline (to be
+committed) and the gate passes with a notice, or fails with `--require-baseline`. A
+BASELINE file is used as given, with a note when it comes from another machine kind.
+
 Both files are `benchmarks/run.py` documents (`{"records": [...]}`) or bare record
 lists; records are matched by `config` (backbone, input size, micro-batch, precision).
 """
@@ -19,6 +26,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.fingerprint import fingerprint  # noqa: E402
 
 THRESHOLD = 0.10
 MIB = 2**20
@@ -124,12 +137,40 @@ def compare(results: Any, baseline: Any, threshold: float = THRESHOLD) -> Compar
         t_new, t_old = r.get("step_time_s"), b.get("step_time_s")
         ratio = t_new / t_old if t_new and t_old else None
         out.rows.append(Row(key, verdict, base_peak, peak, growth, ratio))
+    fp_new, fp_old = fingerprint(results), fingerprint(baseline)
+    if fp_new != fp_old:
+        out.notes.append(
+            f"the baseline comes from another machine kind ({fp_old or 'unrecorded'}, these "
+            f"results: {fp_new or 'unrecorded'}): peaks differ by machine, so growth may be "
+            "the machine's rather than the code's"
+        )
     for what in ("tensorflow", "keras", "cpu"):
         a = (baseline.get("machine") or {}).get(what) if isinstance(baseline, dict) else None
         z = (results.get("machine") or {}).get(what) if isinstance(results, dict) else None
         if a and z and a != z:
             out.notes.append(f"{what} differs from the baseline's: {z!r} vs {a!r}")
     return out
+
+
+def select_baseline(results: Any, folder: Path) -> tuple[Path | None, str | None]:
+    """The baseline in `folder` (`*.json`) measured on the results' machine kind.
+
+    Returns `(path, fingerprint)`; `path` is `None` when no baseline matches (or the
+    results record no machine kind: `fingerprint` is then `None` too). Of several
+    matches, the most recent (`date`) wins.
+    """
+    want = fingerprint(results)
+    if want is None:
+        return None, None
+    found: list[tuple[str, Path]] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if fingerprint(doc) == want:
+            found.append((str(doc.get("date", "")), path))
+    return (max(found)[1] if found else None), want
 
 
 def render(c: Comparison) -> str:
@@ -165,26 +206,74 @@ def render(c: Comparison) -> str:
     return "\n".join(lines)
 
 
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"{path}: cannot read results ({exc})", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
-    parser.add_argument("baseline", type=Path)
+    parser.add_argument(
+        "baseline", type=Path, help="a baseline file, or a folder of baselines per machine kind"
+    )
     parser.add_argument("--threshold", type=float, default=THRESHOLD)
+    parser.add_argument(
+        "--require-baseline",
+        action="store_true",
+        help="fail (exit 1) when the folder has no baseline for this machine kind, "
+        "instead of storing one and passing",
+    )
     args = parser.parse_args(argv)
-    docs = []
-    for path in (args.results, args.baseline):
-        try:
-            docs.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
-            print(f"{path}: cannot read results ({exc})", file=sys.stderr)
-            return 2
+    results = _read(args.results)
+    if results is None:
+        return 2
+    baseline_path = args.baseline
+    if baseline_path.is_dir():
+        baseline_path, kind = select_baseline(results, args.baseline)
+        if baseline_path is None:
+            return _no_baseline(results, args.baseline, kind, args.require_baseline)
+        print(f"baseline for machine kind {kind}: {baseline_path}")
+    baseline = _read(baseline_path)
+    if baseline is None:
+        return 2
     try:
-        c = compare(docs[0], docs[1], args.threshold)
+        c = compare(results, baseline, args.threshold)
     except (ValueError, KeyError, TypeError) as exc:
-        print(f"cannot compare {args.results} with {args.baseline}: {exc}", file=sys.stderr)
+        print(f"cannot compare {args.results} with {baseline_path}: {exc}", file=sys.stderr)
         return 2
     print(render(c))
     return 0 if c.ok else 1
+
+
+def _no_baseline(results: Any, folder: Path, kind: str | None, required: bool) -> int:
+    """No baseline for this machine kind: store these results as one, pass unless required."""
+    if kind is None:
+        print(
+            "FAIL: the results record no machine kind (machine.isa, machine.tensorflow): "
+            "cannot pick a baseline; rerun benchmarks/run.py",
+            file=sys.stderr,
+        )
+        return 1
+    stored = folder / f"{kind}.json"
+    if not required:
+        from trainer.atomic import write_text
+
+        write_text(stored, json.dumps(results, indent=2) + "\n")
+    machine = results.get("machine") or {}
+    print(
+        f"NO BASELINE for machine kind {kind} ({machine.get('cpu') or 'unknown CPU'}, "
+        f"flags {' '.join(machine.get('cpu_flags') or []) or 'unknown'}) in {folder}: "
+        "nothing was gated, this run cannot catch a regression."
+    )
+    if required:
+        print(f"FAIL: --require-baseline; commit a baseline measured on this kind as {stored}")
+        return 1
+    print(f"stored these results as {stored}: commit it so later runs on this kind are gated")
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks`, `planner`, 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import extras, peak_memory  # noqa: E402
+from benchmarks.fingerprint import ONEDNN_FLAGS, cpu_flags, isa_level  # noqa: E402
 from benchmarks.suites import SUITES, Suite  # noqa: E402
 from trainer.atomic import write_text  # noqa: E402
 
@@ -32,7 +33,11 @@ MIB = 2**20
 
 
 def machine() -> dict[str, Any]:
-    """What ran the benchmark: a baseline from another machine or TF version may differ."""
+    """What ran the benchmark: peaks differ with the CPU's instruction set and TF version.
+
+    `isa` (oneDNN's dispatch level) and `cpu_flags` (the flags that decide it) are what
+    `benchmarks/compare.py` picks a baseline by (`benchmarks.fingerprint`).
+    """
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -54,8 +59,11 @@ def machine() -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         commit = ""
+    flags = cpu_flags()
     return {
         "cpu": cpu,
+        "isa": isa_level(flags),
+        "cpu_flags": [f for f in ONEDNN_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -125,6 +133,20 @@ def run_suite(suite: Suite, *, device: str, epfl: Path, log=print) -> dict[str, 
     return doc
 
 
+def write_plot(doc: dict[str, Any], path: Path) -> bool:
+    """Plot the peaks to `path`; the plot is optional: without matplotlib, say so and skip."""
+    try:
+        import matplotlib  # noqa: F401  (plot_peaks imports it lazily: fail here, not there)
+
+        from benchmarks.plot import plot_peaks
+    except ImportError as exc:
+        print(f"no plot: matplotlib is not installed ({exc}); results.json is complete")
+        return False
+    plot_peaks(doc["records"], path, doc.get("baseline_rss", {}).get("bytes"))
+    print(f"wrote {path}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="ci")
@@ -151,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "results.json", json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out / 'results.json'} ({doc['wall_s']:.0f} s)")
     if doc["records"]:
-        from benchmarks.plot import plot_peaks
-
-        plot_peaks(
-            doc["records"], out / "peak_memory.png", doc.get("baseline_rss", {}).get("bytes")
-        )
-        print(f"wrote {out / 'peak_memory.png'}")
+        write_plot(doc, out / "peak_memory.png")
     failed = [r["key"] for r in doc["records"] if r["status"] != "ok"]
     if failed:
         print(f"{len(failed)} configurations failed: {', '.join(failed)}", file=sys.stderr)

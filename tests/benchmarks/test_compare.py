@@ -137,3 +137,151 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main([str(tmp_path / "absent.json"), base]) == 2
     assert main([write(tmp_path, "odd.json", {"records": 3}), base]) == 2
     assert "cannot compare" in capsys.readouterr().err
+
+
+# One baseline per machine kind (benchmarks.fingerprint): peaks differ by CPU instruction set,
+# by different amounts per model, so a result is compared with its own kind's baseline.
+
+AVX512 = {"isa": "avx512_core_bf16", "tensorflow": "2.21.0", "cpu": "AMD EPYC"}
+AVX2 = {"isa": "avx2", "tensorflow": "2.21.0", "cpu": "AMD EPYC", "cpu_flags": ["avx2"]}
+
+
+def machine_doc(machine, *records, date="2026-12-01T00:00:00+00:00"):
+    return {
+        "device": "cpu",
+        "date": date,
+        "machine": machine,
+        "threads": {"TF_NUM_INTRAOP_THREADS": "2"},
+        "records": list(records),
+    }
+
+
+def peaks(scale=1.0, unet_scale=1.0):
+    """The ci suite's shape: two backbones, three sizes; `unet_scale`: a bigger unet_small."""
+    return [
+        rec(backbone=b, mb=mb, peak=int(p * scale * (unet_scale if b == "unet_small" else 1) * MIB))
+        for b, ps in (("unet_small", (800, 850, 910)), ("mobilenet_v3_small", (1130, 1210, 1330)))
+        for mb, p in zip((1, 4, 8), ps, strict=True)
+    ]
+
+
+def test_isa_level_follows_onednn_dispatch():
+    from benchmarks.fingerprint import cpu_flags, isa_level
+
+    zen3 = "processor : 0\nflags\t\t: fpu sse4_1 avx fma avx2 bmi2 sha_ni vaes\n"
+    assert isa_level(cpu_flags(zen3)) == "avx2"
+    zen4 = {"sse4_1", "avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    assert isa_level(zen4) == "avx512_core"
+    assert isa_level(zen4 | {"avx512_vnni", "avx512_bf16"}) == "avx512_core_bf16"
+    assert isa_level(zen4 | {"avx512_bf16", "amx_tile", "amx_bf16"}) == "avx512_core_amx"
+    assert isa_level({"avx2", "avx_vnni"}) == "avx2_vnni"
+    assert cpu_flags("processor : 0\n") == set()
+
+
+def test_fingerprint_names_device_isa_tensorflow_and_threads():
+    from benchmarks.fingerprint import fingerprint
+
+    assert fingerprint(machine_doc(AVX2)) == "cpu-avx2-tf2.21.0-t2"
+    assert fingerprint(machine_doc(AVX512)) != fingerprint(machine_doc(AVX2))
+    assert fingerprint(machine_doc({**AVX2, "tensorflow": "2.22.0"})) != fingerprint(
+        machine_doc(AVX2)
+    )
+    assert fingerprint(machine_doc({"tensorflow": "2.21.0"})) is None  # isa not recorded
+    assert fingerprint([rec()]) is None
+
+
+def baselines(tmp_path, *docs):
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    for i, d in enumerate(docs):
+        (folder / f"b{i}.json").write_text(json.dumps(d))
+    return folder
+
+
+def test_a_machine_shift_passes_against_its_own_kinds_baseline(tmp_path, capsys):
+    # The AVX2 machine peaks 15% above the AVX-512 one, code unchanged: against the AVX-512
+    # baseline that fails, against the AVX2 baseline in the same folder it passes.
+    avx512_base = machine_doc(AVX512, *peaks())
+    avx2_base = machine_doc(AVX2, *peaks(1.15))
+    now = write(tmp_path, "now.json", machine_doc(AVX2, *peaks(1.15 * 1.02)))
+    assert not compare(json.loads(open(now).read()), avx512_base).ok
+    folder = baselines(tmp_path, avx512_base, avx2_base)
+    assert main([now, str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "cpu-avx2-tf2.21.0-t2" in out and "b1.json" in out and "PASS" in out
+
+
+def test_a_bigger_model_fails_on_every_machine_kind(tmp_path, capsys):
+    folder = baselines(tmp_path, machine_doc(AVX512, *peaks()), machine_doc(AVX2, *peaks(1.15)))
+    for machine, scale in ((AVX512, 1.0), (AVX2, 1.15)):
+        now = write(tmp_path, "now.json", machine_doc(machine, *peaks(scale, unet_scale=1.2)))
+        assert main([now, str(folder)]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL: 3 configuration(s)" in out and "unet_small 128x128 mb8" in out
+        assert "mobilenet_v3_small" not in out.split("FAIL")[1]
+
+
+def test_a_baseline_from_another_machine_kind_is_noted():
+    c = compare(machine_doc(AVX2, *peaks()), machine_doc(AVX512, *peaks()))
+    assert c.ok
+    assert any("another machine kind" in n for n in c.notes)
+    assert not any("machine kind" in n for n in compare(BASE, BASE).notes)
+
+
+def test_no_baseline_for_this_machine_kind_is_stored_and_passes_with_a_notice(tmp_path, capsys):
+    folder = baselines(tmp_path, machine_doc(AVX512, *peaks()))
+    results = machine_doc(AVX2, *peaks(1.15))
+    now = write(tmp_path, "now.json", results)
+    assert main([now, str(folder), "--require-baseline"]) == 1
+    assert "nothing was gated" in capsys.readouterr().out
+    assert not (folder / "cpu-avx2-tf2.21.0-t2.json").exists()
+    assert main([now, str(folder)]) == 0
+    assert "NO BASELINE" in capsys.readouterr().out
+    stored = folder / "cpu-avx2-tf2.21.0-t2.json"
+    assert json.loads(stored.read_text()) == results
+    # The next run on this kind is gated against what was stored.
+    bigger = write(tmp_path, "bigger.json", machine_doc(AVX2, *peaks(1.15, unet_scale=1.2)))
+    assert main([bigger, str(folder)]) == 1
+
+
+def test_of_several_baselines_for_one_kind_the_latest_is_used(tmp_path):
+    from benchmarks.compare import select_baseline
+
+    old = machine_doc(AVX2, *peaks(), date="2026-11-01T00:00:00+00:00")
+    new = machine_doc(AVX2, *peaks(1.3), date="2026-12-01T00:00:00+00:00")
+    folder = baselines(tmp_path, new, old)
+    path, kind = select_baseline(machine_doc(AVX2), folder)
+    assert path == folder / "b0.json" and kind == "cpu-avx2-tf2.21.0-t2"
+    assert select_baseline([rec()], folder) == (None, None)
+
+
+def test_results_without_a_machine_kind_cannot_pick_a_baseline(tmp_path, capsys):
+    folder = baselines(tmp_path, machine_doc(AVX2, *peaks()))
+    assert main([write(tmp_path, "now.json", doc(*peaks())), str(folder)]) == 1
+    assert "no machine kind" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["b0.json"]
+
+
+def test_the_committed_baselines_each_name_a_distinct_machine_kind():
+    from pathlib import Path
+
+    from benchmarks.fingerprint import fingerprint
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "baseline"
+    kinds = [fingerprint(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    assert kinds and None not in kinds
+    assert len(set(kinds)) == len(kinds)
+
+
+def test_run_skips_the_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from benchmarks import run
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    docu = {"records": peaks(), "baseline_rss": {"bytes": 600 * MIB}}
+    monkeypatch.setattr(run, "run_suite", lambda *a, **k: {**docu, "wall_s": 1.0})
+    assert run.main(["--suite", "ci", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no plot: matplotlib is not installed" in out
+    assert (tmp_path / "results.json").exists() and not (tmp_path / "peak_memory.png").exists()
