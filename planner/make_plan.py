@@ -6,11 +6,14 @@ what each found in the plan's `evidence`, so a plan explains itself:
     hardware.probe -> dataset.scan -> candidates (+ analytic prune) -> trial children
     -> search.choose (memory line + objective) -> memory_model.verify (one more child)
     -> trainer.plan.Plan
+
+`make_plan` takes keyword arguments; `plan_from_request` takes them as a
+`planner.request.PlanRequest`. Choosing and verifying live in `planner.verified_choice`,
+building the plan document in `planner.build`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,19 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.build import build_plan
+from planner.request import Log, PlanContext, PlanRequest, quiet, step_headroom
 from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
-from planner.search.choose import choose
-from planner.search.memory_model import allowed_bytes, verify
+from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_each, measure_one
+from planner.verified_choice import choose_and_verify
 from trainer.data.pairs import Pair
 from trainer.data.splits import split_pairs
-from trainer.errors import BudgetError, FitplanError
-from trainer.plan import DataSpec, Plan, normalization_for, save_plan
+from trainer.plan import DataSpec, Plan, save_plan
 from trainer.units import gib
 
-Log = Callable[[str], None]
+__all__ = ["Log", "PlanRequest", "PlanResult", "make_plan", "plan_from_request"]
 
 
 @dataclass
@@ -88,147 +92,196 @@ def make_plan(
         log: receives one line per stage (progress for the CLI).
         trial_timeout_s: time limit of each trial child.
     """
-    from planner import hardware
-    from planner.scan import dataset
+    request = PlanRequest(
+        data,
+        images=images,
+        masks=masks,
+        val=val,
+        budget_memory=budget_memory,
+        budget_time_s=budget_time_s,
+        backbones=backbones,
+        sizes=sizes,
+        precisions=precisions,
+        effective_batch=effective_batch,
+        devices=devices,
+        workers=workers,
+        headroom=headroom,
+        weights=weights,
+        out=out,
+        count_planning_time=count_planning_time,
+        trial_timeout_s=trial_timeout_s,
+    )
+    return plan_from_request(request, log=log)
 
-    t0 = time.monotonic()
-    say = log or (lambda _msg: None)
-    hw = hardware.probe(out_dir=Path(out).parent if out else Path("."), with_tensorflow=False)
+
+def plan_from_request(
+    request: PlanRequest, *, log: Log | None = None, clock: Callable[[], float] = time.monotonic
+) -> PlanResult:
+    """`make_plan` for a `PlanRequest`: every stage in order; writes `request.out` if given.
+
+    Args:
+        request: what to plan.
+        log: receives one line per stage. `None` (default): nothing is logged.
+        clock: monotonic seconds for planning time and the time budget.
+    """
+    started = clock()
+    say = log or quiet
+    hw, budget = _probe_budget(request, say)
+    fp, n_train = _scan(request, say)
+    ctx = PlanContext(
+        request,
+        hw,
+        budget,
+        fp,
+        n_train,
+        step_headroom=step_headroom(budget, request.headroom),
+        say=say,
+        started=started,
+        clock=clock,
+    )
+    children: set[int] = set()
+    pruned, kept = _candidates(ctx)
+    measured, traces = _measure(kept, ctx, children)
+    measurements = pruned + measured
+    choice, verify_steps = choose_and_verify(measurements, ctx, children)
+    traces += len(verify_steps)  # each verification child traces once
+    planning_time = ctx.elapsed()
+    plan = build_plan(
+        ctx,
+        choice,
+        verify_steps,
+        measurements,
+        planning_time_s=planning_time,
+        children=len(children),
+        traces=traces,
+    )
+    if request.out is not None:
+        save_plan(plan, request.out)
+    return PlanResult(plan, choice, planning_time, len(children), traces, fp, hw)
+
+
+def _probe_budget(request: PlanRequest, say: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hardware report and the budget: the probe's, per replica, or the user's bytes."""
+    from planner import hardware
+
+    out_dir = Path(request.out).parent if request.out else Path(".")
+    hw = hardware.probe(out_dir=out_dir, with_tensorflow=False)
     budget = dict(hw["budget"])
-    if devices != 1 or workers != 1:  # data parallel: the smallest device's budget decides
+    if request.devices != 1 or request.workers != 1:  # the smallest device's budget decides
         from planner.hardware.replicas import replica_budget
 
-        budget = replica_budget(hw, devices, workers)
-    device = budget["device"]
-    if budget_memory is not None:
-        if budget_memory > budget["bytes"]:
+        budget = replica_budget(hw, request.devices, request.workers)
+    user = request.budget_memory
+    if user is not None:
+        if user > budget["bytes"]:
             say(
-                f"warning: --budget-memory {gib(budget_memory)} is more than this machine's "
+                f"warning: --budget-memory {gib(user)} is more than this machine's "
                 f"budget {gib(budget['bytes'])} ({budget['derivation']})"
             )
-        budget.update(bytes=int(budget_memory), source="user", derivation="--budget-memory")
-    say(f"budget: {gib(budget['bytes'])} on {device} ({budget['derivation']})")
+        budget.update(bytes=int(user), source="user", derivation="--budget-memory")
+    say(f"budget: {gib(budget['bytes'])} on {budget['device']} ({budget['derivation']})")
+    return hw, budget
 
-    fp = dataset.scan(Path(data), images=images, masks=masks)
+
+def _scan(request: PlanRequest, say: Log) -> tuple[dict[str, Any], int]:
+    """The dataset's fingerprint (refused when nothing is trainable) and its training count."""
+    from planner.scan import dataset
+
+    fp = dataset.scan(Path(request.data), images=request.images, masks=request.masks)
     dataset.require_trainable(fp)
-    native_hw = tuple(fp["image_size"]["median"])
-    num_classes = int(fp["classes"])
-    n_train = _train_count(fp, val)
-    say(
-        f"dataset: {fp['pairs']} pairs ({n_train} for training), {native_hw[0]}x{native_hw[1]}, {fp['task']}"
-    )
+    size = fp["image_size"]["median"]
+    n_train = _train_count(fp, request.val)
+    say(f"dataset: {fp['pairs']} pairs ({n_train} for training), {size[0]}x{size[1]}, {fp['task']}")
+    return fp, n_train
 
-    bf16 = bool(hw.get("cpu", {}).get("bfloat16_fast")) if device == "cpu" else _gpu_bf16(hw)
+
+def _candidates(ctx: PlanContext) -> tuple[list[CandidateMeasurement], list[cand.Candidate]]:
+    """The candidates: the pruned ones with their estimate and reason, and the ones to measure."""
+    req, device = ctx.request, ctx.device
+    bf16 = (
+        bool(ctx.hardware.get("cpu", {}).get("bfloat16_fast"))
+        if device == "cpu"
+        else _gpu_bf16(ctx.hardware)
+    )
     cands = cand.default_candidates(
-        native_hw, device=device, bf16=bf16, backbones=backbones, sides=sizes, precisions=precisions
+        ctx.native_hw,
+        device=device,
+        bf16=bf16,
+        backbones=req.backbones,
+        sides=req.sizes,
+        precisions=req.precisions,
     )
     kept, pruned = cand.prune(
         cands,
-        budget_bytes=budget["bytes"],
-        headroom=headroom,
-        num_classes=num_classes,
+        budget_bytes=ctx.budget_bytes,
+        headroom=req.headroom,
+        num_classes=ctx.num_classes,
         device=device,
     )
-    measurements = [
+    for p in pruned:
+        ctx.say(f"pruned {p.candidate.label}: {p.reason}")
+    records = [
         CandidateMeasurement(p.candidate, pruned_reason=p.reason, estimate_bytes=p.estimate_bytes)
         for p in pruned
     ]
-    for p in pruned:
-        say(f"pruned {p.candidate.label}: {p.reason}")
-    pids: set[int] = set()
-    traces = 0
-    limit = budget["bytes"]
-    # The trial's train step gets what is left once the headroom and the training
-    # overhead (pipeline, validation, callbacks: presets.TRAINING_OVERHEAD_BYTES) are
-    # kept free: budget x (1 - headroom) - overhead.
-    overhead = presets.TRAINING_OVERHEAD_BYTES.get(device, 0)
-    step_headroom = min(0.95, headroom + overhead / budget["bytes"])
-    step_allowed = allowed_bytes(budget["bytes"], step_headroom)
-    replicas = int(budget.get("replicas", 1))
-    max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(effective_batch / replicas))
+    return records, kept
+
+
+def _measure(
+    kept: Sequence[cand.Candidate], ctx: PlanContext, children: set[int]
+) -> tuple[list[CandidateMeasurement], int]:
+    """Each candidate measured by trial children, until planning's share of the time is used.
+
+    Returns the measurements and the number of graph traces; `children` receives the
+    process ids.
+    """
+    budget_time = ctx.request.budget_time_s
+    out, traces = [], 0
     for c in kept:
-        if (
-            budget_time_s is not None
-            and time.monotonic() - t0 > presets.PLANNING_SHARE * budget_time_s
-        ):
-            reason = f"not measured: planning already used {presets.PLANNING_SHARE:.0%} of the time budget"
-            measurements.append(CandidateMeasurement(c, pruned_reason=reason))
-            say(f"skipped {c.label}: {reason}")
+        if budget_time is not None and ctx.elapsed() > presets.PLANNING_SHARE * budget_time:
+            reason = (
+                f"not measured: planning already used {presets.PLANNING_SHARE:.0%} "
+                "of the time budget"
+            )
+            out.append(CandidateMeasurement(c, pruned_reason=reason))
+            ctx.say(f"skipped {c.label}: {reason}")
             continue
-        norm = cand.trial_normalization(
-            c,
-            allowed_bytes=step_allowed,
-            max_micro_batch=max_mb,
-            num_classes=num_classes,
-            device=device,
-            weights=weights,
-        )
-        say(
-            f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} "
-            f"(one child each, BatchNorm {norm})..."
-        )
-        spec = cand.trial_spec(c, num_classes=num_classes, device=device, normalization=norm)
-        results = measure_each(spec, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
-        between = _size_between(results)
-        if between is not None:
-            say(f"  out of memory at {results[-1].micro_batch}: measuring {between} too")
-            mid = measure_one(spec, between, timeout_s=trial_timeout_s, memory_limit_bytes=limit)
-            results = sorted([*results, mid], key=lambda r: r.micro_batch)
-        pids |= {r.child_pid for r in results if r.child_pid}
-        traces += sum(r.traces or 0 for r in results)
-        measurements.append(CandidateMeasurement(c, trials=tuple(results), normalization=norm))
-        say("  " + "; ".join(_trial_line(r) for r in results))
+        m = _measure_candidate(c, ctx)
+        children |= {r.child_pid for r in m.trials if r.child_pid}
+        traces += sum(r.traces or 0 for r in m.trials)
+        out.append(m)
+    return out, traces
 
-    def time_left() -> float | None:
-        if budget_time_s is None:
-            return None
-        return budget_time_s - (time.monotonic() - t0 if count_planning_time else 0.0)
 
-    choice, verify_steps = _choose_and_verify(
-        measurements,
-        budget["bytes"],
-        step_headroom,
-        time_left,
-        n_train,
-        native_hw,
-        effective_batch,
-        num_classes,
-        device,
-        limit,
-        trial_timeout_s,
-        pids,
-        say,
-        count_planning_time,
-        replicas=replicas,
-        weights=weights,
+def _measure_candidate(c: cand.Candidate, ctx: PlanContext) -> CandidateMeasurement:
+    """Trial children at the trial sizes (and one between, after an out-of-memory)."""
+    req = ctx.request
+    max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(req.effective_batch / ctx.replicas))
+    norm = cand.trial_normalization(
+        c,
+        allowed_bytes=ctx.step_allowed_bytes,
+        max_micro_batch=max_mb,
+        num_classes=ctx.num_classes,
+        device=ctx.device,
+        weights=req.weights,
     )
-    traces += sum(1 for _ in verify_steps)  # each verification child traces once
-    planning_time = time.monotonic() - t0
-    plan = _build_plan(
-        choice,
-        verify_steps,
-        fp,
-        hw,
-        budget,
-        data,
-        images,
-        masks,
-        val,
-        weights,
-        budget_time_s,
-        count_planning_time,
-        planning_time,
-        len(pids),
-        traces,
-        target=effective_batch,
-        measurements=measurements,
+    ctx.say(
+        f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} "
+        f"(one child each, BatchNorm {norm})..."
     )
-    if out is not None:
-        save_plan(plan, out)
-    return PlanResult(plan, choice, planning_time, len(pids), traces, fp, hw)
+    spec = cand.trial_spec(c, num_classes=ctx.num_classes, device=ctx.device, normalization=norm)
+    limits = dict(timeout_s=req.trial_timeout_s, memory_limit_bytes=ctx.budget_bytes)
+    results = measure_each(spec, **limits)
+    between = _size_between(results)
+    if between is not None:
+        ctx.say(f"  out of memory at {results[-1].micro_batch}: measuring {between} too")
+        mid = measure_one(spec, between, **limits)
+        results = sorted([*results, mid], key=lambda r: r.micro_batch)
+    ctx.say("  " + "; ".join(_trial_line(r) for r in results))
+    return CandidateMeasurement(c, trials=tuple(results), normalization=norm)
 
 
-def _size_between(results: Sequence) -> int | None:
+def _size_between(results: Sequence[TrialResult]) -> int | None:
     """A size to measure between the largest that fit and a larger one out of memory.
 
     With one size measured and the next out of memory (e.g. 1 fits, 4 does not, under a
@@ -244,259 +297,7 @@ def _size_between(results: Sequence) -> int | None:
     return (low + high) // 2 if high - low >= 2 else None
 
 
-def _choose_and_verify(
-    measurements,
-    budget,
-    headroom,
-    time_left,
-    n_train,
-    native_hw,
-    target,
-    num_classes,
-    device,
-    limit,
-    timeout_s,
-    pids,
-    say,
-    count_planning_time=False,
-    replicas=1,
-    weights="none",
-):
-    """Choose; verify the choice with one measured run; if it fails, drop it and choose again."""
-    measurements = list(measurements)
-    for _ in range(3):
-        choice = _choose_within_time(
-            measurements,
-            budget_bytes=budget,
-            headroom=headroom,
-            time_left=time_left,
-            count_planning_time=count_planning_time,
-            n_train_samples=n_train,
-            native_hw=native_hw,
-            target_effective_batch=target,
-            replicas=replicas,
-            weights=weights,
-            say=say,
-        )
-        c, mb = choice.candidate, choice.micro_batch
-        m = next(x for x in measurements if x.candidate == c)
-        measured = {r.micro_batch: r for r in m.trials if r.ok}
-        # A size the trial measured in the plan's own BatchNorm mode needs no second child.
-        same_mode = m.normalization in (None, choice.normalization)
-        if (mb in measured and same_mode) or choice.line is None:
-            say(f"chose {c.label} micro-batch {mb}: measured directly, no verification needed")
-            return choice, []
-        say(
-            f"chose {c.label} micro-batch {mb} (predicted {gib(choice.predicted_peak_bytes)}); verifying..."
-        )
-
-        def measure(size: int, c=c):
-            # Each size in the plan's own BatchNorm mode at that size (it can change
-            # when verification steps down across SMALL_MICRO_BATCH).
-            spec = cand.trial_spec(
-                c,
-                num_classes=num_classes,
-                device=device,
-                normalization=normalization_for(size, weights),
-            )
-            r = measure_one(spec, size, timeout_s=timeout_s, memory_limit_bytes=limit)
-            if r.child_pid:
-                pids.add(r.child_pid)
-            return r
-
-        got, line, steps = verify(choice.line, mb, measure, budget, headroom)
-        for s in steps:
-            say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
-        if got >= 1:
-            peak = next(s.peak_bytes for s in steps if s.action == "accepted")
-            accum = max(1, math.ceil(target / (got * replicas)))
-            choice = dataclasses.replace(
-                choice,
-                micro_batch=got,
-                accumulation_steps=accum,
-                effective_batch=got * replicas * accum,
-                normalization=normalization_for(got, weights),
-                predicted_peak_bytes=int(peak),
-                line=line,
-            )
-            return choice, steps
-        say(f"  {c.label} failed verification; choosing again without it")
-        measurements = [
-            x
-            if x.candidate != c
-            else dataclasses.replace(
-                x, trials=(), pruned_reason="failed verification: " + steps[-1].reason
-            )
-            for x in measurements
-        ]
-    raise BudgetError("no candidate passed verification within three tries")
-
-
-def _choose_within_time(measurements, *, time_left, count_planning_time, say, **kw) -> Choice:
-    """`search.choose`; under `train --auto`, a time budget too short for one epoch still trains.
-
-    `fitplan plan` fails fast when no candidate trains one epoch in the time budget. Under
-    `--auto` planning has already spent part of that budget when this is known, so
-    failing would waste it: train the candidate with the shortest epoch instead, for one
-    (partial) epoch that the trainer's time limit cuts short and validates. A memory
-    budget that nothing fits still fails.
-    """
-    try:
-        return choose(measurements, time_budget_s=time_left(), **kw)
-    except BudgetError as exc:
-        left = time_left()
-        if not count_planning_time or left is None or "time budget" not in str(exc):
-            raise
-    # Without a time budget every candidate that fits in memory is feasible: take the fastest.
-    untimed = choose(measurements, time_budget_s=None, **kw)
-    fits = [e for e in untimed.evaluations if e.verdict in ("chosen", "feasible")]
-    fastest = min(fits, key=lambda e: e.epoch_time_s).candidate
-    only = [m for m in measurements if m.candidate == fastest]
-    choice = choose(only, time_budget_s=None, **kw)
-    note = (
-        f"no candidate trains one epoch in the {max(left, 0):.0f} s left after planning; "
-        f"training the fastest, {fastest.label} ({choice.epoch_time_s:.0f} s per epoch), "
-        "until the time limit"
-    )
-    say("warning: " + note)
-    evals = []
-    for e in untimed.evaluations:
-        if e.candidate == fastest:
-            e = dataclasses.replace(e, verdict="chosen", reason="the shortest epoch: " + note)
-        elif e.verdict in ("chosen", "feasible"):
-            why = f"too slow: {e.epoch_time_s:.0f} s per epoch, {max(left, 0):.0f} s left"
-            e = dataclasses.replace(e, verdict="rejected", reason=why)
-        evals.append(e)
-    return dataclasses.replace(
-        choice, epochs=1, evaluations=tuple(evals), warnings=(note, *choice.warnings)
-    )
-
-
-def _build_plan(
-    choice,
-    verify_steps,
-    fp,
-    hw,
-    budget,
-    data,
-    images,
-    masks,
-    val,
-    weights,
-    budget_time_s,
-    count_planning_time,
-    planning_time,
-    children,
-    traces,
-    target=presets.TARGET_EFFECTIVE_BATCH,
-    measurements=(),
-) -> Plan:
-    c = choice.candidate
-    cache, cache_bytes = _cache_decision(fp, choice, budget["bytes"])
-    overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
-    time_limit = None
-    if budget_time_s is not None:
-        time_limit = float(budget_time_s)  # counted from the start of planning under --auto
-    prediction = {
-        "peak_bytes": int(choice.predicted_peak_bytes + overhead + cache_bytes),
-        "train_step_peak_bytes": int(choice.predicted_peak_bytes),
-        "training_overhead_bytes": int(overhead),
-        "cache_bytes": int(cache_bytes),
-        "step_time_s": round(choice.step_time_s, 4),
-        "epoch_time_s": round(choice.epoch_time_s, 2),
-        "epochs": int(choice.epochs),
-        "micro_batches_per_epoch": int(choice.micro_batches_per_epoch),
-        "headroom_bytes": int(choice.headroom_bytes - overhead),
-        "budget_bytes": int(budget["bytes"]),
-        "verified": bool(verify_steps) or "measured directly",
-    }
-    evidence = {
-        "planning_time_s": round(planning_time, 2),
-        "children": children,
-        "traces": traces,
-        "budget": budget,
-        "choice": choice.to_dict(),
-        "verification": [s.to_dict() for s in verify_steps],
-        # Every trial child's raw results, with the BatchNorm mode it measured in.
-        "trials": [
-            {
-                **m.candidate.to_dict(),
-                "normalization": m.normalization,
-                "results": [r.to_dict() for r in m.trials],
-            }
-            for m in measurements
-            if m.trials
-        ],
-        "dataset": {
-            k: fp.get(k)
-            for k in (
-                "pairs",
-                "image_size",
-                "task",
-                "classes",
-                "mask_values",
-                "decoded_bytes",
-                "total_bytes",
-                "digest",
-            )
-        },
-        "hardware": {
-            "cpu": hw.get("cpu", {}).get("model"),
-            "gpus": [g.get("name") for g in hw.get("gpus", [])],
-        },
-    }
-    raw = {
-        "version": 1,
-        "backbone": c.backbone,
-        "input_size": list(c.input_size),
-        "micro_batch": choice.micro_batch,
-        "accumulation_steps": choice.accumulation_steps,
-        "precision": c.precision,
-        "weights": weights,
-        "normalization": choice.normalization,
-        "epochs": int(choice.epochs),
-        "time_limit_s": time_limit,
-        "data": {
-            "path": str(data),
-            "images": images,
-            "masks": masks,
-            "val": str(val) if val is not None else None,
-            "cache": cache,
-            "mask_values": list(fp["mask_values"]),
-            "fingerprint": fp["digest"],
-        },
-        "target": {
-            "device": budget["device"],
-            "device_name": budget.get("device_name"),
-            "budget_bytes": int(budget["bytes"]),
-            "budget_source": budget["source"],
-        },
-        "prediction": prediction,
-        "evidence": evidence,
-    }
-    if choice.replicas > 1:  # docs/distributed.md: the micro-batch is per replica
-        raw["strategy"] = budget["strategy"]
-        raw["replicas"] = int(choice.replicas)
-        # The learning rate is for the target effective batch, which replicas can pass;
-        # Adam (the plan's default) follows the square-root rule.
-        raw["optimizer"] = {"lr_scaling": "sqrt", "reference_batch": int(target)}
-    try:
-        return Plan.from_dict(raw)
-    except FitplanError as exc:  # a planner bug, not a user mistake: keep the details
-        raise FitplanError(f"the planner produced an invalid plan: {exc}") from exc
-
-
-def _cache_decision(fp: dict[str, Any], choice: Choice, budget: int) -> tuple[str, int]:
-    """Keep decoded pairs in RAM only when they fit in a small share of the headroom."""
-    # The scan counts 8-bit channels; the trainer caches float32 images.
-    decoded = int(fp.get("decoded_bytes") or 0) * presets.CACHE_BYTES_PER_DECODED_BYTE
-    spare = choice.allowed_bytes - choice.predicted_peak_bytes
-    if decoded and decoded <= presets.CACHE_SHARE_OF_SPARE * spare:
-        return "memory", decoded
-    return "stream", 0
-
-
-def _train_count(fp: dict[str, Any], val) -> int:
+def _train_count(fp: dict[str, Any], val: str | Path | None) -> int:
     if val is not None:
         return int(fp["pairs"])
     # The trainer's own split rule, on the scan's good pairs: the same count it will train on.
@@ -509,9 +310,7 @@ def _gpu_bf16(hw: dict[str, Any]) -> bool:
     return "bfloat16" in str(hw.get("precision_advice", {}).get("policy", ""))
 
 
-def _trial_line(r) -> str:
+def _trial_line(r: TrialResult) -> str:
     if r.ok:
         return f"mb {r.micro_batch}: {gib(r.peak_bytes)}, {r.step_time_s:.2f} s/step"
     return f"mb {r.micro_batch}: {r.status} ({r.reason})"
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.make_plan import _choose_within_time
+from planner.verified_choice import choose_within_time
 from planner.search.candidates import Candidate
 from planner.search.choose import CandidateMeasurement
 from planner.trials.trial import TrialResult
@@ -21,7 +21,7 @@ def measured(backbone, sec_per_sample, a=GIB):
 
 
 def pick(ms, *, auto, budget=8 * GIB, left=60.0):
-    return _choose_within_time(
+    return choose_within_time(
         ms,
         budget_bytes=budget,
         headroom=0.1,

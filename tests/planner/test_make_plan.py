@@ -63,7 +63,8 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     monkeypatch, trial_mode, verified
 ):
     """Trials at 1 and 4 in training mode say nothing exact about a frozen plan at 4."""
-    from planner import make_plan as mp
+    from planner import verified_choice as vc
+    from planner.request import PlanContext, PlanRequest
     from planner.search.candidates import Candidate
     from planner.search.choice import CandidateMeasurement
     from planner.trials.spec import TrialResult
@@ -80,13 +81,18 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
         calls.append((size, spec.normalization, spec.to_plan().resolved_normalization))
         return TrialResult("ok", size, peak_bytes=int(1.25 * gib), step_time_s=0.3)
 
-    monkeypatch.setattr(mp, "measure_one", fake_measure_one)
+    monkeypatch.setattr(vc, "measure_one", fake_measure_one)
     m = CandidateMeasurement(c, trials=trials, normalization=trial_mode)
+    ctx = PlanContext(
+        PlanRequest(".", weights="imagenet", trial_timeout_s=60.0),
+        hardware={},
+        budget={"device": "cpu", "bytes": int(1.5 * gib)},
+        fingerprint={"image_size": {"median": [64, 64]}, "classes": 2},
+        n_train=10,
+        step_headroom=0.1,
+    )
     # allowed = 1.5 x 0.9 = 1.35 GiB: 4 fits (1.3), 5 does not (1.4): the choice is 4.
-    choice, steps = mp._choose_and_verify(
-        [m], int(1.5 * gib), 0.1, lambda: None, 10, (64, 64), 16, 2, "cpu",
-        int(1.5 * gib), 60.0, set(), lambda _msg: None, weights="imagenet",
-    )  # fmt: skip
+    choice, steps = vc.choose_and_verify([m], ctx, children=set())
     # Pretrained weights: a plan at micro-batch 4 freezes BatchNorm.
     assert choice.micro_batch == 4 and choice.normalization == "frozen"
     if verified:

@@ -1,0 +1,168 @@
+"""The plan document: a verified `Choice` and what planning measured, as a `trainer.plan.Plan`.
+
+Owns the plan's content as the planner writes it: the choice's fields, the data-cache
+decision, the `prediction` (the train step's peak plus the training overhead and the
+cache) and the `evidence` (budget, choice, verification, every trial child's results,
+dataset and hardware summaries), so a plan explains itself. `planner.make_plan` calls
+`build_plan` once, after verification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from planner.request import PlanContext, PlanRequest
+from planner.search import presets
+from planner.search.choice import CandidateMeasurement, Choice
+from planner.search.memory_model import VerifyStep
+from trainer.errors import FitplanError
+from trainer.plan import Plan
+
+# The scan's summary of the dataset that the evidence keeps.
+DATASET_EVIDENCE = (
+    "pairs",
+    "image_size",
+    "task",
+    "classes",
+    "mask_values",
+    "decoded_bytes",
+    "total_bytes",
+    "digest",
+)
+
+
+def build_plan(
+    ctx: PlanContext,
+    choice: Choice,
+    verify_steps: Sequence[VerifyStep],
+    measurements: Sequence[CandidateMeasurement],
+    *,
+    planning_time_s: float,
+    children: int,
+    traces: int,
+) -> Plan:
+    """The validated plan for `choice`; a plan that fails validation is a planner bug.
+
+    Args:
+        ctx: the request, budget, fingerprint and hardware report.
+        choice: the chosen configuration, after verification.
+        verify_steps: the verification's measurements (empty: measured directly).
+        measurements: every candidate, for the evidence's trial results.
+        planning_time_s, children, traces: what planning cost, for the evidence.
+    """
+    req, budget = ctx.request, ctx.budget
+    c = choice.candidate
+    cache, cache_bytes = cache_decision(ctx.fingerprint, choice)
+    raw = {
+        "version": 1,
+        "backbone": c.backbone,
+        "input_size": list(c.input_size),
+        "micro_batch": choice.micro_batch,
+        "accumulation_steps": choice.accumulation_steps,
+        "precision": c.precision,
+        "weights": req.weights,
+        "normalization": choice.normalization,
+        "epochs": int(choice.epochs),
+        # counted from the start of planning under --auto
+        "time_limit_s": float(req.budget_time_s) if req.budget_time_s is not None else None,
+        "data": _data(req, ctx.fingerprint, cache),
+        "target": {
+            "device": budget["device"],
+            "device_name": budget.get("device_name"),
+            "budget_bytes": int(budget["bytes"]),
+            "budget_source": budget["source"],
+        },
+        "prediction": _prediction(choice, budget, cache_bytes, verify_steps),
+        "evidence": _evidence(
+            ctx, choice, verify_steps, measurements, planning_time_s, children, traces
+        ),
+    }
+    if choice.replicas > 1:  # docs/distributed.md: the micro-batch is per replica
+        raw["strategy"] = budget["strategy"]
+        raw["replicas"] = int(choice.replicas)
+        # The learning rate is for the target effective batch, which replicas can pass;
+        # Adam (the plan's default) follows the square-root rule.
+        raw["optimizer"] = {"lr_scaling": "sqrt", "reference_batch": int(req.effective_batch)}
+    try:
+        return Plan.from_dict(raw)
+    except FitplanError as exc:  # a planner bug, not a user mistake: keep the details
+        raise FitplanError(f"the planner produced an invalid plan: {exc}") from exc
+
+
+def _data(req: PlanRequest, fp: dict[str, Any], cache: str) -> dict[str, Any]:
+    """The plan's `data`: the dataset as the user named it, and the scan's mask values."""
+    return {
+        "path": str(req.data),
+        "images": req.images,
+        "masks": req.masks,
+        "val": str(req.val) if req.val is not None else None,
+        "cache": cache,
+        "mask_values": list(fp["mask_values"]),
+        "fingerprint": fp["digest"],
+    }
+
+
+def _prediction(
+    choice: Choice, budget: dict[str, Any], cache_bytes: int, verify_steps: Sequence[VerifyStep]
+) -> dict[str, Any]:
+    """The whole run's predicted peak: the train step's, plus training overhead and cache."""
+    overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+    return {
+        "peak_bytes": int(choice.predicted_peak_bytes + overhead + cache_bytes),
+        "train_step_peak_bytes": int(choice.predicted_peak_bytes),
+        "training_overhead_bytes": int(overhead),
+        "cache_bytes": int(cache_bytes),
+        "step_time_s": round(choice.step_time_s, 4),
+        "epoch_time_s": round(choice.epoch_time_s, 2),
+        "epochs": int(choice.epochs),
+        "micro_batches_per_epoch": int(choice.micro_batches_per_epoch),
+        "headroom_bytes": int(choice.headroom_bytes - overhead),
+        "budget_bytes": int(budget["bytes"]),
+        "verified": bool(verify_steps) or "measured directly",
+    }
+
+
+def _evidence(
+    ctx: PlanContext,
+    choice: Choice,
+    verify_steps: Sequence[VerifyStep],
+    measurements: Sequence[CandidateMeasurement],
+    planning_time_s: float,
+    children: int,
+    traces: int,
+) -> dict[str, Any]:
+    hw = ctx.hardware
+    return {
+        "planning_time_s": round(planning_time_s, 2),
+        "children": children,
+        "traces": traces,
+        "budget": ctx.budget,
+        "choice": choice.to_dict(),
+        "verification": [s.to_dict() for s in verify_steps],
+        # Every trial child's raw results, with the BatchNorm mode it measured in.
+        "trials": [
+            {
+                **m.candidate.to_dict(),
+                "normalization": m.normalization,
+                "results": [r.to_dict() for r in m.trials],
+            }
+            for m in measurements
+            if m.trials
+        ],
+        "dataset": {k: ctx.fingerprint.get(k) for k in DATASET_EVIDENCE},
+        "hardware": {
+            "cpu": hw.get("cpu", {}).get("model"),
+            "gpus": [g.get("name") for g in hw.get("gpus", [])],
+        },
+    }
+
+
+def cache_decision(fp: dict[str, Any], choice: Choice) -> tuple[str, int]:
+    """Keep decoded pairs in RAM only when they fit in a small share of the headroom."""
+    # The scan counts 8-bit channels; the trainer caches float32 images.
+    decoded = int(fp.get("decoded_bytes") or 0) * presets.CACHE_BYTES_PER_DECODED_BYTE
+    spare = choice.allowed_bytes - choice.predicted_peak_bytes
+    if decoded and decoded <= presets.CACHE_SHARE_OF_SPARE * spare:
+        return "memory", decoded
+    return "stream", 0
