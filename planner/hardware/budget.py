@@ -6,8 +6,8 @@ saved report and tests can feed hand-written ones.
 
 from __future__ import annotations
 
-from planner.hardware.cgroup import memory_headroom
 from planner.hardware.gpu import compute_capability, visible_indices
+from trainer.train.cgroup import effective_memory, memory_headroom
 from trainer.units import fmt_bytes
 
 # Share of the effective host memory a CPU run may plan for. The rest absorbs what a
@@ -138,14 +138,13 @@ def _cpu_budget(report: dict, why_not_gpu: str | None) -> dict:
     available = host["ram_available_bytes"]
     cgroup = host.get("cgroup") or {}
     limit = cgroup.get("memory_limit_bytes")
+    effective = effective_memory(available, cgroup)
     if limit is None:
-        effective = available
         derivation = (
             f"{CPU_FRACTION:.0%} of available RAM {fmt_bytes(available)} (no cgroup memory limit)"
         )
     else:
         headroom = memory_headroom(cgroup)
-        effective = min(available, headroom)
         derivation = (
             f"{CPU_FRACTION:.0%} of min(available RAM {fmt_bytes(available)}, cgroup limit "
             f"{fmt_bytes(limit)} - usage {fmt_bytes(limit - headroom)} = {fmt_bytes(headroom)})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from planner.hardware.cgroup import memory_headroom, read_cgroup, usable_cpus
+from trainer.train.cgroup import effective_memory, read_cgroup
 
 # CPU flags (as /proc/cpuinfo spells them) that decide the precision policy.
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -34,16 +35,6 @@ def probe_host(cgroup_root: Path, proc_self_cgroup: Path) -> dict:
         "cgroup": cgroup,
         "effective_memory_bytes": effective_memory(int(vm.available), cgroup),
     }
-
-
-def effective_memory(available: int, cgroup: dict) -> int:
-    """min(available RAM, cgroup limit - usage). Swap is left out on purpose.
-
-    A training step that spills into swap runs orders of magnitude slower, so
-    swap is never counted as memory to plan with.
-    """
-    headroom = memory_headroom(cgroup)
-    return available if headroom is None else min(available, headroom)
 
 
 def probe_cpu(cgroup: dict, cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
@@ -71,6 +62,17 @@ def probe_cpu(cgroup: dict, cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
         # it converts in software and gains nothing (MEASURED.md: 20-34% faster with them).
         "bfloat16_fast": found["avx512_bf16"] or found["amx_bf16"],
     }
+
+
+def usable_cpus(affinity: int, cpu_quota: float | None) -> int:
+    """CPUs this process can keep busy: its affinity set, capped by the CPU quota.
+
+    A fractional quota rounds up (1.5 CPUs -> 2 threads), as the JVM and .NET do:
+    the second thread still gets half a core.
+    """
+    if cpu_quota is None:
+        return max(1, affinity)
+    return max(1, min(affinity, math.ceil(cpu_quota)))
 
 
 def _parse_cpuinfo(path: Path) -> tuple[str | None, set[str]]:

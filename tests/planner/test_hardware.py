@@ -14,8 +14,9 @@ from rich.console import Console
 from planner import hardware
 from planner.hardware import budget as budget_mod
 from planner.hardware import host as host_mod
-from planner.hardware.cgroup import V1_UNLIMITED, read_cgroup, usable_cpus
 from planner.hardware.gpu import probe_gpus, visible_indices
+from planner.hardware.host import usable_cpus
+from trainer.train.cgroup import V1_UNLIMITED, effective_memory, read_cgroup
 
 GiB = 2**30
 MiB = 2**20
@@ -300,8 +301,8 @@ def test_cgroup_v2_number(tmp_path):
     assert cg["memory_limit_bytes"] == 8 * GiB
     assert cg["memory_usage_bytes"] == 1 * GiB  # inactive file cache is reclaimable
     assert cg["cpu_quota"] == 1.5
-    assert host_mod.effective_memory(12 * GiB, cg) == 7 * GiB
-    assert host_mod.effective_memory(5 * GiB, cg) == 5 * GiB
+    assert effective_memory(12 * GiB, cg) == 7 * GiB
+    assert effective_memory(5 * GiB, cg) == 5 * GiB
 
 
 def test_cgroup_v2_max_and_tighter_parent(tmp_path):
@@ -318,14 +319,14 @@ def test_cgroup_v2_max_and_tighter_parent(tmp_path):
     cg = read_cgroup(tmp_path / "cg", tmp_path / "self")
     assert cg["memory_limit_bytes"] is None and cg["cpu_quota"] is None
     assert cg["memory_usage_bytes"] == GiB
-    assert host_mod.effective_memory(12 * GiB, cg) == 12 * GiB
+    assert effective_memory(12 * GiB, cg) == 12 * GiB
     write_tree(
         tmp_path,
         {"cg/kubepods/memory.max": str(4 * GiB), "cg/kubepods/memory.current": str(3 * GiB)},
     )
     cg = read_cgroup(tmp_path / "cg", tmp_path / "self")
     assert cg["memory_limit_bytes"] == 4 * GiB and cg["path"].endswith("kubepods")
-    assert host_mod.effective_memory(12 * GiB, cg) == 1 * GiB
+    assert effective_memory(12 * GiB, cg) == 1 * GiB
 
 
 def test_cgroup_v1(tmp_path):
@@ -399,6 +400,25 @@ def test_probe_obeys_cgroup_limit(tmp_path, fixed_ram):
     assert budget["derivation"] == (
         "90% of min(available RAM 12.0 GiB, cgroup limit 8.0 GiB - usage 0 MiB = 8.0 GiB)"
     )
+
+
+def test_training_preflight_sees_the_container_limit(tmp_path, monkeypatch):
+    """The trainer's preflight reads the same cgroup files as the probe (trainer.train.cgroup)."""
+    from trainer.train import preflight
+
+    write_tree(
+        tmp_path,
+        {
+            "self": "4:memory:/docker/abc\n",
+            "cg/memory/docker/abc/memory.limit_in_bytes": str(4 * GiB),
+            "cg/memory/docker/abc/memory.usage_in_bytes": str(3 * GiB),
+        },
+    )
+    cg = {"cgroup_root": tmp_path / "cg", "proc_self_cgroup": tmp_path / "self"}
+    monkeypatch.setattr("psutil.virtual_memory", lambda: SimpleNamespace(available=12 * GiB))
+    assert preflight.available_memory_bytes("cpu", **cg) == 1 * GiB
+    write_tree(tmp_path, {"cg/memory/docker/abc/memory.limit_in_bytes": "9223372036854771712"})
+    assert preflight.available_memory_bytes("cpu", **cg) == 12 * GiB  # no limit: host RAM
 
 
 # --- CPU, disk, table ---------------------------------------------------------------------------

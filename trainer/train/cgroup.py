@@ -1,7 +1,9 @@
-"""The memory and CPU limits of this process's cgroup (v2 or v1).
+"""The memory and CPU limits of this process's cgroup (v2 or v1), and the memory it may use.
 
 Inside a container psutil reports the host's RAM and cores, while the kernel
 kills the process at the cgroup's limit: that limit is what a budget must obey.
+Both the planner's probe and the trainer's preflight read it here (the trainer
+never imports `planner`).
 A limit may sit on any ancestor of the process's own cgroup, so every level from
 the own cgroup up to the mount root is read and the tightest one wins. Levels
 that do not exist under the mount (a container that sees only its own subtree)
@@ -10,7 +12,6 @@ are skipped.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 # cgroup v1 writes "no limit" as the largest page-aligned 63-bit number
@@ -59,6 +60,16 @@ def memory_headroom(cgroup: dict) -> int | None:
     if limit is None:
         return None
     return max(0, limit - (cgroup.get("memory_usage_bytes") or 0))
+
+
+def effective_memory(available: int, cgroup: dict) -> int:
+    """min(available RAM, cgroup limit - usage). Swap is left out on purpose.
+
+    A training step that spills into swap runs orders of magnitude slower, so
+    swap is never counted as memory to plan with.
+    """
+    headroom = memory_headroom(cgroup)
+    return available if headroom is None else min(available, headroom)
 
 
 def _own_paths(proc_self_cgroup: Path) -> dict[str, str]:
@@ -152,13 +163,3 @@ def _cpu_quota_v1(levels: list[Path]) -> float | None:
             quotas.append(quota / period)
     return min(quotas) if quotas else None
 
-
-def usable_cpus(affinity: int, cpu_quota: float | None) -> int:
-    """CPUs this process can keep busy: its affinity set, capped by the CPU quota.
-
-    A fractional quota rounds up (1.5 CPUs -> 2 threads), as the JVM and .NET do:
-    the second thread still gets half a core.
-    """
-    if cpu_quota is None:
-        return max(1, affinity)
-    return max(1, min(affinity, math.ceil(cpu_quota)))

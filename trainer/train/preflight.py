@@ -18,9 +18,11 @@ Kept out of `planner` on purpose: the trainer must not import it (DESIGN.md).
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from trainer.errors import FitplanWarning
 from trainer.plan import Plan
+from trainer.train.cgroup import effective_memory, read_cgroup
 
 _GIB = 2**30
 
@@ -46,10 +48,24 @@ def fingerprint_warning(plan: Plan) -> str | None:
     )
 
 
-def available_memory_bytes(device: str) -> int | None:
+def available_memory_bytes(
+    device: str,
+    *,
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+) -> int | None:
     """Memory a run could use here now: free GPU memory (first visible GPU) or available RAM.
 
-    `None` when it cannot be read (no NVML for a GPU plan).
+    Available RAM obeys a container's memory limit: min(available RAM, cgroup limit -
+    usage), the figure the planner's probe budgets from (`trainer.train.cgroup`).
+
+    Args:
+        device: the plan's `target.device`, `"gpu"` or `"cpu"`.
+        cgroup_root: where the cgroup file systems are mounted.
+        proc_self_cgroup: the file naming this process's cgroups.
+
+    Returns:
+        Bytes, or `None` when they cannot be read (no NVML for a GPU plan).
     """
     if device == "gpu":
         try:
@@ -65,9 +81,9 @@ def available_memory_bytes(device: str) -> int | None:
             return None
     import psutil
 
-    # psutil reads /proc/meminfo, which ignores a container's cgroup limit; the
-    # planner's probe is cgroup-aware, so this check can only under-warn.
-    return int(psutil.virtual_memory().available)
+    # psutil reads /proc/meminfo, which ignores a container's limit: the cgroup caps it.
+    available = int(psutil.virtual_memory().available)
+    return effective_memory(available, read_cgroup(cgroup_root, proc_self_cgroup))
 
 
 def budget_warning(plan: Plan, available: int | None = None) -> str | None:
