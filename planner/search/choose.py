@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 
 from planner.search import presets
+from planner.search.candidates import Candidate
 from planner.search.choice import CandidateMeasurement, Choice, Evaluation
 from planner.search.memory_model import allowed_bytes, fit_line, largest_fitting
 from planner.trials.spec import TrialResult
@@ -86,18 +87,7 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
     ok = [r for r in m.trials if r.ok and r.peak_bytes is not None]
     failed = [r for r in m.trials if not r.ok]
     if not ok:
-        first = failed[0] if failed else None
-        why = (
-            f"{first.status} at micro-batch {first.micro_batch}: {first.reason}"
-            if first
-            else "no trials"
-        )
-        if first is not None and first.status == "oom" and first.peak_bytes:
-            at = f"micro-batch {first.micro_batch}, out of memory: a lower bound"
-            return Evaluation(
-                c, "rejected", f"trial failed: {why}", need_bytes=first.peak_bytes, need_at=at
-            )
-        return Evaluation(c, "rejected", f"trial failed: {why}")
+        return _every_trial_failed(c, failed)
     # Per replica: the replicas together should not pass the target effective batch.
     cap = min([r.micro_batch - 1 for r in failed] + [math.ceil(target / replicas), max_mb])
     line = None
@@ -132,6 +122,22 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
         need_bytes=need,
         need_at=at,
     )
+
+
+def _every_trial_failed(c: Candidate, failed: Sequence[TrialResult]) -> Evaluation:
+    """Rejected: no trial finished; an out-of-memory peak is a lower bound on its need."""
+    first = failed[0] if failed else None
+    why = (
+        f"{first.status} at micro-batch {first.micro_batch}: {first.reason}"
+        if first
+        else "no trials"
+    )
+    if first is not None and first.status == "oom" and first.peak_bytes:
+        at = f"micro-batch {first.micro_batch}, out of memory: a lower bound"
+        return Evaluation(
+            c, "rejected", f"trial failed: {why}", need_bytes=first.peak_bytes, need_at=at
+        )
+    return Evaluation(c, "rejected", f"trial failed: {why}")
 
 
 def choose(
@@ -198,6 +204,32 @@ def choose(
     feasible = [e for e in evals if e.verdict == "feasible" and (e.epochs_possible or 0) >= 1]
     if not feasible:
         _raise_budget(evals, budget_bytes, allowed, time_budget_s)
+    best, final, notes = _rank(evals, feasible, want, time_budget_s)
+    return _choice(
+        best,
+        final,
+        notes,
+        epochs=min(best.epochs_possible, objective.max_epochs),
+        budget_bytes=budget_bytes,
+        allowed=allowed,
+        n_train_samples=n_train_samples,
+        native_hw=native_hw,
+        replicas=replicas,
+        weights=weights,
+    )
+
+
+def _rank(
+    evals: Sequence[Evaluation],
+    feasible: Sequence[Evaluation],
+    want: int,
+    time_budget_s: float | None,
+) -> tuple[Evaluation, list[Evaluation], list[str]]:
+    """The best score among those reaching `want` epochs (or among all that fit, with a note).
+
+    Returns `(best, evaluations, notes)`: every evaluation with its final verdict and
+    reason (the best "chosen", the rest of the pool "feasible", too slow ones "rejected").
+    """
     good = [e for e in feasible if e.epochs_possible >= want]
     notes: list[str] = []
     pool = good
@@ -221,7 +253,23 @@ def choose(
             why = f"too slow: {e.epochs_possible} epochs in {_dur(time_budget_s)} (needs {want})"
             e = dataclasses.replace(e, verdict="rejected", reason=why)
         final.append(e)
-    epochs = min(best.epochs_possible, objective.max_epochs)
+    return best, final, notes
+
+
+def _choice(
+    best: Evaluation,
+    evaluations: Sequence[Evaluation],
+    notes: list[str],
+    *,
+    epochs: int,
+    budget_bytes: int,
+    allowed: int,
+    n_train_samples: int,
+    native_hw: tuple[int, int] | None,
+    replicas: int,
+    weights: str,
+) -> Choice:
+    """The `Choice` for the best evaluation: plan fields, prediction and every verdict."""
     mb, accum = best.micro_batch, best.accumulation_steps
     steps = epoch_steps(
         crops_per_epoch(n_train_samples, native_hw, best.candidate.input_size),
@@ -249,7 +297,7 @@ def choose(
         micro_batches_per_epoch=steps,
         score=best.score,
         line=best.line,
-        evaluations=tuple(final),
+        evaluations=tuple(evaluations),
         warnings=tuple(notes + list(best.line.warnings if best.line else ())),
         replicas=replicas,
     )
