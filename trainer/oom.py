@@ -1,9 +1,60 @@
 """Out-of-memory classification: the one place that knows what running out of memory looks like.
 
 Every caller asks here instead of matching messages itself (Lightning's `is_oom_error`
-pattern). Nothing in this module imports TensorFlow: the parent process of a trial
-must never load it (TF cannot give GPU memory back after an out-of-memory error), so
-exceptions are recognised by class name and message.
+pattern): the trial child for an exception in a measured step, the trial parent for a
+child that died without reporting, and the trainer's OOM step-down. Nothing in this
+module imports TensorFlow: the parent process of a trial must never load it (TF cannot
+give GPU memory back after an out-of-memory error), so exceptions are recognised by
+class name and message.
+
+What counts as out of memory, and why:
+
+    Evidence                                                    Verdict
+    the child was killed by SIGKILL (-9; 137 through a shell)   oom
+        and not by our time limit: the kernel OOM killer (global or cgroup) sends
+        SIGKILL and nothing else in a trial does; text printed before it cannot say
+        why the kernel stepped in.
+    the child exited with `SOFT_OOM_EXIT_CODE`                  oom
+        our own RSS poller stopped it at the soft memory limit.
+    an exception whose class, anywhere in its MRO or cause      oom
+    chain, is `ResourceExhaustedError`, `MemoryError` or
+    `OutOfMemoryError`
+        TF raises ResourceExhaustedError when an allocation fails (sources below);
+        Python raises MemoryError when malloc fails; OutOfMemoryError is the
+        XLA/JAX and PyTorch spelling.
+    a Python traceback ending in one of those classes or an     oom
+    out-of-memory message
+        the same exception, seen as text.
+    a Python traceback ending in any other exception            that error
+        the traceback says what failed; out-of-memory log lines above it were
+        warnings.
+    no traceback: "OOM when allocating", "resource exhausted",  oom
+    "CUDA_ERROR_OUT_OF_MEMORY", "out of memory", "failed to
+    allocate", `std::bad_alloc` (e.g. then SIGABRT)
+        TF's, XLA's and CUDA's allocation-failure messages; bad_alloc is C++ `new`
+        failing, after which `terminate` aborts the process.
+    TF's BFC warning "Allocator (...) ran out of memory trying  not oom
+    to allocate X ... The caller indicates that this is not a
+    failure, but this may mean that there could be performance
+    gains if more memory were available."
+        TF says so itself: the caller asked for memory it can do without (e.g. a
+        larger cuDNN workspace), got less and went on. Removed before matching.
+    "Allocation of X exceeds 10% of free system memory."        not oom
+        a warning of TF's CPU allocator before an allocation that then succeeds.
+
+Sources. `tf.errors.ResourceExhaustedError` is documented as "Raised when some resource
+has been exhausted while running operation ... If running into ResourceExhaustedError
+due to out of memory (OOM), try to use smaller batch size"
+(https://www.tensorflow.org/api_docs/python/tf/errors/ResourceExhaustedError; defined in
+tensorflow/python/framework/errors_impl.py). The same page says it may also mean a
+quota or a full file system; in a training step the ops that raise it allocate tensors,
+so fitplan counts it as OOM. An allocation failure in a kernel reads "OOM when
+allocating tensor with shape[...]" (OpKernelContext::allocate_tensor,
+tensorflow/core/framework/op_kernel.cc). The harmless warning above is logged by the BFC
+allocator (xla/tsl/framework/bfc_allocator.cc, formerly
+tensorflow/core/common_runtime/bfc_allocator.cc) when a caller allowed the allocation
+to fail; when an allocation really fails it logs "ran out of memory trying to allocate
+... requested by op ..." instead and the op raises `ResourceExhaustedError`.
 
 API:
     is_oom_error(obj) -> bool
@@ -13,6 +64,7 @@ API:
     classify_exit(returncode, stderr_tail, *, timed_out=False, timeout_s=None)
         -> (status, reason) for a child process that ended without reporting a
         result. `status` is one of `STATUSES`: "ok", "oom", "timeout", "error".
+    SOFT_OOM_EXIT_CODE: the exit status of a trial child stopped by its memory poller.
 """
 
 from __future__ import annotations
@@ -24,17 +76,25 @@ from typing import Any, Literal
 Status = Literal["ok", "oom", "timeout", "error"]
 STATUSES: tuple[str, ...] = ("ok", "oom", "timeout", "error")
 
+# A trial child whose RSS poller stops it at the soft memory limit exits with this code
+# (after reporting the result): outside Python's own codes (1 uncaught exception, 2
+# usage), sysexits.h (64-78) and the shell's 126-165 (128 + signal).
+SOFT_OOM_EXIT_CODE = 99
+
 # Class names, anywhere in the exception's MRO: TF's `ResourceExhaustedError`
 # (tf.errors and its Keras re-raise), Python's own, and the XLA/JAX spelling.
 OOM_CLASS_NAMES = frozenset({"ResourceExhaustedError", "MemoryError", "OutOfMemoryError"})
 
-# Lower-cased substrings of allocator and runtime messages. "failed to allocate"
-# and "out of memory" come from the BFC allocator and CUDA; `std::bad_alloc` is what
-# a C++ op prints before `terminate` aborts the process (SIGABRT).
+# Lower-cased substrings of allocator and runtime error messages. "oom when allocating"
+# is TF's kernel allocation failure; "resource exhausted"/"resource_exhausted" the status
+# name in TF and XLA messages; "failed to allocate" and "out of memory" come from CUDA
+# and the allocators; `std::bad_alloc` is what a C++ op prints before `terminate` aborts
+# the process (SIGABRT); "soft oom" is this package's own poller.
 OOM_PATTERNS: tuple[str, ...] = (
     "oom when allocating",
     "resourceexhaustederror",
     "resource exhausted",
+    "resource_exhausted",
     "failed to allocate",
     "cuda_error_out_of_memory",
     "out of memory",
@@ -43,13 +103,26 @@ OOM_PATTERNS: tuple[str, ...] = (
     "soft oom",
 )
 
+# TF's BFC allocator warning when a caller allowed the allocation to fail (the table
+# above): removed before matching. Logs wrap it, so it may span a line break.
+_HARMLESS = re.compile(
+    r"ran out of memory trying to allocate.{0,300}?this is not a failure"
+    r"(.{0,200}?more memory (were|is) available\.?)?",
+    re.IGNORECASE | re.DOTALL,
+)
+
 # The kernel OOM killer sends SIGKILL: Popen reports -9, a shell reports 128 + 9.
 _SIGKILL_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
 
 def _matches(text: str) -> str | None:
-    """The first line of `text` that contains an OOM pattern, or None."""
-    for line in text.splitlines():
+    """The first line of `text` that contains an OOM pattern, or None.
+
+    TF's harmless allocator warning is removed first, so it never counts.
+    """
+    for line in _HARMLESS.sub("", text).splitlines():
         low = line.lower()
         if any(p in low for p in OOM_PATTERNS):
             return line.strip()
@@ -57,7 +130,7 @@ def _matches(text: str) -> str | None:
 
 
 def is_oom_error(obj: Any) -> bool:
-    """Whether `obj` says "out of memory".
+    """Whether `obj` says "out of memory" (see the module's table).
 
     Args:
         obj: an exception (checked by class name through its MRO, by message, and
@@ -68,7 +141,7 @@ def is_oom_error(obj: Any) -> bool:
     Returns:
         True for TensorFlow's `ResourceExhaustedError`, `MemoryError`, allocator and
         CUDA out-of-memory messages, `std::bad_alloc`, and results whose status is
-        `"oom"`.
+        `"oom"`; False for TF's allocator warnings that say they are not a failure.
     """
     if obj is None:
         return False
@@ -104,9 +177,15 @@ def _last_error_line(stderr_tail: str) -> str | None:
     if not any(ln.startswith("Traceback (most recent call last)") for ln in lines):
         return None
     for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln):
+        if _EXCEPTION_LINE.match(ln):
             return ln
     return lines[-1] if lines else None
+
+
+def _is_oom_exception_line(line: str) -> bool:
+    """Whether a traceback's last line (`pkg.mod.SomeError: message`) is an OOM."""
+    name = line.split(":", 1)[0].strip().rsplit(".", 1)[-1]
+    return name in OOM_CLASS_NAMES or _matches(line) is not None
 
 
 def classify_exit(
@@ -118,6 +197,19 @@ def classify_exit(
 ) -> tuple[Status, str]:
     """Status and reason for a child process that ended without reporting a result.
 
+    The exit status is judged before any text: it is the one thing a child cannot
+    print by mistake. In order (the module's table says why):
+
+    1. `timed_out`: `"timeout"`.
+    2. SIGKILL: `"oom"`, the kernel OOM killer, whatever stderr says.
+    3. `SOFT_OOM_EXIT_CODE`: `"oom"`, the child's own memory poller.
+    4. Another signal (e.g. SIGABRT after `std::bad_alloc`): `"oom"` when stderr shows
+       an out-of-memory message, else `"error"` naming the signal.
+    5. An exit with a Python traceback: its last exception decides, `"oom"` or
+       `"error"` quoting it; log lines above it do not.
+    6. Otherwise `"oom"` when stderr shows an out-of-memory message, else `"error"`
+       with the exit code.
+
     Args:
         returncode: the child's exit status as `subprocess` reports it (negative:
             killed by that signal). `None` if it never exited by itself.
@@ -126,28 +218,36 @@ def classify_exit(
         timeout_s: that limit, for the reason. `None`: not mentioned.
 
     Returns:
-        `(status, reason)`: `"timeout"` when `timed_out`; `"oom"` when stderr shows an
-        out-of-memory message, or the child was SIGKILLed without a Python traceback
-        (the kernel OOM killer's signature); otherwise `"error"` naming the signal
-        (e.g. "crashed with SIGSEGV") or the exit code and the last error line.
+        `(status, reason)`; the reason quotes the deciding line where there is one.
     """
+    text = stderr_tail or ""
     if timed_out:
         limit = f" of {timeout_s:g} s" if timeout_s is not None else ""
         return "timeout", f"exceeded the time limit{limit}; process group killed"
-    oom_line = _matches(stderr_tail or "")
+    if returncode in _SIGKILL_CODES:
+        return "oom", "killed by SIGKILL (the kernel OOM killer's signature; check `dmesg`)"
+    if returncode == SOFT_OOM_EXIT_CODE:
+        line = _matches(text)
+        return "oom", line[:300] if line else "stopped at the soft memory limit"
+    error_line = _last_error_line(text)
+    signum: int | None = None
+    if returncode is not None and returncode < 0:
+        signum = -returncode
+    elif returncode is not None and returncode > 128 and error_line is None:
+        signum = returncode - 128  # a shell in between reports 128 + signal
+    if error_line is not None and signum is None:
+        detail = f": {error_line[:300]}"
+        if _is_oom_exception_line(error_line):
+            return "oom", "out of memory" + detail
+        if returncode == 0:
+            return "error", "exited without reporting a result" + detail
+        return "error", f"exited with code {returncode}{detail}"
+    oom_line = _matches(text)
     if oom_line is not None:
         return "oom", f"out of memory: {oom_line[:300]}"
-    error_line = _last_error_line(stderr_tail or "")
-    if returncode in _SIGKILL_CODES and error_line is None:
-        return "oom", (
-            "killed by SIGKILL without a Python traceback "
-            "(the kernel OOM killer's signature; check `dmesg`)"
-        )
-    if returncode is not None and returncode < 0:
-        return "error", f"crashed with {_signal_name(-returncode)}"
-    if returncode is not None and returncode > 128 and error_line is None:
-        return "error", f"crashed with {_signal_name(returncode - 128)} (exit {returncode})"
-    detail = f": {error_line[:300]}" if error_line else ""
+    if signum is not None:
+        exit_code = f" (exit {returncode})" if returncode is not None and returncode > 0 else ""
+        return "error", f"crashed with {_signal_name(signum)}{exit_code}"
     if returncode == 0:
-        return "error", "exited without reporting a result" + detail
-    return "error", f"exited with code {returncode}{detail}"
+        return "error", "exited without reporting a result"
+    return "error", f"exited with code {returncode}"

@@ -29,8 +29,9 @@ import traceback
 from typing import Any
 
 from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
-from trainer.oom import is_oom_error
+from trainer.oom import SOFT_OOM_EXIT_CODE, is_oom_error
 from trainer.train.memory import peak_rss_bytes, reset_peak_rss
+from trainer.units import gib
 
 _POLL_S = 0.01
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -95,18 +96,21 @@ class ChildContext:
 
     def _soft_oom(self, rss: int, limit: int) -> None:
         # Stop before the kernel OOM killer would: on CPU it may pick another process.
+        # The exit code says so too, should the result line be lost (trainer.oom).
         mb = self.current if self.current is not None else self.spec.micro_batches[0]
-        gib = 2**30
+        reason = f"soft OOM: RSS {gib(rss)} exceeded the memory limit {gib(limit)}"
         self.result(
             TrialResult(
                 status="oom",
                 micro_batch=mb,
                 peak_bytes=rss,
-                reason=f"soft OOM: RSS {rss / gib:.2f} GiB exceeded the memory limit {limit / gib:.2f} GiB",
+                reason=reason,
                 details={"peak_source": "rss_poll", "soft_limit_bytes": limit},
             )
         )
-        os._exit(0)
+        sys.stderr.write(reason + "\n")
+        sys.stderr.flush()
+        os._exit(SOFT_OOM_EXIT_CODE)
 
 
 def _load_target(name: str) -> Any:

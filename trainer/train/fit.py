@@ -24,6 +24,7 @@ from typing import Any
 import keras
 
 from trainer.errors import DataError, FitplanWarning, TrainingOOMError
+from trainer.oom import is_oom_error
 from trainer.plan import Plan
 from trainer.train.callbacks import (
     MemoryGuard,
@@ -155,19 +156,13 @@ def _steps(plan: Plan, bundle) -> int:
     return bundle.steps_per_epoch
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import tensorflow as tf
-
-    return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError))
-
-
 def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> TrainResult:
     adjustments: list[dict[str, Any]] = list((state or {}).get("adjustments", []))
     while True:
         try:
             return _run(run, plan, bundle, state, callbacks, started_at, adjustments)
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_oom_error(exc):
                 _raise_if_a_file_is_bad(exc, run, bundle)
                 raise
             if plan.micro_batch == 1:
