@@ -1,6 +1,6 @@
 """The application layer: the `fitplan` command line and what it renders.
 
-Owns: `cli` (typer commands: parse, call one library function, render), `units` (parsing
+Owns: `cli` and `cli_*` (typer commands: parse, call one library function, render), `units` (parsing
 sizes and durations), `plan_view`/`use_views` (rich tables and progress), `report` and
 `report_figures` (the HTML run report), `demo`/`demo_run` (the synthetic demo set and
 the README's first command), `auto` (`train --auto`: plan, then train, in one budget).

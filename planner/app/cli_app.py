@@ -1,0 +1,111 @@
+"""The `fitplan` typer app and what every command module shares.
+
+Owns the `app` object (the command modules `cli_inspect`, `cli_train` and `cli_use`
+register on it), the `--debug` callback, error handling (`handle_errors`: a
+`FitplanError` becomes one red line on stderr and its exit code), the consoles and
+`print_json`, and the option types more than one module uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from trainer.errors import FitplanError, FitplanWarning
+
+app = typer.Typer(
+    name="fitplan",
+    help="Measure this machine, plan a segmentation training run that fits, and train it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err = Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    """Console for tables on stdout: 160 columns when it is a file or a pipe.
+
+    Rich falls back to 80 columns there, which folds the candidate table into
+    unreadable slivers in a log; a terminal (or `COLUMNS`) keeps its own width.
+    """
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=160)
+
+
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn `FitplanError` into one line on stderr and its exit code; Ctrl-C into 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FitplanError as exc:
+            if _state["debug"]:
+                raise
+            # escape: file names such as "[/x]" are not rich markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """The one way to put JSON on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """fitplan: measure, plan, train."""
+    _state["debug"] = debug
+    if not debug:
+        # TensorFlow's C++ start-up chatter (CUDA stubs, CPU flags) is noise for a user;
+        # set before any command imports TensorFlow. --debug keeps it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _show_fitplan_warnings()
+
+
+def _show_fitplan_warnings() -> None:
+    """A `FitplanWarning` (an excluded pair, a plan made elsewhere) becomes one yellow line."""
+    previous = warnings.showwarning
+    if getattr(previous, "fitplan", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FitplanWarning):
+            err.print(
+                f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+            )
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.fitplan = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+DataArg = Annotated[Path, typer.Argument(help="Dataset root holding the image and mask folders.")]
