@@ -1,11 +1,9 @@
 """Check one image or mask file: what it is, whether it is whole, and (for masks) its values.
 
-Images are read header-only (format, mode, size) and checked for integrity as
-cheaply as the format allows: a PNG's chunk CRCs are walked with Pillow's
-`verify()` (catches truncation, including a missing end chunk, without
-decompressing), a JPEG must end with its end-of-image marker (if not, it is
-decoded to get the decoder's own reason), and the rarer formats (BMP, GIF, TIFF)
-are decoded. Masks that are sampled for their values are decoded in full.
+Images are read header-only (format, mode, size) and checked with the trainer's one
+integrity rule (`trainer.data.integrity`: the same files are excluded, in the same
+words, by the scan and by training). Masks that are sampled for their values are
+decoded in full.
 
 Every file's bytes are hashed (SHA-256) from the one read that the checks need
 anyway, for the dataset digest (docs/scan.md says why content, not mtimes).
@@ -14,11 +12,7 @@ anyway, for the dataset digest (docs/scan.md says why content, not mtimes).
 from __future__ import annotations
 
 import hashlib
-import io
-import re
 import stat
-import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +20,15 @@ import numpy as np
 from PIL import Image, ImageChops
 
 from planner.scan.values import sparse_levels
+from trainer.data.integrity import (
+    check_whole,
+    open_header,
+    os_problem,
+    problem_of,
+    stat_problem,
+)
 from trainer.data.masks import MAX_CLASSES, class_values_from_histogram
 
-# Pillow's own decompression-bomb threshold (about 89 Mpx, 9459x9459): larger images
-# are refused before a single pixel is decoded, so a forged header cannot fill RAM.
-MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 # Files above this are hashed in chunks and opened from disk instead of from memory.
 _READ_WHOLE_LIMIT = 64 << 20
 _EXT_FORMATS = {
@@ -97,7 +95,7 @@ def inspect(path: Path, *, values: bool = False) -> FileInfo:
     # A decoder fed a hostile file may raise almost anything (OSError, SyntaxError,
     # struct.error, ValueError...): the scan must name the file and go on, never crash.
     except Exception as exc:  # noqa: BLE001
-        info.problem = _reason(exc)
+        info.problem = problem_of(exc)
     return info
 
 
@@ -105,12 +103,11 @@ def _read(info: FileInfo) -> bytes | None:
     path = info.path
     try:
         st = path.stat()
+        info.problem = stat_problem(st)
         if not stat.S_ISREG(st.st_mode):
-            # A FIFO or device named x.png would block or never end a read.
-            info.problem = "not a regular file (a pipe, socket or device)"
-            return None
+            return None  # a FIFO or device named x.png would block or never end a read
         info.size_bytes = st.st_size
-        h = hashlib.sha256()
+        h = hashlib.sha256()  # an empty file too: the digest counts it
         if info.size_bytes <= _READ_WHOLE_LIMIT:
             data = path.read_bytes()
             h.update(data)
@@ -120,30 +117,15 @@ def _read(info: FileInfo) -> bytes | None:
                 while chunk := fh.read(1 << 20):
                     h.update(chunk)
         info.sha256 = h.hexdigest()
-    except FileNotFoundError:
-        info.problem = "broken symlink" if path.is_symlink() else "file vanished during the scan"
-        return None
     except OSError as exc:
-        info.problem = f"cannot read ({exc.strerror or exc})"
+        info.problem = os_problem(path, exc)
         return None
-    if info.size_bytes == 0:
-        info.problem = "empty file (0 bytes)"
     return data
 
 
-def _open(info: FileInfo, data: bytes | None) -> Image.Image:
-    src = io.BytesIO(data) if data is not None else info.path
-    with warnings.catch_warnings():
-        # Between 1x and 2x MAX_PIXELS Pillow only warns; we refuse those ourselves below.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            return Image.open(src)
-        except Image.DecompressionBombError as exc:
-            raise _TooLarge(_claimed_size(data, str(exc))) from None
-
-
 def _check(info: FileInfo, data: bytes | None, values: bool) -> None:
-    im = _open(info, data)
+    src = data if data is not None else info.path
+    im = open_header(src)
     info.format, info.mode = im.format, im.mode
     info.width, info.height = im.size
     info.bands = _DECODED_BANDS.get(im.mode, len(im.getbands()))
@@ -151,20 +133,10 @@ def _check(info: FileInfo, data: bytes | None, values: bool) -> None:
     expected = _EXT_FORMATS.get(info.path.suffix.lower())
     if expected and info.format not in (expected, "MPO" if expected == "JPEG" else expected):
         info.note = f"a {info.format} file named {info.path.suffix} (it decodes; fine)"
-    if info.width * info.height > MAX_PIXELS:
-        raise _TooLarge(f"{info.height}x{info.width} ({info.width * info.height / 1e6:.0f} Mpx)")
-
-    decoded = False
-    if info.format == "PNG":
-        im.verify()  # chunk CRCs up to IEND, no decompression
-    elif info.format in ("JPEG", "MPO") and data is not None and _ends_with_eoi(data):
-        pass  # ends with its end-of-image marker; a full decode would cost ~10x more
-    else:
-        im.load()  # rarer formats (or a JPEG without EOI): the decoder is the judge
-        decoded = True
+    decoded = check_whole(im, src)
     if values:
         if not decoded:
-            im = _open(info, data)
+            im = open_header(src)
         hist, info.problem = mask_histogram(im)
         if hist is not None:
             info.levels = sparse_levels(hist)
@@ -207,11 +179,6 @@ def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
     return hist, None
 
 
-def _ends_with_eoi(data: bytes) -> bool:
-    # Some writers pad after the marker; anything else odd goes to the decoder instead.
-    return data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
-
-
 def _bit_depth(im: Image.Image, data: bytes | None) -> int:
     if im.format == "PNG" and data is not None and data[12:16] == b"IHDR":
         return data[24]  # the IHDR bit depth per sample (Pillow reads 16-bit RGB as 8)
@@ -224,29 +191,3 @@ def decoded_bytes(info: FileInfo) -> int:
     """uint8 bytes this file takes once decoded at native size."""
     return info.height * info.width * max(info.bands, 1)
 
-
-class _TooLarge(Exception):
-    def __init__(self, what: str):
-        super().__init__(
-            f"too large: header claims {what}, over the {MAX_PIXELS / 1e6:.0f} Mpx limit; "
-            f"not decoded (downscale or tile it)"
-        )
-
-
-def _claimed_size(data: bytes | None, message: str) -> str:
-    if data is not None and data[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", data[16:24])
-        return f"{h}x{w} ({w * h / 1e6:.0f} Mpx)"
-    m = re.search(r"\((\d+) pixels\)", message)
-    return f"{int(m.group(1)) / 1e6:.0f} Mpx" if m else "an enormous size"
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, _TooLarge):
-        return str(exc)
-    if type(exc).__name__ == "UnidentifiedImageError":
-        return "not an image Pillow can read (unknown or corrupt header)"
-    text = str(exc).strip() or type(exc).__name__
-    if "truncat" in text.lower() or isinstance(exc, EOFError):
-        return f"truncated or corrupt: {text}"
-    return f"unreadable: {text}"

@@ -1,14 +1,18 @@
-"""Check image/mask files before training, so a bad file is named at start-up, not met mid-epoch.
+"""The one rule for an image or mask file that can be trained on, and its check before training.
 
-`check_pairs` applies the scan's integrity rule (planner/scan/imageinfo.py; the fault
-suite asserts both flag the same files) to every pair as cheaply as the format
-allows: the header is read without decoding pixels, a PNG's chunk CRCs are walked
-(Pillow's `verify()`: catches truncation without decompressing), a JPEG must end
-with its end-of-image marker (else the decoder judges), rarer formats are decoded.
-Pipes and devices named like images are never opened (a read would block forever),
-and a header claiming more pixels than Pillow's decompression-bomb limit is refused
-before anything is allocated. Bad pairs are returned, not raised: the data module
-excludes them with a warning naming the file, as `fitplan scan` does.
+A file is usable when it is a regular, non-empty file whose header Pillow reads,
+whose header claims no more pixels than Pillow's decompression-bomb limit (refused
+before anything is allocated), and that is whole, checked as cheaply as its format
+allows: a PNG's chunk CRCs are walked (Pillow's `verify()`: catches truncation
+without decompressing), a JPEG must end with its end-of-image marker (else the
+decoder judges), rarer formats are decoded. Pipes and devices named like images are
+never opened (a read would block forever).
+
+`fitplan scan` (`planner.scan.imageinfo`, which also hashes each file and reads mask
+values) and the trainer's start-up check (`check_pairs`) both apply it through
+`open_header`, `check_whole` and `problem_of`, so they exclude the same files with the
+same words. Bad pairs are returned, not raised: the data module excludes them with a
+warning naming the file, as `fitplan scan` does.
 
 A file that passes these checks can still fail to decode (a corrupt compressed
 stream under valid CRCs). `find_undecodable` then finds it by decoding every file
@@ -17,6 +21,7 @@ exactly as training does; the trainer calls it only after such a failure.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -32,8 +37,15 @@ from trainer.data.decode import FileInfo, inspect_image
 from trainer.data.pairs import Pair
 from trainer.errors import DataError
 
-# Pillow's own decompression-bomb threshold (about 89 Mpx), as the scan uses.
+# Pillow's own decompression-bomb threshold (about 89 Mpx, 9459x9459): larger images
+# are refused before a single pixel is decoded, so a forged header cannot fill RAM.
 MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# A JPEG's end-of-image marker is looked for in this many trailing bytes.
+_TAIL = 64
+
+
+class ImageProblem(Exception):
+    """A file that cannot be trained on; its message is the reason shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -53,51 +65,109 @@ def file_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     try:
         st = path.stat()
-    except FileNotFoundError:
-        return "broken symlink" if path.is_symlink() else "file not found"
     except OSError as exc:
-        return f"cannot read ({exc.strerror or exc})"
+        return os_problem(path, exc)
+    problem = stat_problem(st)
+    if problem is not None:
+        return problem
+    try:
+        with open_header(path) as im:
+            check_whole(im, path)
+    # A decoder fed a hostile file may raise almost anything: name the file and go on.
+    except Exception as exc:  # noqa: BLE001
+        return problem_of(exc)
+    return None
+
+
+def stat_problem(st: os.stat_result) -> str | None:
+    """Why a file with this `stat` cannot be an image (a pipe, a device, 0 bytes), or `None`."""
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file (a pipe, socket or device)"
     if st.st_size == 0:
         return "empty file (0 bytes)"
-    try:
-        with warnings.catch_warnings():
-            # Between 1x and 2x MAX_PIXELS Pillow only warns; refused below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > MAX_PIXELS:
-                    return _too_large(f"{height}x{width} ({width * height / 1e6:.0f} Mpx)")
-                _verify(im, path, st.st_size)
-    except Image.DecompressionBombError as exc:
-        return _too_large(_claimed_size(path, str(exc)))
-    # A decoder fed a hostile file may raise almost anything: name the file and go on.
-    except Exception as exc:  # noqa: BLE001
-        return _reason(exc)
     return None
 
 
-def _verify(im: Image.Image, path: Path, size: int) -> None:
+def os_problem(path: Path, exc: OSError) -> str:
+    """The reason for an `OSError` met while reading `path`."""
+    if isinstance(exc, FileNotFoundError):
+        return "broken symlink" if path.is_symlink() else "file vanished after it was listed"
+    return f"cannot read ({exc.strerror or exc})"
+
+
+def open_header(src: Path | bytes) -> Image.Image:
+    """Open a file (or its bytes) lazily: header only, nothing decoded.
+
+    Raises:
+        ImageProblem: the header claims more than twice `MAX_PIXELS` (Pillow's own
+            refusal, reworded with the claimed size).
+        Exception: whatever Pillow raises for a header it cannot read (`problem_of`
+            words it).
+    """
+    with warnings.catch_warnings():
+        # Between 1x and 2x MAX_PIXELS Pillow only warns; `check_whole` refuses those.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        except Image.DecompressionBombError as exc:
+            raise ImageProblem(_too_large(_claimed_size(_head(src), str(exc)))) from None
+
+
+def check_whole(im: Image.Image, src: Path | bytes) -> bool:
+    """Refuse an image over `MAX_PIXELS` and check that `im` (opened from `src`) is whole.
+
+    Returns:
+        `True` when the check decoded the pixels (`im` is loaded), `False` when it did
+        not (PNG: `im` is used up by `verify()`; JPEG: untouched).
+
+    Raises:
+        ImageProblem: too many pixels. Anything else: the decoder's own error.
+    """
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageProblem(_too_large(f"{height}x{width} ({width * height / 1e6:.0f} Mpx)"))
     if im.format == "PNG":
         im.verify()  # chunk CRCs up to IEND, no decompression
-    elif im.format in ("JPEG", "MPO") and _ends_with_eoi(path, size):
-        pass  # a full decode would cost about 10x more
-    else:
-        im.load()  # rarer formats (or a JPEG without its end marker): the decoder judges
+        return False
+    if im.format in ("JPEG", "MPO") and _ends_with_eoi(_tail(src)):
+        return False  # a full decode would cost about 10x more
+    im.load()  # rarer formats (or a JPEG without its end marker): the decoder judges
+    return True
 
 
-def _ends_with_eoi(path: Path, size: int) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(max(0, size - 64))
-        tail = fh.read()
-    # Some writers pad after the marker.
+def problem_of(exc: Exception) -> str:
+    """The reason to show for an exception raised by `open_header` or `check_whole`."""
+    if isinstance(exc, ImageProblem):
+        return str(exc)
+    if type(exc).__name__ == "UnidentifiedImageError":
+        return "not an image Pillow can read (unknown or corrupt header)"
+    text = str(exc).strip() or type(exc).__name__
+    if "truncat" in text.lower() or isinstance(exc, EOFError):
+        return f"truncated or corrupt: {text}"
+    return f"unreadable: {text}"
+
+
+def _head(src: Path | bytes) -> bytes:
+    if isinstance(src, bytes):
+        return src[:24]
+    with open(src, "rb") as fh:
+        return fh.read(24)
+
+
+def _tail(src: Path | bytes) -> bytes:
+    if isinstance(src, bytes):
+        return src[-_TAIL:]
+    with open(src, "rb") as fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - _TAIL))
+        return fh.read()
+
+
+def _ends_with_eoi(tail: bytes) -> bool:
+    # Some writers pad after the marker; anything else odd goes to the decoder instead.
     return tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
-def _claimed_size(path: Path, message: str) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(24)
+def _claimed_size(head: bytes, message: str) -> str:
     if head[12:16] == b"IHDR":
         w, h = struct.unpack(">II", head[16:24])
         return f"{h}x{w} ({w * h / 1e6:.0f} Mpx)"
@@ -110,15 +180,6 @@ def _too_large(what: str) -> str:
         f"too large: header claims {what}, over the {MAX_PIXELS / 1e6:.0f} Mpx limit; "
         "not decoded (downscale or tile it)"
     )
-
-
-def _reason(exc: Exception) -> str:
-    if type(exc).__name__ == "UnidentifiedImageError":
-        return "not an image Pillow can read (unknown or corrupt header)"
-    text = str(exc).strip() or type(exc).__name__
-    if "truncat" in text.lower() or isinstance(exc, EOFError):
-        return f"truncated or corrupt: {text}"
-    return f"unreadable: {text}"
 
 
 def _check_pair(pair: Pair) -> tuple[FileInfo, FileInfo] | Excluded:
@@ -184,4 +245,16 @@ def _op_message(exc: Exception) -> str:
     return re.sub(r"\s*\[Op:.*$", "", text).strip() or type(exc).__name__
 
 
-__all__ = ["MAX_PIXELS", "Excluded", "check_pairs", "file_problem", "find_undecodable"]
+__all__ = [
+    "MAX_PIXELS",
+    "Excluded",
+    "ImageProblem",
+    "check_pairs",
+    "check_whole",
+    "file_problem",
+    "find_undecodable",
+    "open_header",
+    "os_problem",
+    "problem_of",
+    "stat_problem",
+]
