@@ -1,4 +1,4 @@
-"""The child side of a trial: `python -m planner.trials.child` reads a spec on stdin.
+"""The child side of a trial: `main` reads a spec on stdin (`python -m planner.trials.child`).
 
 Everything here runs in the child process that `planner.trials.trial.run_trial` starts. It
 prints one JSON event per line on stdout behind `planner.trials.trial.MARKER`:

@@ -2,11 +2,12 @@
 
 The parent (this module) never imports TensorFlow or builds a model: TF cannot give GPU
 memory back after an out-of-memory error, and a crash must not take the planner down.
-A child (`python -m planner.trials.child`, see that module) builds the trainer's own
+A child (`planner.trials.child.main`, see that module) builds the trainer's own
 compiled model, runs `train_on_batch` on synthetic tensors for each micro-batch size in
 ascending order, and prints one JSON line per event on stdout behind `MARKER`; anything
 else on stdout is garbage. The parent enforces the time limit and kills the child's
-whole process group when it runs out.
+whole process group when it runs out. The child imports fitplan's own packages, never a
+`planner/` or `trainer/` in the working directory (`_child_command`).
 
 API for `planner.make_plan`:
     TrialSpec(backbone, input_size, micro_batches, precision=..., ...)   what to measure
@@ -38,8 +39,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import planner
+import trainer
 from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
 from trainer.oom import classify_exit
 
@@ -48,11 +52,39 @@ __all__ = ["DEFAULT_TARGET", "MARKER", "TrialResult", "TrialSpec", "measure_one"
 _STDERR_TAIL_LINES = 40
 
 
+# The folders fitplan's own packages were imported from (one, unless split installs).
+_PACKAGE_ROOTS = list(
+    dict.fromkeys(str(Path(m.__file__).resolve().parents[1]) for m in (planner, trainer))
+)
+
+
+def _child_command(entry: str) -> list[str]:
+    """The command line of a Python child that runs `entry` (`"package.module:function"`).
+
+    `python -m` and `python -c` put the working directory first on `sys.path`, so a
+    user who runs fitplan in a folder holding their own `planner/` or `trainer/` would
+    get *their* package imported in the child. Python 3.11's `-P` (PYTHONSAFEPATH)
+    stops that, but fitplan supports 3.10, and two start-ups would mean a path that
+    only some versions test. So the child always starts as `python -c` with a bootstrap
+    that drops the working directory `-c` added and puts the folders fitplan was
+    imported from first: one code path on every supported version.
+    """
+    module, _, func = entry.partition(":")
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; roots = {_PACKAGE_ROOTS!r}; "
+        "sys.path[:] = roots + [p for p in sys.path if p and p not in roots]; "
+        f"from {module} import {func}; {func}()",
+    ]
+
+
 def _child_env(spec: TrialSpec) -> dict[str, str]:
     env = dict(os.environ)
-    # The child must import what the parent imports (tests' fault targets included).
+    # The child must import what the parent imports (tests' fault targets included),
+    # and nothing from the working directory the parent did not import from.
     paths = [p for p in sys.path if p and os.path.isdir(p)]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([os.getcwd(), *paths]))
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if spec.device == "cpu":
@@ -87,7 +119,7 @@ def run_trial(
         spec.to_plan()  # a bad plan is the caller's mistake: raise here, not in the child
     payload = json.dumps({"spec": spec.to_dict(), "memory_limit_bytes": memory_limit_bytes})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "planner.trials.child"],
+        _child_command("planner.trials.child:main"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -130,13 +130,17 @@ def test_result_round_trips_through_a_dict():
 
 
 @pytest.mark.slow
-def test_real_unet_small_on_cpu():
-    """One real child: unet_small at 64x64, micro-batches 1 and 2, float32 (~35 s here)."""
+def test_real_unet_small_on_cpu(tmp_path, monkeypatch):
+    """One real child: unet_small at 64x64, micro-batches 1 and 2, float32 (~35 s here).
+
+    Started from a folder holding its own `planner/` and `trainer/` packages, as when a
+    user runs `fitplan plan` there: the child must still build and measure fitplan's model.
+    """
+    _shadowing_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
     results = run_trial(
         TrialSpec("unet_small", (64, 64), (1, 2), warmup_steps=2, measured_steps=2), timeout_s=300
     )
-    if results[0].status == "error" and "build_model_for_plan" in results[0].reason:
-        pytest.skip(f"trainer.train.fit.build_model_for_plan is not available yet: {results[0].reason}")
     assert [(r.micro_batch, r.status) for r in results] == [(1, "ok"), (2, "ok")], results
     one, two = results
     assert one.child_pid == two.child_pid
@@ -150,3 +154,18 @@ def test_real_unet_small_on_cpu():
 def test_measure_one_runs_one_size_in_its_own_child():
     r = measure_one(spec("fake_measure", (1, 4, 8), a=10, b=1), 6, timeout_s=60)
     assert (r.status, r.micro_batch, r.peak_bytes) == ("ok", 6, 16)
+
+
+def _shadowing_folder(root) -> None:
+    """A working directory holding its own `planner` and `trainer` packages."""
+    for name in ("planner", "trainer"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text('raise RuntimeError("shadow")\n')
+
+
+def test_the_working_directory_cannot_shadow_fitplan_in_the_child(tmp_path, monkeypatch):
+    """`fitplan plan` in a folder with its own `planner/` and `trainer/`: the child imports ours."""
+    _shadowing_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    results = run_trial(spec("fake_measure", (1, 2)), timeout_s=60)
+    assert [(r.status, r.micro_batch) for r in results] == [("ok", 1), ("ok", 2)], results
