@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from planner.verified_choice import choose_within_time
 from planner.search.candidates import Candidate
 from planner.search.choose import CandidateMeasurement
 from planner.trials.trial import TrialResult
+from planner.verified_choice import choose_within_time
 from trainer.errors import BudgetError
 
 GIB, MIB = 2**30, 2**20

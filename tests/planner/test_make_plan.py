@@ -23,6 +23,47 @@ def test_budget_too_small_fails_fast_naming_the_need(data_dir, tmp_path):
     assert not out.exists()  # no half-written plan
 
 
+def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monkeypatch):
+    """Every stage with fake children: the plan carries what they measured, exactly."""
+    from planner import hardware
+    from planner import make_plan as mp
+    from planner import verified_choice as vc
+    from planner.search import presets
+    from planner.trials.spec import TrialResult
+
+    gib, mib = 2**30, 2**20
+    budget = {"device": "cpu", "bytes": 8 * gib, "source": "probe", "derivation": "fake"}
+    monkeypatch.setattr(
+        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
+    )
+    pids = iter(range(1000, 1100))
+
+    def trial(size, peak):
+        return TrialResult("ok", size, peak, 0.01 * size, 1.0, traces=1, child_pid=next(pids))
+
+    monkeypatch.setattr(
+        mp,
+        "measure_each",
+        lambda spec, **kw: [trial(m, gib + 100 * mib * m) for m in spec.micro_batches],
+    )
+    verified_peak = 2 * gib + 7  # the line says 2.56 GiB at 16; the child measures less
+    monkeypatch.setattr(vc, "measure_one", lambda spec, size, **kw: trial(size, verified_peak))
+    out = tmp_path / "plan.json"
+    result = make_plan(data_dir, backbones=["unet_small"], sizes=[32], out=out)
+
+    plan = result.plan
+    assert plan.micro_batch == 16 and load_plan(out).to_dict() == plan.to_dict()
+    pred, ev = plan.prediction, plan.evidence
+    assert pred["verified"] is True
+    assert [(s["micro_batch"], s["action"]) for s in ev["verification"]] == [(16, "accepted")]
+    assert pred["train_step_peak_bytes"] == verified_peak == _measured_peak(plan)
+    overhead = presets.TRAINING_OVERHEAD_BYTES["cpu"]
+    assert pred["peak_bytes"] == verified_peak + overhead + pred["cache_bytes"]
+    trials = len(presets.TRIAL_MICRO_BATCHES)
+    assert result.children == ev["children"] == trials + 1  # one child each, and verification
+    assert result.traces == ev["traces"] == trials + 1
+
+
 @pytest.mark.slow
 def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     from planner.app.auto import auto_train
@@ -42,18 +83,42 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     assert plan.data.mask_values == (0, 255)
     assert plan.data.fingerprint.startswith("sha256:")
     assert plan.time_limit_s == 600
-    pred = plan.prediction
-    assert pred["peak_bytes"] > 0 and pred["step_time_s"] > 0 and pred["epochs"] >= 1
-    ev = plan.evidence
+    pred, ev = plan.prediction, plan.evidence
+    # The plan's train-step peak is a measured one: the accepted verification child's,
+    # or the trial's own at the chosen size.
+    assert pred["train_step_peak_bytes"] == _measured_peak(plan)
+    assert pred["peak_bytes"] == (
+        pred["train_step_peak_bytes"] + pred["training_overhead_bytes"] + pred["cache_bytes"]
+    )
+    assert pred["epoch_time_s"] >= pred["step_time_s"] * pred["micro_batches_per_epoch"]
     assert ev["children"] >= 1 and ev["planning_time_s"] > 0
     chosen = [e for e in ev["choice"]["evaluations"] if e["verdict"] == "chosen"]
     assert len(chosen) == 1
-    # the plan's prediction was measured: either directly by the trial or by verification
-    assert ev["verification"] or pred["verified"] == "measured directly"
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] >= 1
     assert any("measuring unet_small 32x32" in line for line in lines)
     assert result.children == ev["children"]
+
+
+def _measured_peak(plan):
+    """The measured peak behind the plan: verification's accepted step, else the trial's."""
+    steps = plan.evidence["verification"]
+    if steps:
+        assert plan.prediction["verified"] is True
+        accepted = [s for s in steps if s["action"] == "accepted"]
+        assert [s["micro_batch"] for s in accepted] == [plan.micro_batch]
+        return accepted[0]["peak_bytes"]
+    assert plan.prediction["verified"] == "measured directly"
+    (trial,) = [
+        t
+        for t in plan.evidence["trials"]
+        if (t["backbone"], tuple(t["input_size"]), t["precision"])
+        == (plan.backbone, plan.input_size, plan.precision)
+    ]
+    (result,) = [
+        r for r in trial["results"] if r["micro_batch"] == plan.micro_batch and r["status"] == "ok"
+    ]
+    return result["peak_bytes"]
 
 
 @pytest.mark.parametrize(
