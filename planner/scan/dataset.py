@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from planner.scan.imageinfo import FileInfo, decoded_bytes, inspect, read_and_ha
 from planner.scan.values import mask_summary
 from planner.scan.view import scan_table, warnings
 from trainer.data.digest import digest_entries
-from trainer.data.pairs import IMAGE_EXTENSIONS, find_pairs, resolve_folders
+from trainer.data.pairs import IMAGE_EXTENSIONS, PairList, find_pairs, resolve_folders
 from trainer.errors import DataError
 
 __all__ = [
@@ -77,45 +78,12 @@ def scan(
     root = Path(root)
     img_dir, mask_dir = resolve_folders(root, images, masks)
     found = find_pairs(root, images, masks)
-    n = len(found.pairs)
-    decode = set(range(n)) if mask_sample is None or mask_sample >= n else _spread(n, mask_sample)
-
-    def check(i: int) -> tuple[FileInfo, FileInfo]:
-        p = found.pairs[i]
-        return inspect(p.image), inspect(p.mask, values=i in decode)
-
-    # Pillow's decoders and hashlib release the GIL: threads overlap I/O and decoding.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(check, range(n)))
-        loose = list(
-            pool.map(read_and_hash, found.unpaired_images + found.unpaired_masks + found.duplicates)
-        )
+    checked, loose = _inspect_all(found, mask_sample)
 
     def rel(p: Path) -> str:
         return Path(os.path.relpath(p, root)).as_posix()
 
-    good: list[tuple[str, FileInfo, FileInfo]] = []
-    excluded, notes = [], []
-    for pair, (im, mk) in zip(found.pairs, checked, strict=True):
-        fault = _pair_problem(im, mk)
-        if fault:
-            excluded.append(
-                {
-                    "image": rel(im.path),
-                    "mask": rel(mk.path),
-                    "file": rel(fault[0]),
-                    "problem": fault[1],
-                }
-            )
-        else:
-            good.append((pair.key, im, mk))
-        for info in (im, mk):
-            if info.note:
-                notes.append({"file": rel(info.path), "note": info.note})
-    for info in loose:
-        if info.problem:
-            notes.append({"file": rel(info.path), "note": info.problem})
-
+    good, excluded, notes = _sort_pairs(found, checked, loose, rel)
     values = mask_summary([(rel(mk.path), mk.levels) for _, _, mk in good if mk.levels is not None])
     notes += values.pop("notes")
     all_files = [f for pair in checked for f in pair] + loose
@@ -144,12 +112,63 @@ def scan(
         "files": len(all_files),
         "digest": _digest([(rel(f.path), f) for f in all_files]),
     }
-    if n == 0 and found.unpaired_images and found.unpaired_masks:
+    if not found.pairs and found.unpaired_images and found.unpaired_masks:
         fp["suggestions"].insert(0, _naming_hint(fp))
     elapsed = time.perf_counter() - t0
     fp["scan_time_s"] = round(elapsed, 3)
     fp["files_per_s"] = round(len(all_files) / elapsed, 1) if elapsed > 0 else 0.0
     return fp
+
+
+def _inspect_all(
+    found: PairList, mask_sample: int | None
+) -> tuple[list[tuple[FileInfo, FileInfo]], list[FileInfo]]:
+    """Every pair's image and mask inspected (values for `mask_sample` masks), and the loose files."""
+    n = len(found.pairs)
+    decode = set(range(n)) if mask_sample is None or mask_sample >= n else _spread(n, mask_sample)
+
+    def check(i: int) -> tuple[FileInfo, FileInfo]:
+        p = found.pairs[i]
+        return inspect(p.image), inspect(p.mask, values=i in decode)
+
+    # Pillow's decoders and hashlib release the GIL: threads overlap I/O and decoding.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        checked = list(pool.map(check, range(n)))
+        loose = list(
+            pool.map(read_and_hash, found.unpaired_images + found.unpaired_masks + found.duplicates)
+        )
+    return checked, loose
+
+
+def _sort_pairs(
+    found: PairList,
+    checked: list[tuple[FileInfo, FileInfo]],
+    loose: list[FileInfo],
+    rel: Callable[[Path], str],
+) -> tuple[list[tuple[str, FileInfo, FileInfo]], list[dict[str, str]], list[dict[str, str]]]:
+    """`(good, excluded, notes)`: trainable pairs by key, excluded ones and why, file notes."""
+    good: list[tuple[str, FileInfo, FileInfo]] = []
+    excluded, notes = [], []
+    for pair, (im, mk) in zip(found.pairs, checked, strict=True):
+        fault = _pair_problem(im, mk)
+        if fault:
+            excluded.append(
+                {
+                    "image": rel(im.path),
+                    "mask": rel(mk.path),
+                    "file": rel(fault[0]),
+                    "problem": fault[1],
+                }
+            )
+        else:
+            good.append((pair.key, im, mk))
+        for info in (im, mk):
+            if info.note:
+                notes.append({"file": rel(info.path), "note": info.note})
+    for info in loose:
+        if info.problem:
+            notes.append({"file": rel(info.path), "note": info.problem})
+    return good, excluded, notes
 
 
 def _pair_problem(im: FileInfo, mk: FileInfo) -> tuple[Path, str] | None:

@@ -49,8 +49,35 @@ def mask_summary(masks: list[tuple[str, Levels]]) -> dict[str, Any]:
     for _, (v, c) in masks:
         np.add.at(total, v, c)
     values = class_values_from_histogram(total)
-    suggestions: list[str] = []
+    task, suggestions = _task(values)
     notes: list[dict[str, str]] = []
+    fringe = fringe_share(total, values) if values else 0.0
+    if fringe > DATASET_FRINGE_SUGGEST:
+        suggestions.append(
+            f"{fringe:.1%} of mask pixels lie between the class values {values} (JPEG "
+            f"artefacts or anti-aliasing); training maps them to the nearest class, but "
+            f"masks saved as PNG with exact values are better"
+        )
+    shares: list[float] = []
+    if values and total.sum() > 0:
+        lut = nearest_class_lut(values, depth=len(total))
+        per_class = np.bincount(lut, weights=total, minlength=len(values))
+        shares = [round(float(s), 6) for s in per_class / total.sum()]
+        notes = _fringe_notes(masks, values)
+    return {
+        "task": task,
+        "classes": len(values) if task != "unknown" else 0,
+        "mask_values": values,
+        "mask_fringe_share": round(fringe, 6),
+        "class_pixel_share": shares,
+        "suggestions": suggestions,
+        "notes": notes,
+    }
+
+
+def _task(values: list[int]) -> tuple[str, list[str]]:
+    """The task the class values describe, and suggestions when they look wrong."""
+    suggestions: list[str] = []
     if len(values) == 2:
         task = "binary"
     elif 3 <= len(values) <= MAX_CLASSES:
@@ -75,29 +102,7 @@ def mask_summary(masks: list[tuple[str, Levels]]) -> dict[str, Any]:
                 f"with JPEG artefacts; re-save them as PNG with exact values (threshold at "
                 f"{(lo + hi) // 2})"
             )
-
-    fringe = fringe_share(total, values) if values else 0.0
-    if fringe > DATASET_FRINGE_SUGGEST:
-        suggestions.append(
-            f"{fringe:.1%} of mask pixels lie between the class values {values} (JPEG "
-            f"artefacts or anti-aliasing); training maps them to the nearest class, but "
-            f"masks saved as PNG with exact values are better"
-        )
-    shares: list[float] = []
-    if values and total.sum() > 0:
-        lut = nearest_class_lut(values, depth=len(total))
-        per_class = np.bincount(lut, weights=total, minlength=len(values))
-        shares = [round(float(s), 6) for s in per_class / total.sum()]
-        notes = _fringe_notes(masks, values)
-    return {
-        "task": task,
-        "classes": len(values) if task != "unknown" else 0,
-        "mask_values": values,
-        "mask_fringe_share": round(fringe, 6),
-        "class_pixel_share": shares,
-        "suggestions": suggestions,
-        "notes": notes,
-    }
+    return task, suggestions
 
 
 def _fringe_notes(masks: list[tuple[str, Levels]], values: list[int]) -> list[dict[str, str]]:
