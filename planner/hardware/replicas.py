@@ -55,9 +55,7 @@ def replica_budget(report: dict, devices: int | None = None, workers: int = 1) -
                 hint="on a CPU each worker is one replica: leave devices at 1",
             )
         return _with_replicas(default_budget(report), [], 1, workers)
-    order = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
-    by_index = {g["index"]: g for g in gpus}
-    ordered = [by_index[i] for i in (order or sorted(by_index)) if i in by_index]
+    ordered = _in_cuda_order(report, gpus, env)
     n = len(ordered) if devices is None else devices
     if n > len(ordered):
         raise HardwareError(
@@ -66,6 +64,22 @@ def replica_budget(report: dict, devices: int | None = None, workers: int = 1) -
             hint="lower devices, or check CUDA_VISIBLE_DEVICES and `fitplan probe`",
         )
     used = ordered[:n]
+    budget = _smallest_budget(used, env)
+    return _with_replicas(budget, [g["index"] for g in used], n, workers)
+
+
+def _in_cuda_order(report: dict, gpus: list[dict], env: dict) -> list[dict]:
+    """The usable GPUs in the order CUDA (and so TensorFlow) numbers them."""
+    order = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
+    by_index = {g["index"]: g for g in gpus}
+    return [by_index[i] for i in (order or sorted(by_index)) if i in by_index]
+
+
+def _smallest_budget(used: list[dict], env: dict) -> dict:
+    """One replica's budget: the smallest of the used GPUs' (free memory minus reserve).
+
+    `used` is in CUDA order, so a GPU's position in it is its TensorFlow device number.
+    """
     per_gpu = [(g, g["memory_free_bytes"] - gpu_reserve_bytes(g, env)) for g in used]
     gpu, smallest = min(per_gpu, key=lambda p: (p[1], p[0]["index"]))
     if smallest < MIN_GPU_BUDGET_BYTES:
@@ -76,11 +90,11 @@ def replica_budget(report: dict, devices: int | None = None, workers: int = 1) -
             hint="free that GPU, or hide it with CUDA_VISIBLE_DEVICES",
         )
     listed = ", ".join(f"GPU {g['index']} {fmt_bytes(b)}" for g, b in per_gpu)
-    budget = {
+    return {
         "device": "gpu",
         "device_index": gpu["index"],
         "device_name": gpu.get("name"),
-        "tf_device": f"/GPU:{ordered.index(gpu)}",
+        "tf_device": f"/GPU:{used.index(gpu)}",
         "bytes": int(smallest),
         "source": "probe",
         "derivation": f"smallest per-replica budget of {listed} (free minus reserve)",
@@ -94,7 +108,6 @@ def replica_budget(report: dict, devices: int | None = None, workers: int = 1) -
             for g, b in per_gpu
         ],
     }
-    return _with_replicas(budget, [g["index"] for g in used], n, workers)
 
 
 def _with_replicas(budget: dict, indices: list[int], devices: int, workers: int) -> dict:
