@@ -15,6 +15,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from planner.app.cli import app
+from tests import plans
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -22,18 +23,11 @@ runner = CliRunner()
 
 def plan_dict(data_root: Path, **over: Any) -> dict[str, Any]:
     """The smallest real plan: unet_small at 32x32, 2 images per step, a few steps."""
-    raw: dict[str, Any] = {
-        "version": 1,
-        "backbone": "unet_small",
-        "input_size": [32, 32],
-        "micro_batch": 2,
-        "epochs": 2,
-        "steps_per_epoch": 2,
-        "augment": {"preset": "none"},
-        "data": {"path": str(data_root), "val_fraction": 0.3, "mask_values": [0, 255]},
-    }
-    raw.update(over)
-    return raw
+    data = {"val_fraction": 0.3, "mask_values": [0, 255]}
+    tiny = plans.plan_dict(
+        data_root, data=data, epochs=2, steps_per_epoch=2, augment={"preset": "none"}
+    )
+    return {**tiny, **over}  # a `data` here replaces the whole object
 
 
 def write_plan(path: Path, raw: dict[str, Any] | str) -> Path:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tests.plans import minimal_plan
 from trainer.atomic import write_json, write_text
 from trainer.plan import Plan, save_plan
 
@@ -24,18 +25,13 @@ HISTORY = """epoch,dice,iou,learning_rate,loss,peak_memory_bytes,val_dice,val_io
 
 def make_plan(data_dir: Path, num_classes: int = 2, **over: Any) -> Plan:
     mask_values = [0, 255] if num_classes == 2 else list(range(num_classes))
-    raw: dict[str, Any] = {
-        "version": 1,
-        "backbone": "unet_small",
-        "input_size": [32, 32],
-        "micro_batch": 2,
+    run: dict[str, Any] = {
         "epochs": 3,
-        "data": {"path": str(data_dir), "val_fraction": 0.25, "mask_values": mask_values},
         "target": {"device": "cpu", "budget_bytes": 4 * 2**30, "budget_source": "user"},
         "prediction": {"peak_bytes": 1_600_000_000, "step_time_s": 0.05},
     }
-    raw.update(over)
-    return Plan.from_dict(raw)
+    data = {"val_fraction": 0.25, "mask_values": mask_values}
+    return minimal_plan(data_dir, data=data, **{**run, **over})
 
 
 def _crops(plan: Plan, num_classes: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,22 +5,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from tests.plans import minimal_plan  # noqa: E402
 from trainer.plan import Plan  # noqa: E402
 from trainer.train.setup import make_optimizer  # noqa: E402
 
 
 def _plan(name: str, micro_batch: int, steps: int) -> Plan:
-    return Plan.from_dict(
-        {
-            "version": 1,
-            "backbone": "unet_small",
-            "input_size": [32, 32],
-            "micro_batch": micro_batch,
-            "accumulation_steps": steps,
-            "optimizer": {"name": name, "learning_rate": 0.05},
-            "data": {"path": "D"},
-        }
-    )
+    optimizer = {"name": name, "learning_rate": 0.05}
+    return minimal_plan(micro_batch=micro_batch, accumulation_steps=steps, optimizer=optimizer)
 
 
 def _model(seed: int = 3) -> keras.Model:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.plans import minimal_plan
 from trainer.data.decode import infer_mask_values, load_image, load_mask, load_mask_raw
 from trainer.data.pairs import Pair
 from trainer.data.pipeline import build_datasets
@@ -42,15 +43,7 @@ def _dataset(root: Path, n: int, hw=(48, 64), classes: int = 2, seed: int = 0) -
 
 
 def _plan(root: Path, **data) -> Plan:
-    raw = {
-        "version": 1,
-        "backbone": "unet_small",
-        "input_size": [32, 32],
-        "micro_batch": 2,
-        "accumulation_steps": 2,
-        "data": {"path": str(root), **data},
-    }
-    return Plan.from_dict(raw)
+    return minimal_plan(root, data=data, accumulation_steps=2)
 
 
 def _pairs(keys) -> list[Pair]:

@@ -23,24 +23,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.plans import minimal_plan as _plan
 from trainer.errors import HardwareError, PlanError
-from trainer.plan import Plan
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 TIMEOUT_S = 900  # a hung collective fails the test instead of hanging the suite
-
-
-def _plan(**over) -> Plan:
-    raw = {
-        "version": 1,
-        "backbone": "unet_small",
-        "input_size": [32, 32],
-        "micro_batch": 2,
-        "data": {"path": "data"},
-    }
-    raw.update(over)
-    return Plan.from_dict(raw)
 
 
 # -- learning-rate rule -----------------------------------------------------------------

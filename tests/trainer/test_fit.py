@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.plans import minimal_plan
 from trainer.errors import DataError, DiskFullError, RunDirError, WeightsError
 from trainer.plan import Plan, save_plan
 
@@ -24,19 +25,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _plan(data_dir: Path, **over) -> Plan:
-    raw = {
-        "version": 1,
-        "backbone": "unet_small",
-        "input_size": [32, 32],
-        "micro_batch": 2,
-        "accumulation_steps": 2,
-        "epochs": 2,
-        "steps_per_epoch": 4,
-        "data": {"path": str(data_dir), "val_fraction": 0.3},
-        "lr_schedule": {"patience": 1},
-    }
-    raw.update(over)
-    return Plan.from_dict(raw)
+    fit = dict(accumulation_steps=2, epochs=2, steps_per_epoch=4, lr_schedule={"patience": 1})
+    return minimal_plan(data_dir, data={"val_fraction": 0.3}, **{**fit, **over})
 
 
 def test_train_writes_a_complete_bounded_run(tmp_path, data_dir):
