@@ -17,8 +17,12 @@ def _gib(n: Any) -> str:
 def plan_table(plan_dict: dict[str, Any]) -> Group:
     """Candidates with their verdicts, then the chosen plan and its prediction."""
     ev = plan_dict.get("evidence") or {}
-    pred = plan_dict.get("prediction") or {}
     rows = (ev.get("choice") or {}).get("evaluations", [])
+    return Group(_candidates_table(rows), _summary_table(plan_dict))
+
+
+def _candidates_table(rows: list[dict[str, Any]]) -> Table:
+    """One row per candidate evaluation: its micro-batch, peak, times, score and verdict."""
     cands = Table(title="candidates", show_lines=False)
     for col in (
         "backbone",
@@ -51,6 +55,13 @@ def plan_table(plan_dict: dict[str, Any]) -> Group:
             r.get("reason", ""),
             style=style,
         )
+    return cands
+
+
+def _summary_table(plan_dict: dict[str, Any]) -> Table:
+    """The chosen plan: backbone, batch, data cache, predicted memory and time, planning cost."""
+    ev = plan_dict.get("evidence") or {}
+    pred = plan_dict.get("prediction") or {}
     summary = Table(title="plan", show_header=False)
     size = plan_dict["input_size"]
     summary.add_row(
@@ -84,4 +95,4 @@ def plan_table(plan_dict: dict[str, Any]) -> Group:
         f"{ev.get('planning_time_s', 0):.0f} s, {ev.get('children', 0)} child processes, "
         f"{ev.get('traces', 0)} graph traces",
     )
-    return Group(cands, summary)
+    return summary
