@@ -192,5 +192,3 @@ def precision_advice(report: dict, budget: dict) -> dict:
 
 def _advice(policy: str, reason: str) -> dict:
     return {"policy": policy, "reason": reason}
-
-

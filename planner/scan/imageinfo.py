@@ -190,4 +190,3 @@ def _bit_depth(im: Image.Image, data: bytes | None) -> int:
 def decoded_bytes(info: FileInfo) -> int:
     """uint8 bytes this file takes once decoded at native size."""
     return info.height * info.width * max(info.bands, 1)
-

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.data.augment import NONE, AugmentSettings, augment_pair, random_params
+from trainer.data.splits import upsize_factor
 from trainer.plan import AugmentSpec
 
 DEFAULT = AugmentSettings.from_spec(AugmentSpec())
@@ -132,6 +133,16 @@ def test_image_smaller_than_crop_is_sampled_up_not_padded_with_garbage():
         img, m = _augment(image, mask, NONE, seed)
         assert img.shape == (32, 32, 3) and m.shape == (32, 32)
         np.testing.assert_array_equal(np.rint(img[..., 0]), m)
+
+
+@pytest.mark.parametrize(
+    ("hw", "out"), [((20, 40), (32, 32)), ((10, 6), (32, 32)), ((50, 90), (32, 64))]
+)
+def test_crops_of_small_images_grow_them_by_the_one_upsize_factor(hw, out):
+    # The affine map's source step per output pixel mirrors `upsize_factor` in tensors.
+    transforms, _ = random_params(tf.constant([3, 1], tf.int64), tf.constant(hw), 4, out, NONE)
+    step = np.abs(transforms.numpy()[:, 0])
+    np.testing.assert_allclose(step, 1.0 / upsize_factor(*hw, out), rtol=1e-6)
 
 
 def test_same_seed_same_crop_and_params_are_vectorised():

@@ -13,7 +13,7 @@ from tests.plans import minimal_plan
 from trainer.data.decode import infer_mask_values, load_image, load_mask, load_mask_raw
 from trainer.data.pairs import Pair
 from trainer.data.pipeline import build_datasets
-from trainer.data.splits import epoch_steps, split_pairs, tile_starts
+from trainer.data.splits import epoch_steps, split_pairs, tile_starts, work_size
 from trainer.errors import DataError, FitplanWarning
 from trainer.plan import Plan
 
@@ -74,15 +74,32 @@ def test_val_split_keeps_one_pair_on_each_side():
     assert split_pairs(_pairs(["a", "b", "c"]), 0.0)[1] == []
 
 
-@pytest.mark.parametrize("length, tile", [(32, 32), (33, 32), (100, 32), (768, 256), (1000, 64)])
-def test_tiles_cover_the_length_with_the_last_aligned_to_the_end(length, tile):
-    starts = tile_starts(length, tile)
+@pytest.mark.parametrize(
+    ("length", "tile", "stride"),
+    [(32, 32, None), (33, 32, None), (100, 32, None), (768, 256, None), (1000, 64, None)]
+    + [(32, 32, 16), (70, 32, 16), (100, 32, 24), (1000, 64, 32)],
+)
+def test_tiles_cover_the_length_with_the_last_aligned_to_the_end(length, tile, stride):
+    starts = tile_starts(length, tile, stride)
     covered = np.zeros(length, bool)
     for s in starts:
         assert 0 <= s <= length - tile
         covered[s : s + tile] = True
-    assert covered.all() and starts[-1] == length - tile
-    assert len(starts) == -(-length // tile)
+    assert covered.all() and starts[0] == 0 and starts[-1] == length - tile
+    assert all(0 < b - a <= (stride or tile) for a, b in zip(starts, starts[1:], strict=False))
+    assert len(starts) == -(-(length - tile) // (stride or tile)) + 1
+
+
+def test_a_length_shorter_than_a_tile_is_refused():
+    with pytest.raises(ValueError, match="at least `tile`"):
+        tile_starts(20, 32)
+
+
+def test_small_images_are_sized_up_keeping_their_aspect():
+    assert work_size(10, 6, 1.0, (32, 32)) == (54, 32)
+    assert work_size(64, 96, 0.5, (32, 32)) == (32, 48)
+    assert work_size(40, 40, 1.0, (32, 32)) == (40, 40)
+    assert work_size(40, 40, 0.5, (32, 16)) == (32, 32)
 
 
 @pytest.mark.parametrize("crops, batch, k", [(1, 4, 2), (24, 2, 2), (25, 3, 4), (288, 4, 2)])

@@ -10,21 +10,10 @@ import pytest
 
 from tests.trainer.run_factory import make_plan, make_run
 from trainer.errors import RunDirError
-from trainer.use.inference import load_run, work_size
-from trainer.use.tiling import blend_window, pad_to, sliding_window, tile_starts, to_classes
+from trainer.use.inference import load_run
+from trainer.use.tiling import blend_window, pad_to, sliding_window, to_classes
 
 # -- tiling (pure numpy, no model) -------------------------------------------------------
-
-
-@pytest.mark.parametrize(("length", "tile", "stride"), [(32, 32, 16), (70, 32, 16), (100, 32, 24)])
-def test_tile_starts_cover_the_length_and_end_at_it(length, tile, stride):
-    starts = tile_starts(length, tile, stride)
-    assert starts[0] == 0 and starts[-1] == length - tile
-    assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:], strict=False))
-    covered = np.zeros(length, bool)
-    for s in starts:
-        covered[s : s + tile] = True
-    assert covered.all()
 
 
 def test_blend_window_is_positive_peaks_in_the_centre_and_sums_flat_at_half_stride():
@@ -153,12 +142,6 @@ def test_image_scale_predicts_smaller_and_resizes_back(tmp_path, fake):
     out = run.predict_classes(np.random.default_rng(1).random((64, 64, 3)).astype(np.float32))
     assert out.shape == (64, 64)
     assert len(seen) == 1  # the 64x64 image became one 32x32 tile
-
-
-def test_small_images_are_sized_up_as_in_training():
-    assert work_size(10, 6, 1.0, (32, 32)) == (54, 32)  # aspect kept, as trainer.data.pipeline does
-    assert work_size(64, 96, 0.5, (32, 32)) == (32, 48)
-    assert work_size(40, 40, 1.0, (32, 32)) == (40, 40)
 
 
 def test_missing_files_are_named(tmp_path, fake):

@@ -92,7 +92,11 @@ def random_params(
     # Footprint of the crop in the source: a quarter turn swaps its sides.
     odd = tf.equal(k % 2, 1)
     rw, rh = tf.where(odd, ho, wo), tf.where(odd, wo, ho)
-    step = tf.minimum(1.0 / zoom, tf.minimum(w / rw, h / rh))  # source pixels per output pixel
+    # Source pixels per output pixel. min(w / rw, h / rh) is 1 / `splits.upsize_factor` of
+    # the footprint: a smaller image is sampled more densely, i.e. resized up as validation
+    # and prediction do. Written in tensors because the footprint is per crop (zoom,
+    # quarter turn); test_augment holds the two equal.
+    step = tf.minimum(1.0 / zoom, tf.minimum(w / rw, h / rh))
     fw, fh = rw * step, rh * step
     # Integer starts keep the samples on pixel centres at zoom 1: no blur, exact masks.
     x0 = tf.floor(u[:, 5] * (tf.floor(w - fw) + 1.0))

@@ -12,7 +12,6 @@ few decoded images at a time, so memory does not grow with the dataset.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,14 @@ from trainer.data.decode import (
 )
 from trainer.data.integrity import check_pairs
 from trainer.data.pairs import Pair, find_pairs
-from trainer.data.splits import crops_for, epoch_steps, split_pairs, tile_starts
+from trainer.data.splits import (
+    crops_for,
+    epoch_steps,
+    scaled_size,
+    split_pairs,
+    tile_starts,
+    work_size,
+)
 from trainer.errors import DataError, FitplanWarning
 from trainer.plan import DataSpec, Plan
 
@@ -46,7 +52,6 @@ __all__ = [
     "load_image",
     "load_mask",
     "split_pairs",
-    "tile_starts",
 ]
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -112,16 +117,16 @@ class _Meta:
 
 
 def _inspect(
-    pairs: list[Pair], infos: dict[Pair, tuple[FileInfo, FileInfo]], scale: float, min_hw
+    pairs: list[Pair], infos: dict[Pair, tuple[FileInfo, FileInfo]], scale: float, tile
 ) -> _Meta:
-    """Sizes at `scale` (from checked headers), resized up (aspect kept) to at least `min_hw`."""
+    """Sizes at `scale` (from checked headers); with a `tile`, brought up to fit it (`work_size`)."""
     meta = _Meta(pairs, [], [], [], [])
     for p in pairs:
         img, mask = infos[p]
-        h, w = max(1, round(img.height * scale)), max(1, round(img.width * scale))
-        if min_hw is not None and (h < min_hw[0] or w < min_hw[1]):
-            f = max(min_hw[0] / h, min_hw[1] / w)
-            h, w = max(min_hw[0], math.ceil(h * f)), max(min_hw[1], math.ceil(w * f))
+        if tile is None:
+            h, w = scaled_size(img.height, img.width, scale)
+        else:
+            h, w = work_size(img.height, img.width, scale, tile)
         meta.image_route.append(img.route)
         meta.mask_route.append(mask.route)
         meta.height.append(h)
@@ -235,31 +240,48 @@ def _train_dataset(
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
 
+def _val_tiles(meta: _Meta, tile: tuple[int, int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Every validation tile's corner `(y, x)`, pair by pair, and where each pair's tiles start.
+
+    Computed from the header sizes with `tile_starts`, the rule prediction uses too, so the
+    graph only slices: it holds no tensor copy of the rule.
+    """
+    corners, first = [], [0]
+    for h, w in zip(meta.height, meta.width, strict=True):
+        corners += [(y, x) for y in tile_starts(h, tile[0]) for x in tile_starts(w, tile[1])]
+        first.append(len(corners))
+    return corners, first
+
+
 def _val_dataset(
-    meta: _Meta, lut: tf.Tensor, plan: Plan, steps: int, batch: int
+    meta: _Meta,
+    lut: tf.Tensor,
+    plan: Plan,
+    tiles: tuple[list[tuple[int, int]], list[int]],
+    steps: int,
+    batch: int,
 ) -> tf.data.Dataset:
     th, tw = plan.input_size
     load = _loader(meta, lut)
-    ds = tf.data.Dataset.range(len(meta.pairs)).map(load, num_parallel_calls=AUTOTUNE)
+    corners = tf.constant(tiles[0], tf.int32, shape=[len(tiles[0]), 2])
+    first = tf.constant(tiles[1], tf.int32)
+    ds = tf.data.Dataset.range(len(meta.pairs)).map(
+        lambda i: (i, *load(i)), num_parallel_calls=AUTOTUNE
+    )
     if plan.data.cache == "memory":
         ds = ds.cache()
 
-    def starts(length: tf.Tensor, tile: int) -> tf.Tensor:
-        n = (length + tile - 1) // tile
-        return tf.minimum(tf.range(n) * tile, length - tile)
-
-    def tiles(image, mask):
-        ys, xs = starts(tf.shape(image)[0], th), starts(tf.shape(image)[1], tw)
-        yy, xx = tf.meshgrid(ys, xs, indexing="ij")
-        grid = tf.data.Dataset.from_tensor_slices((tf.reshape(yy, [-1]), tf.reshape(xx, [-1])))
-        return grid.map(
-            lambda y, x: (
+    def cut(i, image, mask):
+        def crop(corner):
+            y, x = corner[0], corner[1]
+            return (
                 tf.ensure_shape(as_rgb(image[y : y + th, x : x + tw]), [th, tw, 3]),
                 tf.ensure_shape(tf.cast(mask[y : y + th, x : x + tw], tf.float32), [th, tw, 1]),
             )
-        )
 
-    ds = ds.flat_map(tiles).batch(batch).prefetch(AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices(corners[first[i] : first[i + 1]]).map(crop)
+
+    ds = ds.flat_map(cut).batch(batch).prefetch(AUTOTUNE)
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
 
@@ -315,12 +337,9 @@ def build_datasets(
 
     val, val_steps = None, 0
     if val_meta is not None:
-        n_tiles = sum(
-            len(tile_starts(h, size[0])) * len(tile_starts(w, size[1]))
-            for h, w in zip(val_meta.height, val_meta.width, strict=True)
-        )
-        val_steps = -(-n_tiles // batch)
-        val = _val_dataset(val_meta, lut, plan, val_steps, batch)
+        tiles = _val_tiles(val_meta, size)
+        val_steps = -(-len(tiles[0]) // batch)
+        val = _val_dataset(val_meta, lut, plan, tiles, val_steps, batch)
 
     return DataBundle(
         train=train,

@@ -1,12 +1,16 @@
-"""Epoch arithmetic and the validation split: pure Python, no TensorFlow.
+"""Epoch arithmetic, the validation split and tile geometry: pure Python, no TensorFlow.
 
-Shared by the input pipeline (`trainer.data.pipeline`) and anyone who needs the numbers
-without building datasets (the planner predicting epoch time, evaluate, docs).
+Shared by the input pipeline (`trainer.data.pipeline`), prediction (`trainer.use`) and
+anyone who needs the numbers without building datasets (the planner predicting epoch
+time, evaluate, docs). Tile geometry lives here once: the size an image is brought to
+(`work_size`) and where its tiles start (`tile_starts`), so validation tiles and
+prediction tiles cannot drift apart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 
 from trainer.data.pairs import Pair
 
@@ -32,10 +36,49 @@ def split_pairs(pairs: list[Pair], val_fraction: float) -> tuple[list[Pair], lis
     return [p for p in pairs if p.key not in val_keys], [p for p in pairs if p.key in val_keys]
 
 
-def tile_starts(length: int, tile: int) -> list[int]:
-    """Start offsets of tiles covering `length`; the last one is aligned to the end."""
-    n = -(-length // tile)
-    return [min(i * tile, length - tile) for i in range(n)]
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """An image's size times `data.image_scale`, at least one pixel a side."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def upsize_factor(height: int, width: int, tile: tuple[int, int]) -> float:
+    """How much an image must grow, aspect kept, for a `tile` to fit in it (1 when it fits).
+
+    Resizing up, not reflect-padding: padding fails for images under half a tile and
+    shows the model mirrored content that does not exist (docs/data.md).
+    """
+    return max(1.0, tile[0] / height, tile[1] / width)
+
+
+def work_size(height: int, width: int, scale: float, tile: tuple[int, int]) -> tuple[int, int]:
+    """The size validation and prediction bring an image to: times `scale`, then, if a
+    `tile` does not fit, resized up by `upsize_factor` (whole pixels, at least a tile)."""
+    h, w = scaled_size(height, width, scale)
+    f = upsize_factor(h, w, tile)
+    if f == 1.0:
+        return h, w
+    return max(tile[0], math.ceil(h * f)), max(tile[1], math.ceil(w * f))
+
+
+def tile_starts(length: int, tile: int, stride: int | None = None) -> list[int]:
+    """Start offsets of `tile`-pixel tiles every `stride` pixels; the last one ends at `length`.
+
+    Args:
+        length: the image side, at least `tile` (bring smaller images up with `work_size`).
+        tile: the tile side.
+        stride: pixels between starts. Defaults to `None`: `tile`, the non-overlapping
+            grid validation scores (only the last tile overlaps its neighbour).
+            Prediction passes half a tile.
+
+    Raises:
+        ValueError: `length < tile`.
+    """
+    if length < tile:
+        raise ValueError(f"`length` must be at least `tile`. Received: {length=}, {tile=}")
+    starts = list(range(0, length - tile + 1, stride or tile))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
 
 
 def crops_for(height: int, width: int, input_size: tuple[int, int], fixed: int | None) -> int:

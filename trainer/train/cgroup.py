@@ -162,4 +162,3 @@ def _cpu_quota_v1(levels: list[Path]) -> float | None:
         if quota is not None and quota > 0 and period:
             quotas.append(quota / period)
     return min(quotas) if quotas else None
-

@@ -14,7 +14,6 @@ at a scale it never saw. Whole images are predicted with overlapping, blended ti
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +22,10 @@ from typing import Any
 import numpy as np
 
 from trainer.data.pairs import list_images
+from trainer.data.splits import work_size
 from trainer.errors import DataError, RunDirError
 from trainer.plan import Plan, load_plan
 from trainer.use.tiling import DEFAULT_OVERLAP, resize, sliding_window, to_classes
-
-
-def work_size(height: int, width: int, scale: float, tile: tuple[int, int]) -> tuple[int, int]:
-    """The size the training pipeline brings an image to (`trainer.data.pipeline`): times `scale`,
-    then, if smaller than a tile, resized up with its aspect kept until a tile fits."""
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    if h < tile[0] or w < tile[1]:
-        f = max(tile[0] / h, tile[1] / w)
-        h, w = max(tile[0], math.ceil(h * f)), max(tile[1], math.ceil(w * f))
-    return h, w
 
 
 @dataclass
@@ -258,5 +248,4 @@ __all__ = [
     "read_mask",
     "read_metrics",
     "sample_crops",
-    "work_size",
 ]

@@ -6,7 +6,8 @@ overlap by half a tile; each tile's prediction is weighted by a window that is l
 at the tile's centre and near zero at its edges, where a convolutional net sees the
 least context, and the weighted sum is divided by the summed weights. With a stride of
 half a tile the windows (sin^2 along each axis) sum to a constant inside the image, so
-no seams show. Images smaller than a tile are reflect-padded. See docs/use.md.
+no seams show. Tile starts follow the one rule validation uses (`trainer.data.splits.tile_starts`,
+here with a stride of half a tile). See docs/use.md.
 """
 
 from __future__ import annotations
@@ -15,21 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from trainer.data.splits import tile_starts
+
 # Half a tile of overlap: every interior pixel is predicted by 4 tiles (2 per axis).
 DEFAULT_OVERLAP = 0.5
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
-
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of `tile` pixels every `stride`; the last one ends at `length`.
-
-    `length` must be >= `tile` (pad smaller images first).
-    """
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
 
 
 def blend_window(height: int, width: int) -> np.ndarray:
@@ -94,7 +86,13 @@ def sliding_window(
 
 
 def pad_to(image: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Pad `[H, W, ...]` at the bottom and right to at least `th` x `tw`, by reflection."""
+    """Pad `[H, W, ...]` at the bottom and right to at least `th` x `tw`, by reflection.
+
+    Not the up-sizing rule (`trainer.data.splits.work_size`), which changes the image's
+    scale to match training and is applied before `sliding_window` by `LoadedRun`: this
+    only lets `sliding_window` take any image from any `predict` function and return a
+    prediction pixel-aligned with it (the padding is cut off again).
+    """
     h, w = image.shape[:2]
     pad_h, pad_w = max(0, th - h), max(0, tw - w)
     if not (pad_h or pad_w):
@@ -127,6 +125,5 @@ __all__ = [
     "pad_to",
     "resize",
     "sliding_window",
-    "tile_starts",
     "to_classes",
 ]
