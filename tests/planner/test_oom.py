@@ -110,11 +110,14 @@ def test_the_harmless_allocator_warning_never_makes_another_failure_look_oom(war
         warning * 3
         + "Traceback (most recent call last):\n"
         + '  File "model.py", line 3, in build\n'
-        + "ValueError: Input 0 of layer \"conv\" is incompatible with the layer\n"
+        + 'ValueError: Input 0 of layer "conv" is incompatible with the layer\n'
     )
     status, reason = classify_exit(1, tail)
     assert status == "error"
-    assert reason == 'exited with code 1: ValueError: Input 0 of layer "conv" is incompatible with the layer'
+    assert (
+        reason
+        == 'exited with code 1: ValueError: Input 0 of layer "conv" is incompatible with the layer'
+    )
     # Without a traceback either: a crash stays a crash, an exit code an exit code.
     assert classify_exit(-11, warning) == ("error", "crashed with SIGSEGV")
     assert classify_exit(3, warning) == ("error", "exited with code 3")
