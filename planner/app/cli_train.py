@@ -16,6 +16,7 @@ from planner.app.cli_app import (
     print_json,
     stdout_console,
 )
+from trainer.train.run_dir import SUMMARY_KEYS
 
 BudgetMemoryOpt = Annotated[
     str | None,
@@ -237,12 +238,7 @@ def _render_train_result(metrics: dict[str, Any], run_dir: Path, json_out: bool)
 
     table = Table(title=f"run {run_dir}", show_header=False)
     for key in (
-        "best_val_dice",
-        "best_epoch",
-        "epochs",
-        "stopped_by",
-        "wall_time_s",
-        "images_per_s",
+        *SUMMARY_KEYS,
         "peak_memory_bytes",
         "predicted_peak_bytes",
         "micro_batch",

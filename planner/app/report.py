@@ -20,7 +20,7 @@ from typing import Any
 from planner.app import report_figures as figs
 from trainer.atomic import write_text
 from trainer.errors import DataError
-from trainer.train.run_dir import read_history
+from trainer.train.run_dir import SUMMARY_KEYS, read_history
 from trainer.units import gib
 from trainer.use.inference import LoadedRun, load_run, read_image, read_mask
 
@@ -62,14 +62,7 @@ def _summary(run: LoadedRun) -> str:
         ("precision", p.precision),
         ("data", f"{p.data.path} ({p.data.images} / {p.data.masks})"),
     ]
-    for key in (
-        "best_val_dice",
-        "best_epoch",
-        "epochs",
-        "stopped_by",
-        "wall_time_s",
-        "images_per_s",
-    ):
+    for key in SUMMARY_KEYS:
         if key in m:
             v = m[key]
             rows.append((key, f"{v:.4g}" if isinstance(v, float) else v))

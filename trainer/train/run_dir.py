@@ -33,6 +33,17 @@ from trainer.atomic import fsync_dir, write_json, write_text, write_with
 from trainer.errors import DiskFullError, RunDirError
 from trainer.plan import Plan, load_plan, save_plan
 
+# The metrics.json fields that say how a run went, in the order the views show them
+# (`fitplan train`'s table, `fitplan report`).
+SUMMARY_KEYS = (
+    "best_val_dice",
+    "best_epoch",
+    "epochs",
+    "stopped_by",
+    "wall_time_s",
+    "images_per_s",
+)
+
 STATE_VERSION = 1
 
 
@@ -240,4 +251,4 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["RunDir", "history_csv", "read_history", "load_plan"]
+__all__ = ["SUMMARY_KEYS", "RunDir", "history_csv", "read_history", "load_plan"]
