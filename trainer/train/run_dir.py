@@ -194,10 +194,6 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics_path, metrics)
 
-    def checkpoint_bytes(self) -> int:
-        files = [self.best_path, *self.path.glob("last-e*.weights.h5")]
-        return sum(p.stat().st_size for p in files if p.exists())
-
 
 def _expected_bytes(model: Any, existing: list[Path]) -> int:
     """Bytes a new checkpoint of `model` will take, with a margin for HDF5's metadata.
