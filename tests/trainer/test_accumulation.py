@@ -1,13 +1,12 @@
 """Keras' own gradient accumulation, as the trainer configures it, is exact without BatchNorm."""
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from tests.plans import minimal_plan  # noqa: E402
-from trainer.plan import Plan  # noqa: E402
-from trainer.train.setup import make_optimizer  # noqa: E402
+from tests.plans import minimal_plan
+from trainer.plan import Plan
+from trainer.train.setup import make_optimizer
 
 
 def _plan(name: str, micro_batch: int, steps: int) -> Plan:

@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from trainer.train.losses import DiceCrossEntropy, OverlapScore, segmentation_metrics  # noqa: E402
+from trainer.train.losses import DiceCrossEntropy, OverlapScore, segmentation_metrics
 
 
 def test_binary_dice_and_iou_match_hand_computation():
