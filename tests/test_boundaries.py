@@ -18,8 +18,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 # A string naming a planner module or entry point: "planner", "planner.x.y", "planner.x:f".
@@ -115,11 +113,6 @@ print(json.dumps({"calls": calls, "plan": (tmp / "plan.json").exists(),
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner.scan.imageinfo -> trainer.data.integrity -> trainer.data.decode, which "
-    "imports tensorflow at module level: the scan loads TF in the planner's parent",
-)
 def test_the_planners_parent_never_imports_tensorflow(tmp_path):
     """`make_plan` end to end in a fresh interpreter: TF and Keras stay out of the parent."""
     done = subprocess.run(

@@ -30,12 +30,15 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from trainer.data.decode import FileInfo, inspect_image
 from trainer.data.pairs import Pair
 from trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from trainer.data.decode import FileInfo
 
 # Pillow's own decompression-bomb threshold (about 89 Mpx, 9459x9459): larger images
 # are refused before a single pixel is decoded, so a forged header cannot fill RAM.
@@ -183,6 +186,10 @@ def _too_large(what: str) -> str:
 
 
 def _check_pair(pair: Pair) -> tuple[FileInfo, FileInfo] | Excluded:
+    # Imported here: `decode` imports TensorFlow, and the scan (in the planner's parent
+    # process, which never loads TensorFlow) imports this module for the rule above.
+    from trainer.data.decode import inspect_image
+
     for path in (pair.image, pair.mask):
         problem = file_problem(path)
         if problem is not None:
