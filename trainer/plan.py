@@ -84,12 +84,9 @@ def normalization_for(micro_batch: int, weights: str) -> str:
 
     - From scratch (`weights="none"`): `"train"` at every micro-batch. Frozen BatchNorm
       keeps statistics and a scale and shift that nobody learned (calibrated on noise at
-      build time). Measured on epfl-em from scratch, 256x256, micro-batch 4, 4 short
-      epochs: frozen, unet_small and efficientnet_b0 collapsed to an all-background
-      output from epoch 2 and mobilenet_v3_small reached validation Dice 0.005; training
-      BatchNorm reached 0.50, 0.25 and 0.47 (docs/models.md). A micro-batch of 1 still
-      has the crop's pixels: at 256x256 the 1/32 bottleneck gives 64 values per
-      channel, and the moving statistics follow at momentum 0.9.
+      build time): from scratch it collapsed to all-background output where training
+      BatchNorm learned (docs/models.md has the runs). A micro-batch of 1 still has the
+      crop's pixels: at 256x256 the 1/32 bottleneck gives 64 values per channel.
     - Pretrained encoders: `"frozen"` below `SMALL_MICRO_BATCH` (8), keeping the
       encoder's ImageNet statistics (the usual fine-tuning recipe), else `"train"`.
     """
