@@ -12,45 +12,36 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from planner.app.cli import app
-from tests.trainer.run_factory import make_plan, make_run
+from tests.trained_run import SIZE, N, trained_run_fixture  # noqa: F401  (a fixture)
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
 EPFL = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "epfl-em"
 
 
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory):
-    from planner.app.demo import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("use-cli")
-    data = make_demo_dataset(root / "data", n=4, size=(48, 64))
-    return make_run(root / "run", make_plan(data)).path, data
-
-
-def test_evaluate_json_prints_only_json(fake):
-    run, data = fake
+def test_evaluate_json_prints_only_json(trained_run):
+    run, data = trained_run.path, trained_run.data
     result = runner.invoke(app, ["evaluate", str(run), str(data), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["images"] == 4 and 0 <= out["dice_mean"] <= 1 and len(out["per_class"]) == 2
+    assert out["images"] == N and 0 <= out["dice_mean"] <= 1 and len(out["per_class"]) == 2
 
 
-def test_predict_writes_masks_and_fails_by_name(fake, tmp_path):
-    run, data = fake
+def test_predict_writes_masks_and_fails_by_name(trained_run, tmp_path):
+    run, data = trained_run.path, trained_run.data
     out = tmp_path / "masks"
     result = runner.invoke(app, ["predict", str(run), str(data / "images"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     masks = sorted(out.glob("*.png"))
-    assert len(masks) == 4 and np.asarray(Image.open(masks[0])).shape == (48, 64)
+    assert len(masks) == N and np.asarray(Image.open(masks[0])).shape == SIZE
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     result = runner.invoke(app, ["predict", str(run), str(bad), "--out", str(out)])
     assert result.exit_code == 3 and "bad.png" in result.stderr
 
 
-def test_export_prints_the_size_and_json(fake, tmp_path):
-    run, _ = fake
+def test_export_prints_the_size_and_json(trained_run, tmp_path):
+    run = trained_run.path
     target = tmp_path / "m.keras"
     result = runner.invoke(app, ["export", str(run), "--out", str(target), "--json"])
     assert result.exit_code == 0, result.output
@@ -60,8 +51,8 @@ def test_export_prints_the_size_and_json(fake, tmp_path):
     assert result.exit_code == 1 and "only with tflite" in result.stderr
 
 
-def test_report_prints_its_path(fake, tmp_path):
-    run, _ = fake
+def test_report_prints_its_path(trained_run, tmp_path):
+    run = trained_run.path
     result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(tmp_path / "r.html")

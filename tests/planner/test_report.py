@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.trainer.run_factory import make_plan, make_run
+from tests.trained_run import trained_run_fixture  # noqa: F401  (a fixture)
 from trainer.errors import FitplanError, RunDirError
 
 GIB = 2**30
@@ -62,12 +62,9 @@ EVIDENCE = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from planner.app.demo import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("report")
-    data = make_demo_dataset(root / "data", n=8, size=(64, 64))
-    return make_run(root / "run", make_plan(data, evidence=EVIDENCE)).path
+def run(tmp_path_factory, trained_run):
+    """The session's trained run, copied, its plan given the evidence above."""
+    return _copy(trained_run.path, tmp_path_factory.mktemp("report") / "run", evidence=EVIDENCE)
 
 
 def _images(html: str) -> list[np.ndarray]:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.trainer.run_factory import make_plan, make_run
+from tests.trained_run import SIZE, N, trained_run_fixture  # noqa: F401  (a fixture)
+from tests.trainer.run_factory import make_plan
 from trainer.errors import DataError, RunDirError
 from trainer.use.evaluate import class_scores, confusion, evaluate
 from trainer.use.inference import LoadedRun
@@ -107,13 +108,10 @@ def test_a_wrong_run_folder_is_named_before_the_data_is_read(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_run_is_scored_on_native_size_masks(tmp_path):
-    from planner.app.demo import make_demo_dataset
-
-    data = make_demo_dataset(tmp_path / "data", n=3, size=(48, 80))
-    run = make_run(tmp_path / "run", make_plan(data)).path
-    out = evaluate(run, data)
-    assert out["images"] == 3 and out["pixels"] == 3 * 48 * 80
+def test_a_real_run_is_scored_on_native_size_masks(trained_run):
+    out = evaluate(trained_run.path, trained_run.data)
+    h, w = SIZE
+    assert out["images"] == N and out["pixels"] == N * h * w
     assert 0.0 <= out["dice_mean"] <= 1.0 and 0.0 <= out["iou_mean"] <= out["dice_mean"]
     assert [c["class"] for c in out["per_class"]] == [0, 1]
-    assert out["run"] == str(run)
+    assert out["run"] == str(trained_run.path)

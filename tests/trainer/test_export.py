@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.trainer.run_factory import make_plan, make_run
+from tests.trained_run import trained_run_fixture  # noqa: F401  (the `trained_run` fixture)
 from trainer.errors import FitplanError
 from trainer.use import export as export_mod
 from trainer.use.export import TOLERANCE, _atomic_dir, export, run_tflite
@@ -14,19 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def fake(tmp_path_factory):
-    from planner.app.demo import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("export")
-    data = make_demo_dataset(root / "data", n=4, size=(64, 64))
-    return make_run(root / "run", make_plan(data), fit_steps=40)
-
-
-@pytest.fixture(scope="module")
-def loaded(fake):
+def loaded(trained_run):
     from trainer.use.inference import load_run
 
-    return load_run(fake.path, precision="float32")  # built once for every export below
+    return load_run(trained_run.path, precision="float32")  # built once for every export below
 
 
 def _reload(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
@@ -54,8 +45,8 @@ def _reload(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
         ("tflite", "int8"),
     ],
 )
-def test_export_round_trips_within_tolerance(fake, loaded, fmt, quantize):
-    out = export(fake.path, fmt, quantize, run=loaded)
+def test_export_round_trips_within_tolerance(trained_run, loaded, fmt, quantize):
+    out = export(trained_run.path, fmt, quantize, run=loaded)
     tol = TOLERANCE[(fmt, quantize)]
     assert out["tolerance"] == tol and out["bytes"] > 10_000
     assert out["max_abs_diff"] <= tol["max_abs_diff"]
@@ -63,16 +54,16 @@ def test_export_round_trips_within_tolerance(fake, loaded, fmt, quantize):
     assert out["mask_agreement"] >= tol["mask_agreement"]
     assert out["inputs_from"] == "training images"
     suffix = {"keras": "model.keras", "savedmodel": "savedmodel"}.get(fmt, ".tflite")
-    assert out["path"].endswith(suffix) and (fake.path / "export").is_dir()
-    got = _reload(fmt, out["path"], fake.x)
-    assert got.shape == fake.y.shape
-    assert np.mean(np.abs(got - fake.y)) <= tol["mean_abs_diff"]
-    assert np.max(np.abs(got - fake.y)) <= tol["max_abs_diff"]
-    assert not list((fake.path / "export").glob(".*tmp*"))
+    assert out["path"].endswith(suffix) and (trained_run.path / "export").is_dir()
+    got = _reload(fmt, out["path"], trained_run.x)
+    assert got.shape == trained_run.y.shape
+    assert np.mean(np.abs(got - trained_run.y)) <= tol["mean_abs_diff"]
+    assert np.max(np.abs(got - trained_run.y)) <= tol["max_abs_diff"]
+    assert not list((trained_run.path / "export").glob(".*tmp*"))
 
 
-def test_quantized_tflite_is_smaller(fake):
-    sizes = {p.name: p.stat().st_size for p in (fake.path / "export").glob("*.tflite")}
+def test_quantized_tflite_is_smaller(trained_run):
+    sizes = {p.name: p.stat().st_size for p in (trained_run.path / "export").glob("*.tflite")}
     if len(sizes) < 3:
         pytest.skip("needs the round-trip tests of this module to have run")
     assert sizes["model-int8.tflite"] < sizes["model-float16.tflite"] < sizes["model.tflite"]
@@ -86,28 +77,37 @@ def test_quantized_tflite_is_smaller(fake):
         ("tflite", "int4", "float16"),
     ],
 )
-def test_bad_arguments_are_named(fake, fmt, quantize, match):
+def test_bad_arguments_are_named(trained_run, fmt, quantize, match):
     with pytest.raises(FitplanError, match=match):
-        export(fake.path, fmt, quantize)
+        export(trained_run.path, fmt, quantize)
 
 
-def test_int8_without_training_images_is_refused(fake, loaded, tmp_path):
+def test_int8_without_training_images_is_refused(trained_run, loaded, tmp_path):
     with pytest.raises(FitplanError, match="int8"):
-        export(fake.path, "tflite", "int8", tmp_path / "m.tflite", data_root=tmp_path, run=loaded)
+        export(
+            trained_run.path,
+            "tflite",
+            "int8",
+            tmp_path / "m.tflite",
+            data_root=tmp_path,
+            run=loaded,
+        )
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_synthetic_inputs_check_a_float_export_when_the_data_is_gone(fake, loaded, tmp_path):
-    out = export(fake.path, "keras", out=tmp_path / "m.keras", data_root=tmp_path, run=loaded)
+def test_synthetic_inputs_check_a_float_export_when_the_data_is_gone(trained_run, loaded, tmp_path):
+    out = export(
+        trained_run.path, "keras", out=tmp_path / "m.keras", data_root=tmp_path, run=loaded
+    )
     assert out["inputs_from"].startswith("synthetic") and out["max_abs_diff"] == 0.0
 
 
-def test_an_export_over_tolerance_is_not_written(fake, loaded, tmp_path, monkeypatch):
+def test_an_export_over_tolerance_is_not_written(trained_run, loaded, tmp_path, monkeypatch):
     strict = {"max_abs_diff": -1.0, "mean_abs_diff": 1.0, "mask_agreement": 0.0}
     monkeypatch.setitem(export_mod.TOLERANCE, ("keras", None), strict)
     target = tmp_path / "m.keras"
     with pytest.raises(FitplanError, match="max_abs_diff=0, over the tolerance -1"):
-        export(fake.path, "keras", out=target, run=loaded)
+        export(trained_run.path, "keras", out=target, run=loaded)
     assert list(tmp_path.iterdir()) == []
 
 
