@@ -56,14 +56,6 @@ def test_train_writes_a_complete_bounded_run(tmp_path, data_dir):
     assert result.model.output_shape == (None, 32, 32, 1)
 
 
-def test_keep_best_only_writes_one_checkpoint(tmp_path, data_dir):
-    from trainer.train.fit import train
-
-    out = tmp_path / "run"
-    train(_plan(data_dir, checkpoints={"keep": "best"}), out)
-    assert sorted(p.name for p in out.glob("*.h5")) == ["best.weights.h5"]
-
-
 def test_checkpoint_byte_limit_refuses_and_keeps_nothing_torn(tmp_path, data_dir):
     from trainer.train.fit import train
 
@@ -102,17 +94,12 @@ def test_missing_imagenet_weights_fail_before_anything(tmp_path, data_dir, monke
     assert not out.exists()
 
 
-def test_time_limit_stops_cleanly_with_best_weights(tmp_path, data_dir):
-    from trainer.train.fit import train
-
-    out = tmp_path / "run"
-    result = train(_plan(data_dir, epochs=50, time_limit_s=0.001), out)
-    assert result.metrics["stopped_by"] == "time_limit"
-    assert result.metrics["epochs"] == 1
-    assert (out / "best.weights.h5").exists()
-
-
-def test_out_of_memory_steps_down_and_keeps_effective_batch(tmp_path, data_dir):
+def test_out_of_memory_steps_down_keeps_effective_batch_and_the_time_limit_stops_cleanly(
+    tmp_path, data_dir
+):
+    # One training run checks both: each run costs a model build and a trace. The time
+    # limit (long past after the step-down) must still stop the retried run after its
+    # first epoch, with best weights.
     import keras
     import tensorflow as tf
 
@@ -130,7 +117,7 @@ def test_out_of_memory_steps_down_and_keeps_effective_batch(tmp_path, data_dir):
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="stepping down"):
         result = train(
-            _plan(data_dir, micro_batch=4, accumulation_steps=2, epochs=1),
+            _plan(data_dir, micro_batch=4, accumulation_steps=2, epochs=50, time_limit_s=0.001),
             out,
             callbacks=[OOMOnce()],
         )
@@ -138,17 +125,24 @@ def test_out_of_memory_steps_down_and_keeps_effective_batch(tmp_path, data_dir):
     assert (plan.micro_batch, plan.accumulation_steps) == (2, 4)
     assert result.metrics["effective_batch"] == 8
     assert result.metrics["adjustments"][0]["micro_batch"] == [4, 2]
+    assert result.metrics["stopped_by"] == "time_limit"
+    assert result.metrics["epochs"] == 1
+    assert (out / "best.weights.h5").exists()
 
 
-def test_freeze_then_finetune_records_both_phases(tmp_path, data_dir):
+def test_freeze_then_finetune_records_both_phases_and_keep_best_writes_one_checkpoint(
+    tmp_path, data_dir
+):
+    # One training run checks two plan fields: each run costs a model build and a trace.
     from trainer.train.fit import train
     from trainer.train.run_dir import read_history
 
     out = tmp_path / "run"
-    train(_plan(data_dir, epochs=3, freeze_encoder_epochs=1), out)
+    train(_plan(data_dir, epochs=3, freeze_encoder_epochs=1, checkpoints={"keep": "best"}), out)
     rows = read_history(out / "history.csv")
     assert [r["phase_frozen"] for r in rows] == [1.0, 0.0, 0.0]
     assert rows[1]["learning_rate"] == pytest.approx(rows[0]["learning_rate"] * 0.1, rel=1e-5)
+    assert sorted(p.name for p in out.glob("*.h5")) == ["best.weights.h5"]
 
 
 def test_resume_after_kill_9_continues_from_last_epoch(tmp_path, data_dir):
