@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from trainer.errors import FitplanError, FitplanWarning
+from trainer.train.memory import limit_malloc_arenas
 
 app = typer.Typer(
     name="fitplan",
@@ -82,6 +83,7 @@ def main(
 ) -> None:
     """fitplan: measure, plan, train."""
     _state["debug"] = debug
+    limit_malloc_arenas()  # before any command starts TensorFlow's threads (trainer.train.memory)
     if not debug:
         # TensorFlow's C++ start-up chatter (CUDA stubs, CPU flags) is noise for a user;
         # set before any command imports TensorFlow. --debug keeps it.

@@ -30,7 +30,7 @@ from typing import Any
 
 from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
 from trainer.oom import SOFT_OOM_EXIT_CODE, is_oom_error
-from trainer.train.memory import peak_rss_bytes, reset_peak_rss
+from trainer.train.memory import limit_malloc_arenas, peak_rss_bytes, reset_peak_rss
 from trainer.units import gib
 
 _POLL_S = 0.01
@@ -213,6 +213,7 @@ def _nvml_process_bytes() -> int | None:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # allocate as training does (trainer.train.memory)
     payload = json.loads(sys.stdin.read())
     spec = TrialSpec.from_dict(payload["spec"])
     ctx = ChildContext(spec, payload.get("memory_limit_bytes"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from trainer.train.memory import gpu_peak_bytes, peak_rss_bytes
+from trainer.train.memory import gpu_peak_bytes, peak_rss_bytes, release_free_heap
 from trainer.train.run_dir import RunDir
 
 _COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch")
@@ -135,6 +135,20 @@ class TimeLimit(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check()
+
+
+class ReleaseFreeHeap(keras.callbacks.Callback):
+    """Give freed host memory back to the kernel before each validation pass and epoch end.
+
+    Without it the resident set left after each epoch grew on a long run and the epoch
+    peaks crept up with it (`trainer.train.memory`, benchmarks/creep.py).
+    """
+
+    def on_test_begin(self, logs=None):
+        release_free_heap()
+
+    def on_epoch_end(self, epoch, logs=None):
+        release_free_heap()
 
 
 class Throughput(keras.callbacks.Callback):

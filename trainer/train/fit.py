@@ -28,6 +28,7 @@ from trainer.oom import is_oom_error
 from trainer.plan import Plan
 from trainer.train.callbacks import (
     MemoryGuard,
+    ReleaseFreeHeap,
     RunCheckpointer,
     Throughput,
     peak_memory_bytes,
@@ -41,6 +42,7 @@ from trainer.train.distribute import (
     worker_dir,
 )
 from trainer.train.distribute_keras import build_from_spec
+from trainer.train.memory import limit_malloc_arenas
 from trainer.train.preflight import warn_plan_mismatch
 from trainer.train.run_dir import RunDir
 from trainer.train.setup import build_model_for_plan, compile_model
@@ -83,6 +85,7 @@ def train(
             (`--auto` counts planning time); defaults to now.
     """
     started_at = time.monotonic() if started_at is None else started_at
+    limit_malloc_arenas()  # no-op if the command line or a child already did (docs/runs.md)
     plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
     strategy = get_strategy(plan)  # before any TF op: multi-worker must configure first
     _check_weights(plan)
@@ -107,6 +110,7 @@ def resume(
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Continue the run in `out` from its last completed epoch, optimizer state included."""
+    limit_malloc_arenas()
     strategy = strategy_for_run(out)  # before any TF op, as in train()
     with worker_dir(out, strategy, resume=True) as folder:
         run, plan, state = RunDir.open_for_resume(folder)
@@ -319,7 +323,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             steps_per_epoch=steps,
             shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot
             verbose=0,
-            callbacks=[throughput, rlrop, es, wall, ckpt, time_limit, guard, *callbacks],
+            callbacks=[ReleaseFreeHeap(), throughput, rlrop, es, wall, ckpt, time_limit, guard, *callbacks],
         )
         done = int(state.get("epochs_done", done))
         if time_limit.triggered:

@@ -1,7 +1,22 @@
-"""Reading this process's memory: peak RSS on the host, the allocator's peak on a GPU."""
+"""This process's memory: peak RSS on the host, the allocator's peak on a GPU, and the
+two glibc settings that keep host memory from creeping over a long run.
+
+Why the glibc settings: TensorFlow's CPU tensors come from `malloc`, from many threads.
+glibc gives threads that contend for the heap arenas of their own (up to 8 per core),
+and memory freed into an arena stays resident until the top of that arena is free. On a
+long run the resident set at the end of each epoch then grew step by step, and the
+epoch peaks with it. `limit_malloc_arenas` caps the arenas (glibc's `M_ARENA_MAX`, the
+`MALLOC_ARENA_MAX` environment variable's setting) and `release_free_heap` returns free
+pages of every arena to the kernel (`malloc_trim(0)`). Measured with
+`benchmarks/creep.py` (docs/benchmarks.md, "Memory over a long run"). Both are no-ops
+where the C library is not glibc.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import resource
 import sys
 from pathlib import Path
@@ -29,6 +44,45 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+# mallopt's parameter number for the arena cap (glibc malloc/malloc.h: M_ARENA_MAX -8).
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # musl and others have no mallopt/malloc_trim
+        return None
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for this process. True if the C library took it.
+
+    Call it before TensorFlow starts its thread pools: glibc fixes its arena limit once
+    eight arenas exist, so a late call changes nothing. fitplan calls it first thing in
+    the command line, the trial children and `trainer.train.fit.train`/`resume`.
+    """
+    libc = _glibc()
+    return bool(libc and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def release_free_heap() -> bool:
+    """Return free heap pages of every malloc arena to the kernel (glibc `malloc_trim(0)`).
+
+    True if memory was released. Costs milliseconds; the trainer calls it before each
+    validation pass and after each epoch (`trainer.train.callbacks.ReleaseFreeHeap`).
+    """
+    libc = _glibc()
+    return bool(libc and libc.malloc_trim(0) == 1)
 
 
 def gpu_peak_bytes(device: str = "GPU:0") -> int | None:

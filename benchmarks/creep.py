@@ -1,0 +1,159 @@
+"""Where does peak memory creep over a long run? Train one plan for many epochs per arm.
+
+Each arm is a fresh child process running `trainer.train.fit.train` on the same plan with
+one lever changed, recording after every epoch the process's peak RSS so far (`VmHWM`,
+what `history.csv` records as `peak_memory_bytes`), the resident set at the end of the
+epoch (`VmRSS`) and the peak within that epoch alone (`clear_refs` resets the mark at
+each epoch start). Arms:
+
+    default     as fitplan trains today
+    arena2      MALLOC_ARENA_MAX=2 in the child's environment (glibc: at most 2 arenas
+                instead of 8 x cores; fewer half-empty arenas under TensorFlow's threads)
+    trim        glibc `malloc_trim(0)` after every epoch (returns free heap pages)
+    arena2trim  both
+
+    python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
+
+Prints one table (MiB) and writes `creep.json`. Memory figures do not depend on the
+machine's load; the wall times do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+EPFL = ROOT.parent / "shared" / "datasets" / "epfl-em" / "train"
+MIB = 2**20
+ARMS = {
+    "default": ({}, False),
+    "arena2": ({"MALLOC_ARENA_MAX": "2"}, False),
+    "trim": ({}, True),
+    "arena2trim": ({"MALLOC_ARENA_MAX": "2"}, True),
+}
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(args: argparse.Namespace) -> None:
+    import ctypes
+
+    import keras
+
+    from trainer.plan import Plan
+    from trainer.train.fit import train
+
+    trim = ARMS[args.arm][1]
+    libc = ctypes.CDLL("libc.so.6")
+    rows: list[dict[str, Any]] = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            Path("/proc/self/clear_refs").write_text("5")
+            self.epoch_start = time.monotonic()
+            self.hwm_before = rows[-1]["hwm_total"] if rows else _status("VmHWM")
+
+        def on_epoch_end(self, epoch, logs=None):
+            if trim:
+                libc.malloc_trim(0)
+            rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "hwm_epoch": _status("VmHWM"),
+                    "hwm_total": max(self.hwm_before, _status("VmHWM")),
+                    "rss_end": _status("VmRSS"),
+                    "epoch_s": time.monotonic() - self.epoch_start,
+                }
+            )
+
+    plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))
+    train(plan, args.run, max_epochs=args.epochs, max_steps=args.max_steps, callbacks=[Record()])
+    Path(args.result).write_text(json.dumps(rows))
+
+
+def make_plan_file(out: Path, side: int, mb: int, acc: int, backbone: str) -> Path:
+    plan = {
+        "version": 1,
+        "backbone": backbone,
+        "input_size": [side, side],
+        "micro_batch": mb,
+        "accumulation_steps": acc,
+        "epochs": 100,
+        "data": {"path": str(EPFL), "masks": "mitochondria", "mask_values": [0, 255],
+                 "val_fraction": 0.2, "cache": "stream"},
+        "target": {"device": "cpu", "budget_bytes": 16 * 2**30, "budget_source": "user"},
+        "prediction": {"peak_bytes": 4 * 2**30, "step_time_s": 1.0},
+        "early_stopping": {"patience": 1000},
+    }
+    path = out / "plan.json"
+    path.write_text(json.dumps(plan, indent=1))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--accumulation", type=int, default=2)
+    ap.add_argument("--backbone", default="mobilenet_v3_small")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the arms side by side (memory is per process; times are not comparable)")
+    ap.add_argument("--arm", help=argparse.SUPPRESS)
+    ap.add_argument("--plan", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.arm:
+        child(args)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    plan = make_plan_file(args.out, args.side, args.micro_batch, args.accumulation, args.backbone)
+    results: dict[str, Any] = {}
+    procs = {}
+    for arm in args.arms.split(","):
+        env = dict(os.environ, **ARMS[arm][0])
+        cmd = [sys.executable, "-P", __file__, "--out", str(args.out), "--arm", arm,
+               "--plan", str(plan), "--run", str(args.out / f"run-{arm}"),
+               "--result", str(args.out / f"{arm}.json"),
+               "--epochs", str(args.epochs), "--max-steps", str(args.max_steps)]
+        log = open(args.out / f"{arm}.log", "w")  # noqa: SIM115 - closed with the child
+        procs[arm] = (subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log),
+                      time.monotonic(), log)
+        if not args.parallel:
+            procs[arm][0].wait()
+    for arm, (proc, t0, log) in procs.items():
+        proc.wait()
+        log.close()
+        if proc.returncode != 0:
+            print(f"{arm}: exit {proc.returncode}, see {args.out / (arm + '.log')}", file=sys.stderr)
+            continue
+        rows = json.loads((args.out / f"{arm}.json").read_text())
+        results[arm] = {"rows": rows, "wall_s": time.monotonic() - t0}
+        hwm = [r["hwm_total"] / MIB for r in rows]
+        ep = [r["hwm_epoch"] / MIB for r in rows]
+        rss = [r["rss_end"] / MIB for r in rows]
+        print(f"{arm:11s} peak so far: " + " ".join(f"{v:5.0f}" for v in hwm))
+        print(f"{'':11s} epoch peak:  " + " ".join(f"{v:5.0f}" for v in ep))
+        print(f"{'':11s} rss at end:  " + " ".join(f"{v:5.0f}" for v in rss), flush=True)
+    (args.out / "creep.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
