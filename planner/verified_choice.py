@@ -11,13 +11,13 @@ again. Under `train --auto` a time budget too short for one epoch still trains
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 from planner.request import Log, PlanContext
 from planner.search import candidates as cand
+from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
-from planner.search.choose import choose
+from planner.search.choose import accumulation_for, choose
 from planner.search.memory_model import VerifyStep, verify
 from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_one
@@ -46,9 +46,11 @@ def choose_and_verify(
         c, mb = choice.candidate, choice.micro_batch
         m = next(x for x in measurements if x.candidate == c)
         measured = {r.micro_batch for r in m.trials if r.ok}
-        # A size the trial measured in the plan's own BatchNorm mode needs no second child.
+        # A size the trial measured as the plan will run it (its BatchNorm mode, and no
+        # accumulation: trials step at accumulation 1) needs no second child.
         same_mode = m.normalization in (None, choice.normalization)
-        if (mb in measured and same_mode) or choice.line is None:
+        as_planned = mb in measured and same_mode and choice.accumulation_steps == 1
+        if as_planned or choice.line is None:
             ctx.say(f"chose {c.label} micro-batch {mb}: measured directly, no verification needed")
             return choice, []
         ctx.say(
@@ -91,13 +93,21 @@ def _verify(
     req = ctx.request
 
     def measure(size: int) -> TrialResult:
-        # Each size in the plan's own BatchNorm mode at that size (it can change
-        # when verification steps down across SMALL_MICRO_BATCH).
+        # Each size as the plan would run it: its BatchNorm mode at that size (it can
+        # change when verification steps down across SMALL_MICRO_BATCH) and its gradient
+        # accumulation (Keras keeps one float32 accumulator per trainable variable), over
+        # at least two optimizer updates.
+        accum = accumulation_for(size, req.effective_batch, ctx.replicas)
         spec = cand.trial_spec(
             choice.candidate,
             num_classes=ctx.num_classes,
             device=ctx.device,
             normalization=normalization_for(size, req.weights),
+            accumulation_steps=accum,
+            # warm-up + measured >= 2 x accumulation: two updates and their apply step.
+            measured_steps=max(
+                presets.TRIAL_MEASURED_STEPS, 2 * accum - presets.TRIAL_WARMUP_STEPS
+            ),
         )
         r = measure_one(
             spec, size, timeout_s=req.trial_timeout_s, memory_limit_bytes=ctx.budget_bytes
@@ -114,7 +124,7 @@ def _verify(
     if got < 1:
         return None, steps
     peak = next(s.peak_bytes for s in steps if s.action == "accepted")
-    accum = max(1, math.ceil(req.effective_batch / (got * ctx.replicas)))
+    accum = accumulation_for(got, req.effective_batch, ctx.replicas)
     verified = dataclasses.replace(
         choice,
         micro_batch=got,

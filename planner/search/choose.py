@@ -53,6 +53,11 @@ def crops_per_epoch(
     return n_images * crops_for(native_hw[0], native_hw[1], input_hw, None)
 
 
+def accumulation_for(micro_batch: int, effective_batch: int, replicas: int = 1) -> int:
+    """Accumulation steps that reach `effective_batch` at `micro_batch` per replica."""
+    return max(1, math.ceil(effective_batch / (micro_batch * replicas)))
+
+
 def _step_time(ok: Sequence[TrialResult], mb: int) -> float:
     """Step time at `mb`: a line through the measured (size, time) points, or per-sample."""
     pts = sorted({(r.micro_batch, r.step_time_s) for r in ok if r.step_time_s is not None})
@@ -109,7 +114,7 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
         reason = f"needs {need / GIB:.2f} GiB at {at} > allowed {allowed / GIB:.2f} GiB"
         return Evaluation(c, "rejected", reason, line=line, need_bytes=need, need_at=at)
     peak = measured[mb] if mb in measured else int(line.predict(mb))
-    accum = max(1, math.ceil(target / (mb * replicas)))
+    accum = accumulation_for(mb, target, replicas)
     return Evaluation(
         c,
         "feasible",

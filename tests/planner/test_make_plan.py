@@ -149,7 +149,8 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     monkeypatch.setattr(vc, "measure_one", fake_measure_one)
     m = CandidateMeasurement(c, trials=trials, normalization=trial_mode)
     ctx = PlanContext(
-        PlanRequest(".", weights="imagenet", trial_timeout_s=60.0),
+        # effective batch 4: no accumulation at 4, so only the BatchNorm mode decides
+        PlanRequest(".", weights="imagenet", trial_timeout_s=60.0, effective_batch=4),
         hardware={},
         budget={"device": "cpu", "bytes": int(1.5 * gib)},
         fingerprint={"image_size": {"median": [64, 64]}, "classes": 2},
@@ -167,6 +168,45 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     else:
         assert calls == [] and steps == []
         assert choice.predicted_peak_bytes == int(1.3 * gib)
+
+
+def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch):
+    """Trials step at accumulation 1; the plan's accumulators are only in a verified peak."""
+    from planner import verified_choice as vc
+    from planner.request import PlanContext, PlanRequest
+    from planner.search.candidates import Candidate
+    from planner.search.choice import CandidateMeasurement
+    from planner.trials.spec import TrialResult
+
+    gib = 2**30
+    trials = (
+        TrialResult("ok", 1, peak_bytes=int(1.0 * gib), step_time_s=0.1),
+        TrialResult("ok", 4, peak_bytes=int(1.3 * gib), step_time_s=0.3),
+    )
+    specs = []
+
+    def fake_measure_one(spec, size, **kw):
+        specs.append((size, spec))
+        return TrialResult("ok", size, peak_bytes=int(1.32 * gib), step_time_s=0.3)
+
+    monkeypatch.setattr(vc, "measure_one", fake_measure_one)
+    m = CandidateMeasurement(Candidate("unet_small", (64, 64)), trials=trials)
+    ctx = PlanContext(
+        PlanRequest(".", trial_timeout_s=60.0, effective_batch=16),
+        hardware={},
+        budget={"device": "cpu", "bytes": int(1.5 * gib)},
+        fingerprint={"image_size": {"median": [64, 64]}, "classes": 2},
+        n_train=10,
+        step_headroom=0.1,
+    )
+    # 4 was measured by a trial, but at accumulation 1; the plan runs 4 x 4.
+    choice, steps = vc.choose_and_verify([m], ctx, children=set())
+    assert (choice.micro_batch, choice.accumulation_steps) == (4, 4)
+    [(size, spec)] = specs
+    assert size == 4 and spec.accumulation_steps == 4
+    assert spec.to_plan().accumulation_steps == 4
+    assert spec.warmup_steps + spec.measured_steps >= 2 * 4  # two optimizer updates
+    assert choice.predicted_peak_bytes == int(1.32 * gib)  # the verified peak, not the trial's
 
 
 def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memory():
