@@ -1,8 +1,7 @@
 """The plan document: a verified `Choice` and what planning measured, as a `trainer.plan.Plan`.
 
 Owns the plan's content as the planner writes it: the choice's fields, the data-cache
-decision, the `prediction` (the train step's peak plus the training overhead and the
-cache) and the `evidence` (budget, choice, verification, every trial child's results,
+decision, the `prediction` (the verification run's measured peak plus the cache) and the `evidence` (budget, choice, verification, every trial child's results,
 dataset and hardware summaries), so a plan explains itself. `planner.make_plan` calls
 `build_plan` once, after verification.
 """
@@ -106,20 +105,34 @@ def _data(req: PlanRequest, fp: dict[str, Any], cache: str) -> dict[str, Any]:
 def _prediction(
     choice: Choice, budget: dict[str, Any], cache_bytes: int, verify_steps: Sequence[VerifyStep]
 ) -> dict[str, Any]:
-    """The whole run's predicted peak: the train step's, plus training overhead and cache."""
-    overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+    """The whole run's predicted peak: the verification run's measured peak plus the cache.
+
+    The verification run (`planner.trials.verify_run`) streams, so an in-RAM cache's
+    bytes come on top. Without an accepted verification run (a provisional plan, built
+    for that run itself) the train step's peak plus the estimated training overhead
+    stands in, and `verified` is false.
+    """
+    step = int(choice.predicted_peak_bytes)
+    run = next((s for s in verify_steps if s.action == "accepted"), None)
+    if run is not None and run.peak_bytes is not None:
+        run_peak, source = int(run.peak_bytes), "measured by the verification run"
+    else:
+        overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+        run_peak, source = step + overhead, "estimated (presets.TRAINING_OVERHEAD_BYTES)"
+    peak = run_peak + int(cache_bytes)
     return {
-        "peak_bytes": int(choice.predicted_peak_bytes + overhead + cache_bytes),
-        "train_step_peak_bytes": int(choice.predicted_peak_bytes),
-        "training_overhead_bytes": int(overhead),
+        "peak_bytes": peak,
+        "train_step_peak_bytes": step,
+        "training_overhead_bytes": run_peak - step,
+        "training_overhead_source": source,
         "cache_bytes": int(cache_bytes),
         "step_time_s": round(choice.step_time_s, 4),
         "epoch_time_s": round(choice.epoch_time_s, 2),
         "epochs": int(choice.epochs),
         "micro_batches_per_epoch": int(choice.micro_batches_per_epoch),
-        "headroom_bytes": int(choice.headroom_bytes - overhead),
+        "headroom_bytes": int(budget["bytes"]) - peak,
         "budget_bytes": int(budget["bytes"]),
-        "verified": bool(verify_steps) or "measured directly",
+        "verified": run is not None,
     }
 
 

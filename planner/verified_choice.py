@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from planner.build import build_plan
 from planner.request import Log, PlanContext
 from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.search.choose import accumulation_for, choose
-from planner.search.memory_model import VerifyStep, verify
+from planner.search.memory_model import MemoryLine, VerifyStep, verify
 from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_one
 from trainer.errors import BudgetError
@@ -37,25 +38,16 @@ def choose_and_verify(
         children: receives the process id of each verification child.
 
     Returns:
-        `(choice, steps)`: the choice with its verified micro-batch and measured peak, and
-        the verification's steps (empty when a trial measured the chosen size directly).
+        `(choice, steps)`: the choice at its verified micro-batch, and the verification
+        run's steps (the accepted one holds the measured peak of the whole run).
     """
     measurements = list(measurements)
     for _ in range(3):
         choice = _choose(measurements, ctx)
-        c, mb = choice.candidate, choice.micro_batch
-        m = next(x for x in measurements if x.candidate == c)
-        measured = {r.micro_batch for r in m.trials if r.ok}
-        # A size the trial measured as the plan will run it (its BatchNorm mode, and no
-        # accumulation: trials step at accumulation 1) needs no second child.
-        same_mode = m.normalization in (None, choice.normalization)
-        as_planned = mb in measured and same_mode and choice.accumulation_steps == 1
-        if as_planned or choice.line is None:
-            ctx.say(f"chose {c.label} micro-batch {mb}: measured directly, no verification needed")
-            return choice, []
+        c = choice.candidate
         ctx.say(
-            f"chose {c.label} micro-batch {mb} (predicted {gib(choice.predicted_peak_bytes)}); "
-            "verifying..."
+            f"chose {c.label} micro-batch {choice.micro_batch} (train step "
+            f"{gib(choice.predicted_peak_bytes)}); verifying with a short training run..."
         )
         verified, steps = _verify(choice, ctx, children)
         if verified is not None:
@@ -86,55 +78,88 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
     )
 
 
+# The child that verifies a choice trains the plan itself (planner/trials/verify_run.py).
+VERIFY_TARGET = "planner.trials.verify_run:run"
+
+
 def _verify(
     choice: Choice, ctx: PlanContext, children: set[int]
 ) -> tuple[Choice | None, list[VerifyStep]]:
-    """Measure the choice (stepping down while over budget): the verified choice, or `None`."""
+    """Train the choice briefly in a child, stepping down while over budget.
+
+    The choice was made from train-step trials plus an estimate of what a run adds
+    (`presets.TRAINING_OVERHEAD_BYTES`, pruning and choosing only). The verification run
+    measures the whole run (`planner.trials.verify_run`), so its peak is held against
+    budget x (1 - headroom) itself, and a step down follows the step line shifted by
+    that estimate through the measured point. Returns the verified choice (its
+    `predicted_peak_bytes` stays the train step's) or `None`, and the steps taken.
+    """
     req = ctx.request
 
     def measure(size: int) -> TrialResult:
-        # Each size as the plan would run it: its BatchNorm mode at that size (it can
-        # change when verification steps down across SMALL_MICRO_BATCH) and its gradient
-        # accumulation (Keras keeps one float32 accumulator per trainable variable), over
-        # at least two optimizer updates.
-        accum = accumulation_for(size, req.effective_batch, ctx.replicas)
+        sized = _at_size(choice, size, ctx)
+        plan = build_plan(ctx, sized, [], [], planning_time_s=0.0, children=0, traces=0)
+        # Streamed: a short run would fill only part of an in-RAM cache; the cache's
+        # bytes are added to the measured peak instead (planner.build).
+        plan = plan.replace(data=dataclasses.replace(plan.data, cache="stream"))
         spec = cand.trial_spec(
             choice.candidate,
+            (size,),
             num_classes=ctx.num_classes,
             device=ctx.device,
-            normalization=normalization_for(size, req.weights),
-            accumulation_steps=accum,
-            # warm-up + measured >= 2 x accumulation: two updates and their apply step.
-            measured_steps=max(
-                presets.TRIAL_MEASURED_STEPS, 2 * accum - presets.TRIAL_WARMUP_STEPS
-            ),
+            normalization=sized.normalization,
+            accumulation_steps=sized.accumulation_steps,
+            target=VERIFY_TARGET,
+            target_args={
+                "plan": plan.to_dict(),
+                "updates": presets.VERIFY_UPDATES,
+                "validation_batches": presets.VERIFY_VALIDATION_BATCHES,
+            },
         )
-        r = measure_one(
-            spec, size, timeout_s=req.trial_timeout_s, memory_limit_bytes=ctx.budget_bytes
-        )
+        timeout = max(req.trial_timeout_s, presets.VERIFY_TIMEOUT_S)
+        r = measure_one(spec, size, timeout_s=timeout, memory_limit_bytes=ctx.budget_bytes)
         if r.child_pid:
             children.add(r.child_pid)
         return r
 
-    got, line, steps = verify(
-        choice.line, choice.micro_batch, measure, ctx.budget_bytes, ctx.step_headroom
+    overhead = presets.TRAINING_OVERHEAD_BYTES.get(ctx.device, 0)
+    step_line = choice.line or MemoryLine(  # one measured size: step down one at a time
+        a=choice.predicted_peak_bytes,
+        b=0.0,
+        points=((choice.micro_batch, choice.predicted_peak_bytes),),
+        source="one measured size",
     )
+    run_line = dataclasses.replace(
+        step_line,
+        a=step_line.a + overhead,
+        points=tuple((m, p + overhead) for m, p in step_line.points),
+        source="train-step line + estimated training overhead",
+    )
+    got, _, steps = verify(run_line, choice.micro_batch, measure, ctx.budget_bytes, req.headroom)
     for s in steps:
         ctx.say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
     if got < 1:
         return None, steps
-    peak = next(s.peak_bytes for s in steps if s.action == "accepted")
-    accum = accumulation_for(got, req.effective_batch, ctx.replicas)
-    verified = dataclasses.replace(
-        choice,
-        micro_batch=got,
-        accumulation_steps=accum,
-        effective_batch=got * ctx.replicas * accum,
-        normalization=normalization_for(got, req.weights),
-        predicted_peak_bytes=int(peak),
-        line=line,
+    return _at_size(choice, got, ctx), steps
+
+
+def _at_size(choice: Choice, size: int, ctx: PlanContext) -> Choice:
+    """`choice` at micro-batch `size`: its accumulation, BatchNorm mode and step peak there."""
+    req = ctx.request
+    accum = accumulation_for(size, req.effective_batch, ctx.replicas)
+    step_peak = (
+        choice.predicted_peak_bytes
+        if size == choice.micro_batch or choice.line is None
+        else choice.line.predict(size)
     )
-    return verified, steps
+    return dataclasses.replace(
+        choice,
+        micro_batch=size,
+        accumulation_steps=accum,
+        effective_batch=size * ctx.replicas * accum,
+        normalization=normalization_for(size, req.weights),
+        predicted_peak_bytes=int(step_peak),
+    )
 
 
 def choose_within_time(

@@ -145,6 +145,9 @@ class VerifyStep:
     peak_bytes: int | None
     action: str  # "accepted", "step down" or "gave up"
     reason: str
+    # What the measuring child reported beside the peak (the verification run: updates,
+    # validation batches, checkpoint bytes, seconds).
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,6 +190,7 @@ def verify(
             allowed_bytes=allowed,
             status=r.status,
             peak_bytes=r.peak_bytes,
+            details=dict(r.details or {}),
         )
         if r.ok and r.peak_bytes is not None:
             line = _refit(line, mb, r.peak_bytes)

@@ -47,6 +47,13 @@ TRIAL_WARMUP_STEPS = 3
 TRIAL_MEASURED_STEPS = 5
 # A child that has not finished by then is killed: tracing alone takes 14-31 s here.
 TRIAL_TIMEOUT_S = 300.0
+# The verification run (planner/trials/verify_run.py): optimizer updates (each of
+# `accumulation_steps` micro-batches), validation batches at most (the peak depends on the
+# batch, not the count), and its time limit: TensorFlow's start-up, the real pipeline's
+# first batches, two traces (train and validation) and one checkpoint write.
+VERIFY_UPDATES = 2
+VERIFY_VALIDATION_BATCHES = 8
+VERIFY_TIMEOUT_S = 600.0
 
 # -- memory -----------------------------------------------------------------------------
 

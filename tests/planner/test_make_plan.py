@@ -8,6 +8,15 @@ from planner.make_plan import make_plan
 from trainer.errors import BudgetError
 from trainer.plan import load_plan
 
+# What a scan of a 64x64 binary dataset says, as far as building a plan needs it.
+FINGERPRINT = {
+    "image_size": {"median": [64, 64]},
+    "classes": 2,
+    "mask_values": [0, 255],
+    "digest": "sha256:test",
+    "decoded_bytes": 0,
+}
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -46,8 +55,14 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
         "measure_each",
         lambda spec, **kw: [trial(m, gib + 100 * mib * m) for m in spec.micro_batches],
     )
-    verified_peak = 2 * gib + 7  # the line says 2.56 GiB at 16; the child measures less
-    monkeypatch.setattr(vc, "measure_one", lambda spec, size, **kw: trial(size, verified_peak))
+    verified_peak = 2 * gib + 7  # the whole run, as the verification child measured it
+    runs = []
+
+    def fake_run(spec, size, **kw):
+        runs.append(spec)
+        return trial(size, verified_peak)
+
+    monkeypatch.setattr(vc, "measure_one", fake_run)
     out = tmp_path / "plan.json"
     result = make_plan(data_dir, backbones=["unet_small"], sizes=[32], out=out)
 
@@ -56,9 +71,18 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     pred, ev = plan.prediction, plan.evidence
     assert pred["verified"] is True
     assert [(s["micro_batch"], s["action"]) for s in ev["verification"]] == [(16, "accepted")]
-    assert pred["train_step_peak_bytes"] == verified_peak == _measured_peak(plan)
-    overhead = presets.TRAINING_OVERHEAD_BYTES["cpu"]
-    assert pred["peak_bytes"] == verified_peak + overhead + pred["cache_bytes"]
+    assert pred["peak_bytes"] == verified_peak + pred["cache_bytes"] == _run_peak(plan)
+    step = gib + 100 * mib * 16  # the trial line's train step at 16
+    assert pred["train_step_peak_bytes"] == step
+    assert pred["training_overhead_bytes"] == verified_peak - step
+    assert pred["training_overhead_source"] == "measured by the verification run"
+    # The verification child trains the plan itself, on the real dataset, streamed.
+    [spec] = runs
+    assert spec.target == vc.VERIFY_TARGET
+    run_plan = spec.target_args["plan"]
+    assert (run_plan["micro_batch"], run_plan["data"]["path"]) == (16, str(data_dir))
+    assert run_plan["data"]["cache"] == "stream"
+    assert spec.target_args["updates"] == presets.VERIFY_UPDATES
     trials = len(presets.TRIAL_MICRO_BATCHES)
     assert result.children == ev["children"] == trials + 1  # one child each, and verification
     assert result.traces == ev["traces"] == trials + 1
@@ -84,12 +108,13 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     assert plan.data.fingerprint.startswith("sha256:")
     assert plan.time_limit_s == 600
     pred, ev = plan.prediction, plan.evidence
-    # The plan's train-step peak is a measured one: the accepted verification child's,
-    # or the trial's own at the chosen size.
-    assert pred["train_step_peak_bytes"] == _measured_peak(plan)
-    assert pred["peak_bytes"] == (
-        pred["train_step_peak_bytes"] + pred["training_overhead_bytes"] + pred["cache_bytes"]
-    )
+    # The plan's peak is the verification run's, which trained the plan on the real files:
+    # the training set's updates, a validation pass and a checkpoint.
+    assert pred["peak_bytes"] == _run_peak(plan)
+    [run] = [s for s in ev["verification"] if s["action"] == "accepted"]
+    d = run["details"]
+    assert d["verification_run"] is True and d["updates"] >= 2
+    assert d["validation_batches"] >= 1 and d["checkpoint_bytes"] > 0
     assert pred["epoch_time_s"] >= pred["step_time_s"] * pred["micro_batches_per_epoch"]
     assert ev["children"] >= 1 and ev["planning_time_s"] > 0
     chosen = [e for e in ev["choice"]["evaluations"] if e["verdict"] == "chosen"]
@@ -100,34 +125,17 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     assert result.children == ev["children"]
 
 
-def _measured_peak(plan):
-    """The measured peak behind the plan: verification's accepted step, else the trial's."""
-    steps = plan.evidence["verification"]
-    if steps:
-        assert plan.prediction["verified"] is True
-        accepted = [s for s in steps if s["action"] == "accepted"]
-        assert [s["micro_batch"] for s in accepted] == [plan.micro_batch]
-        return accepted[0]["peak_bytes"]
-    assert plan.prediction["verified"] == "measured directly"
-    (trial,) = [
-        t
-        for t in plan.evidence["trials"]
-        if (t["backbone"], tuple(t["input_size"]), t["precision"])
-        == (plan.backbone, plan.input_size, plan.precision)
-    ]
-    (result,) = [
-        r for r in trial["results"] if r["micro_batch"] == plan.micro_batch and r["status"] == "ok"
-    ]
-    return result["peak_bytes"]
+def _run_peak(plan):
+    """The peak behind the plan: the accepted verification run's, plus the cache."""
+    assert plan.prediction["verified"] is True
+    accepted = [s for s in plan.evidence["verification"] if s["action"] == "accepted"]
+    assert [s["micro_batch"] for s in accepted] == [plan.micro_batch]
+    return accepted[0]["peak_bytes"] + plan.prediction["cache_bytes"]
 
 
-@pytest.mark.parametrize(
-    ("trial_mode", "verified"), [("frozen", False), ("train", True), (None, False)]
-)
-def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
-    monkeypatch, trial_mode, verified
-):
-    """Trials at 1 and 4 in training mode say nothing exact about a frozen plan at 4."""
+@pytest.mark.parametrize("trial_mode", ["frozen", "train", None])
+def test_the_verification_run_trains_in_the_plans_batchnorm_mode(monkeypatch, trial_mode):
+    """Whatever mode the trials measured in, the run verifies the plan's own: frozen at 4."""
     from planner import verified_choice as vc
     from planner.request import PlanContext, PlanRequest
     from planner.search.candidates import Candidate
@@ -143,7 +151,8 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     calls = []
 
     def fake_measure_one(spec, size, **kw):
-        calls.append((size, spec.normalization, spec.to_plan().resolved_normalization))
+        plan = spec.target_args["plan"]
+        calls.append((size, spec.normalization, plan["normalization"], plan["micro_batch"]))
         return TrialResult("ok", size, peak_bytes=int(1.25 * gib), step_time_s=0.3)
 
     monkeypatch.setattr(vc, "measure_one", fake_measure_one)
@@ -152,8 +161,8 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
         # effective batch 4: no accumulation at 4, so only the BatchNorm mode decides
         PlanRequest(".", weights="imagenet", trial_timeout_s=60.0, effective_batch=4),
         hardware={},
-        budget={"device": "cpu", "bytes": int(1.5 * gib)},
-        fingerprint={"image_size": {"median": [64, 64]}, "classes": 2},
+        budget={"device": "cpu", "bytes": int(1.5 * gib), "source": "user"},
+        fingerprint=FINGERPRINT,
         n_train=10,
         step_headroom=0.1,
     )
@@ -161,13 +170,9 @@ def test_a_size_measured_in_another_batchnorm_mode_is_verified_in_the_plans(
     choice, steps = vc.choose_and_verify([m], ctx, children=set())
     # Pretrained weights: a plan at micro-batch 4 freezes BatchNorm.
     assert choice.micro_batch == 4 and choice.normalization == "frozen"
-    if verified:
-        assert calls == [(4, "frozen", "frozen")]  # the plan's own mode at 4
-        assert choice.predicted_peak_bytes == int(1.25 * gib)
-        assert [s.action for s in steps] == ["accepted"]
-    else:
-        assert calls == [] and steps == []
-        assert choice.predicted_peak_bytes == int(1.3 * gib)
+    assert calls == [(4, "frozen", "frozen", 4)]  # the plan's own mode at 4
+    assert [(s.action, s.peak_bytes) for s in steps] == [("accepted", int(1.25 * gib))]
+    assert choice.predicted_peak_bytes == int(1.3 * gib)  # the train step's, as measured
 
 
 def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch):
@@ -194,8 +199,8 @@ def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch
     ctx = PlanContext(
         PlanRequest(".", trial_timeout_s=60.0, effective_batch=16),
         hardware={},
-        budget={"device": "cpu", "bytes": int(1.5 * gib)},
-        fingerprint={"image_size": {"median": [64, 64]}, "classes": 2},
+        budget={"device": "cpu", "bytes": int(1.5 * gib), "source": "user"},
+        fingerprint=FINGERPRINT,
         n_train=10,
         step_headroom=0.1,
     )
@@ -203,10 +208,9 @@ def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch
     choice, steps = vc.choose_and_verify([m], ctx, children=set())
     assert (choice.micro_batch, choice.accumulation_steps) == (4, 4)
     [(size, spec)] = specs
-    assert size == 4 and spec.accumulation_steps == 4
-    assert spec.to_plan().accumulation_steps == 4
-    assert spec.warmup_steps + spec.measured_steps >= 2 * 4  # two optimizer updates
-    assert choice.predicted_peak_bytes == int(1.32 * gib)  # the verified peak, not the trial's
+    assert size == 4 and spec.target_args["plan"]["accumulation_steps"] == 4
+    assert spec.target_args["updates"] >= 2  # each update is 4 micro-batches
+    assert [(s.action, s.peak_bytes) for s in steps] == [("accepted", int(1.32 * gib))]
 
 
 def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memory():

@@ -235,3 +235,14 @@ class MemoryGuard(keras.callbacks.Callback):
                 f"peak memory {peak / 2**30:.2f} GiB passed the plan's memory budget "
                 f"{self.budget_bytes / 2**30:.2f} GiB"
             )
+
+
+class WallClock(keras.callbacks.Callback):
+    """Keeps `state["wall_time_s"]` current so a resumed run's time limit counts both parts."""
+
+    def __init__(self, state: dict[str, Any], t0: float):
+        super().__init__()
+        self.state, self.t0 = state, t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state["wall_time_s"] = time.monotonic() - self.t0

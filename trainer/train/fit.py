@@ -31,6 +31,7 @@ from trainer.train.callbacks import (
     ReleaseFreeHeap,
     RunCheckpointer,
     Throughput,
+    WallClock,
     peak_memory_bytes,
 )
 from trainer.train.distribute import (
@@ -71,6 +72,7 @@ def train(
     max_steps: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     started_at: float | None = None,
+    step_down: bool = True,
 ) -> TrainResult:
     """Train `plan` into the new run folder `out`.
 
@@ -83,6 +85,8 @@ def train(
         callbacks: extra Keras callbacks (e.g. a progress display).
         started_at: `time.monotonic()` when the user's time budget started
             (`--auto` counts planning time); defaults to now.
+        step_down: on out of memory, halve the micro-batch and go on (default); `False`
+            re-raises it (the planner's verification run measures one size).
     """
     started_at = time.monotonic() if started_at is None else started_at
     limit_malloc_arenas()  # no-op if the command line or a child already did (docs/runs.md)
@@ -94,7 +98,9 @@ def train(
     with worker_dir(out, strategy) as folder:  # only the chief writes `out`
         run = RunDir.create(folder, plan)
         try:
-            result = _train_with_stepdown(run, plan, bundle, None, callbacks, started_at)
+            result = _train_with_stepdown(
+                run, plan, bundle, None, callbacks, started_at, step_down=step_down
+            )
         except BaseException:
             _remove_if_no_epoch(run)
             raise
@@ -160,7 +166,9 @@ def _steps(plan: Plan, bundle) -> int:
     return bundle.steps_per_epoch
 
 
-def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> TrainResult:
+def _train_with_stepdown(
+    run, plan, bundle, state, callbacks, started_at, step_down=True
+) -> TrainResult:
     adjustments: list[dict[str, Any]] = list((state or {}).get("adjustments", []))
     while True:
         try:
@@ -168,6 +176,8 @@ def _train_with_stepdown(run, plan, bundle, state, callbacks, started_at) -> Tra
         except Exception as exc:
             if not is_oom_error(exc):
                 _raise_if_a_file_is_bad(exc, run, bundle)
+                raise
+            if not step_down:
                 raise
             if plan.micro_batch == 1:
                 raise TrainingOOMError(
@@ -314,7 +324,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             watched={"early_stopping": es, "lr_schedule": rlrop},
             phase=name,
         )
-        wall = _WallClock(state, t0)
+        wall = WallClock(state, t0)
         model.fit(
             train_ds,
             validation_data=bundle.val,
@@ -341,16 +351,6 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     run.write_metrics(metrics)
     return TrainResult(run.path, metrics, model, plan)
 
-
-class _WallClock(keras.callbacks.Callback):
-    """Keeps `state["wall_time_s"]` current so a resumed run's time limit counts both parts."""
-
-    def __init__(self, state: dict[str, Any], t0: float):
-        super().__init__()
-        self.state, self.t0 = state, t0
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.state["wall_time_s"] = time.monotonic() - self.t0
 
 
 def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""The verification run: a short real training run of the plan, measured (child side).
+
+A trial measures the train step alone, on synthetic tensors. Before a plan is written,
+one child runs the plan the way `fitplan train` will: `trainer.train.fit.train` on the
+real files through the real `tf.data` pipeline (decode, crop, augment; streamed), at the
+plan's micro-batch, accumulation, precision and BatchNorm mode, for `updates` optimizer
+updates, then one validation pass over the real validation split (tiled as in training,
+at most `validation_batches` batches: the peak depends on the batch, not on how many),
+then a checkpoint write. Its peak is the whole process's (CPU: peak RSS since the child
+started, TensorFlow and the model included, as `fitplan train` holds them; GPU: the
+allocator's peak, with the host peak beside it). `planner.verified_choice` runs it as
+the target of a trial child (`spec.target_args`: `plan`, `updates`,
+`validation_batches`); an out-of-memory error or a soft-OOM kill is reported as
+`oom`, because the run is told not to step down itself.
+
+Bound: `updates` x accumulation micro-batches, at most `validation_batches` validation
+batches and one checkpoint, plus TensorFlow's start-up and two traces (train and
+validation); the child's timeout (`presets.VERIFY_TIMEOUT_S`) caps it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras  # this module runs only in the child (the parent names it as a target string)
+
+from planner.trials.child import ChildContext, _configure_gpu
+from planner.trials.spec import TrialResult, TrialSpec
+
+
+def run(spec: TrialSpec, ctx: ChildContext) -> None:
+    """Train the plan in `spec.target_args["plan"]` briefly and report its peak."""
+    t0 = time.monotonic()
+    import tensorflow as tf
+
+    from trainer.plan import Plan
+    from trainer.train.fit import train
+    from trainer.train.memory import gpu_peak_bytes
+
+    args = spec.target_args
+    plan = Plan.from_dict(args["plan"])
+    gpu = _configure_gpu(tf, spec, ctx.memory_limit_bytes)
+    counter = _Counter(int(args.get("validation_batches", 8)))
+    ctx.emit("ready", build_time_s=0.0, device=spec.device)
+    ctx.start(plan.micro_batch)
+    with tempfile.TemporaryDirectory(prefix="fitplan-verify-") as tmp:
+        result = train(
+            plan,
+            Path(tmp) / "run",
+            max_epochs=1,
+            max_steps=int(args["updates"]),
+            callbacks=[counter],
+            step_down=False,
+        )
+        checkpoint_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*.weights.h5"))
+    host = ctx.host_peak()
+    details: dict[str, Any] = {
+        **host,
+        "verification_run": True,
+        "micro_batches": counter.train_batches,
+        "updates": counter.train_batches // plan.accumulation_steps,
+        "accumulation_steps": plan.accumulation_steps,
+        "validation_batches": counter.val_batches,
+        "checkpoint_bytes": checkpoint_bytes,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    peak = host["peak_bytes"]
+    if gpu:
+        peak = gpu_peak_bytes() or 0
+        details.update(peak_source="tf_allocator", host_peak_bytes=host["peak_bytes"])
+    images_per_s = float(result.metrics.get("images_per_s") or 0.0)
+    step_time = plan.micro_batch * plan.replicas / images_per_s if images_per_s else 0.0
+    ctx.result(
+        TrialResult(
+            "ok",
+            plan.micro_batch,
+            peak_bytes=int(peak),
+            step_time_s=step_time,
+            trace_time_s=counter.first_step_s,
+            traces=2 if counter.val_batches else 1,
+            details=details,
+        )
+    )
+
+
+class _Counter(keras.callbacks.Callback):
+    """Counts training and validation batches; ends validation after `max_val` batches."""
+
+    def __init__(self, max_val: int):
+        super().__init__()
+        self.max_val = max_val
+        self.train_batches = 0
+        self.val_batches = 0
+        self.first_step_s = 0.0
+        self._t = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.train_batches == 0:
+            self.first_step_s = time.monotonic() - self._t
+        self.train_batches += 1
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.val_batches += 1
+        if self.val_batches >= self.max_val:
+            self.model.stop_evaluating = True  # Keras 3: ends this evaluation pass
