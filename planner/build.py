@@ -46,7 +46,7 @@ def build_plan(
     Args:
         ctx: the request, budget, fingerprint and hardware report.
         choice: the chosen configuration, after verification.
-        verify_steps: the verification's measurements (empty: measured directly).
+        verify_steps: the verification runs (empty: a provisional plan, not yet verified).
         measurements: every candidate, for the evidence's trial results.
         planning_time_s, children, traces: what planning cost, for the evidence.
     """
