@@ -127,34 +127,7 @@ def run_trial(
         start_new_session=True,  # its own process group, so a kill reaches grandchildren
     )
     t0 = time.perf_counter()
-    events: list[dict[str, Any]] = []
-    garbage: list[str] = []
-    tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-
-    def read_stdout() -> None:
-        for raw in proc.stdout:  # type: ignore[union-attr]
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not line.startswith(MARKER):
-                garbage.append(line)
-                continue
-            try:
-                event = json.loads(line[len(MARKER) :])
-                if not isinstance(event, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                garbage.append(line)
-                continue
-            events.append(event)
-            if on_event is not None:
-                on_event(event)
-
-    def read_stderr() -> None:
-        for raw in proc.stderr:  # type: ignore[union-attr]
-            tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-    readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
-    for t in readers:
-        t.start()
+    out = _ChildOutput(proc, on_event)
     timed_out = False
     try:
         with contextlib.suppress(BrokenPipeError):
@@ -169,20 +142,63 @@ def run_trial(
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for t in readers:
-            t.join(timeout=5)
+        out.join()
     wall = time.perf_counter() - t0
     return _collect(
         spec,
         proc.pid,
         proc.returncode,
-        events,
-        garbage,
-        "\n".join(tail),
+        out.events,
+        out.garbage,
+        "\n".join(out.tail),
         timed_out,
         timeout_s,
         wall,
     )
+
+
+class _ChildOutput:
+    """Reads a child's pipes on two threads: its events (marker lines on stdout), any
+    other stdout lines (`garbage`), and the last lines of stderr (`tail`)."""
+
+    def __init__(
+        self, proc: subprocess.Popen, on_event: Callable[[dict[str, Any]], None] | None
+    ):
+        self.events: list[dict[str, Any]] = []
+        self.garbage: list[str] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self._on_event = on_event
+        self._threads = [
+            threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _read_stdout(self, stream) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not line.startswith(MARKER):
+                self.garbage.append(line)
+                continue
+            try:
+                event = json.loads(line[len(MARKER) :])
+                if not isinstance(event, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self.garbage.append(line)
+                continue
+            self.events.append(event)
+            if self._on_event is not None:
+                self._on_event(event)
+
+    def _read_stderr(self, stream) -> None:
+        for raw in stream:
+            self.tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=5)
 
 
 def _collect(
