@@ -102,6 +102,8 @@ def _verify(
         # Streamed: a short run would fill only part of an in-RAM cache; the cache's
         # bytes are added to the measured peak instead (planner.build).
         plan = plan.replace(data=dataclasses.replace(plan.data, cache="stream"))
+        if plan.replicas > 1:  # one replica's share on one device: the micro-batch is per
+            plan = plan.replace(strategy="default", replicas=1)  # replica (distributed.md)
         spec = cand.trial_spec(
             choice.candidate,
             (size,),

@@ -109,3 +109,6 @@ def test_make_plan_for_two_workers_records_strategy_replicas_and_lr_rule(tmp_pat
     assert plan.effective_batch == plan.micro_batch * 2 * plan.accumulation_steps
     assert plan.effective_batch >= 16
     assert (plan.optimizer.lr_scaling, plan.optimizer.reference_batch) == ("sqrt", 16)
+    # Verified by one replica's share trained on this one device, at the plan's micro-batch.
+    [run] = [s for s in plan.evidence["verification"] if s["action"] == "accepted"]
+    assert run["micro_batch"] == plan.micro_batch and run["details"]["verification_run"]
