@@ -105,7 +105,8 @@ def _data(req: PlanRequest, fp: dict[str, Any], cache: str) -> dict[str, Any]:
 def _prediction(
     choice: Choice, budget: dict[str, Any], cache_bytes: int, verify_steps: Sequence[VerifyStep]
 ) -> dict[str, Any]:
-    """The whole run's predicted peak: the verification run's measured peak plus the cache.
+    """The whole run's predicted peak: the verification run's measured peak, what a long
+    run adds to it (`presets.RUN_GROWTH`), and the cache.
 
     The verification run (`planner.trials.verify_run`) streams, so an in-RAM cache's
     bytes come on top. Without an accepted verification run (a provisional plan, built
@@ -119,9 +120,12 @@ def _prediction(
     else:
         overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
         run_peak, source = step + overhead, "estimated (presets.TRAINING_OVERHEAD_BYTES)"
-    peak = run_peak + int(cache_bytes)
+    growth = int(run_peak * presets.RUN_GROWTH)
+    peak = run_peak + growth + int(cache_bytes)
     return {
         "peak_bytes": peak,
+        "run_peak_bytes": run_peak,
+        "run_growth_bytes": growth,
         "train_step_peak_bytes": step,
         "training_overhead_bytes": run_peak - step,
         "training_overhead_source": source,

@@ -71,7 +71,9 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     pred, ev = plan.prediction, plan.evidence
     assert pred["verified"] is True
     assert [(s["micro_batch"], s["action"]) for s in ev["verification"]] == [(16, "accepted")]
-    assert pred["peak_bytes"] == verified_peak + pred["cache_bytes"] == _run_peak(plan)
+    growth = int(verified_peak * presets.RUN_GROWTH)
+    assert pred["peak_bytes"] == verified_peak + growth + pred["cache_bytes"] == _run_peak(plan)
+    assert pred["run_peak_bytes"] == verified_peak and pred["run_growth_bytes"] == growth
     step = gib + 100 * mib * 16  # the trial line's train step at 16
     assert pred["train_step_peak_bytes"] == step
     assert pred["training_overhead_bytes"] == verified_peak - step
@@ -126,11 +128,12 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
 
 
 def _run_peak(plan):
-    """The peak behind the plan: the accepted verification run's, plus the cache."""
+    """The peak behind the plan: the accepted verification run's, its growth, the cache."""
     assert plan.prediction["verified"] is True
     accepted = [s for s in plan.evidence["verification"] if s["action"] == "accepted"]
     assert [s["micro_batch"] for s in accepted] == [plan.micro_batch]
-    return accepted[0]["peak_bytes"] + plan.prediction["cache_bytes"]
+    run_peak = accepted[0]["peak_bytes"]
+    return run_peak + plan.prediction["run_growth_bytes"] + plan.prediction["cache_bytes"]
 
 
 @pytest.mark.parametrize("trial_mode", ["frozen", "train", None])
