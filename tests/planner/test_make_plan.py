@@ -18,6 +18,20 @@ FINGERPRINT = {
 }
 
 
+def _small_context(request):
+    """A 1.5 GiB CPU budget, 10 training pairs of 64x64, 10% headroom for the train step."""
+    from planner.request import PlanContext
+
+    return PlanContext(
+        request,
+        hardware={},
+        budget={"device": "cpu", "bytes": int(1.5 * 2**30), "source": "user"},
+        fingerprint=FINGERPRINT,
+        n_train=10,
+        step_headroom=0.1,
+    )
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from planner.app.demo import make_demo_dataset
@@ -140,7 +154,7 @@ def _run_peak(plan):
 def test_the_verification_run_trains_in_the_plans_batchnorm_mode(monkeypatch, trial_mode):
     """Whatever mode the trials measured in, the run verifies the plan's own: frozen at 4."""
     from planner import verified_choice as vc
-    from planner.request import PlanContext, PlanRequest
+    from planner.request import PlanRequest
     from planner.search.candidates import Candidate
     from planner.search.choice import CandidateMeasurement
     from planner.trials.spec import TrialResult
@@ -160,15 +174,8 @@ def test_the_verification_run_trains_in_the_plans_batchnorm_mode(monkeypatch, tr
 
     monkeypatch.setattr(vc, "measure_one", fake_measure_one)
     m = CandidateMeasurement(c, trials=trials, normalization=trial_mode)
-    ctx = PlanContext(
-        # effective batch 4: no accumulation at 4, so only the BatchNorm mode decides
-        PlanRequest(".", weights="imagenet", trial_timeout_s=60.0, effective_batch=4),
-        hardware={},
-        budget={"device": "cpu", "bytes": int(1.5 * gib), "source": "user"},
-        fingerprint=FINGERPRINT,
-        n_train=10,
-        step_headroom=0.1,
-    )
+    # effective batch 4: no accumulation at 4, so only the BatchNorm mode decides
+    ctx = _small_context(PlanRequest(".", weights="imagenet", effective_batch=4))
     # allowed = 1.5 x 0.9 = 1.35 GiB: 4 fits (1.3), 5 does not (1.4): the choice is 4.
     choice, steps = vc.choose_and_verify([m], ctx, children=set())
     # Pretrained weights: a plan at micro-batch 4 freezes BatchNorm.
@@ -181,7 +188,7 @@ def test_the_verification_run_trains_in_the_plans_batchnorm_mode(monkeypatch, tr
 def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch):
     """Trials step at accumulation 1; the plan's accumulators are only in a verified peak."""
     from planner import verified_choice as vc
-    from planner.request import PlanContext, PlanRequest
+    from planner.request import PlanRequest
     from planner.search.candidates import Candidate
     from planner.search.choice import CandidateMeasurement
     from planner.trials.spec import TrialResult
@@ -199,14 +206,7 @@ def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch
 
     monkeypatch.setattr(vc, "measure_one", fake_measure_one)
     m = CandidateMeasurement(Candidate("unet_small", (64, 64)), trials=trials)
-    ctx = PlanContext(
-        PlanRequest(".", trial_timeout_s=60.0, effective_batch=16),
-        hardware={},
-        budget={"device": "cpu", "bytes": int(1.5 * gib), "source": "user"},
-        fingerprint=FINGERPRINT,
-        n_train=10,
-        step_headroom=0.1,
-    )
+    ctx = _small_context(PlanRequest(".", effective_batch=16))
     # 4 was measured by a trial, but at accumulation 1; the plan runs 4 x 4.
     choice, steps = vc.choose_and_verify([m], ctx, children=set())
     assert (choice.micro_batch, choice.accumulation_steps) == (4, 4)
