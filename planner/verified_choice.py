@@ -67,6 +67,8 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
         measurements,
         budget_bytes=ctx.budget_bytes,
         headroom=ctx.step_headroom,
+        # The budget that holds a train step of n bytes with the run's overhead on top.
+        budget_for=lambda n: (n + _overhead(ctx)) / (1 - req.headroom),
         time_left=ctx.time_left,
         count_planning_time=req.count_planning_time,
         n_train_samples=ctx.n_train,
@@ -124,7 +126,7 @@ def _verify(
             children.add(r.child_pid)
         return r
 
-    overhead = presets.TRAINING_OVERHEAD_BYTES.get(ctx.device, 0)
+    overhead = _overhead(ctx)
     step_line = choice.line or MemoryLine(  # one measured size: step down one at a time
         a=choice.predicted_peak_bytes,
         b=0.0,
@@ -143,6 +145,11 @@ def _verify(
     if got < 1:
         return None, steps
     return _at_size(choice, got, ctx), steps
+
+
+def _overhead(ctx: PlanContext) -> int:
+    """The estimate of what a run holds beyond its train step, before verification."""
+    return presets.TRAINING_OVERHEAD_BYTES.get(ctx.device, 0)
 
 
 def _at_size(choice: Choice, size: int, ctx: PlanContext) -> Choice:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from planner.search import presets
 from planner.search.candidates import Candidate
@@ -159,6 +159,7 @@ def choose(
     max_micro_batch: int = presets.MAX_MICRO_BATCH,
     replicas: int = 1,
     weights: str = "none",
+    budget_for: Callable[[int], float] | None = None,
 ) -> Choice:
     """Pick the candidate that should reach the best validation quality within the budgets.
 
@@ -181,6 +182,9 @@ def choose(
             Effective batch = micro-batch x replicas x accumulation. Defaults to `1`.
         weights: the plan's encoder weights; with the micro-batch they set the BatchNorm
             mode (`trainer.plan.normalization_for`). Defaults to `"none"`.
+        budget_for: the budget that would hold a train step needing `n` bytes, for the
+            "raise --budget-memory" hint (the planner adds its training-overhead
+            estimate as bytes). `None` (default): `n` / (1 - `headroom`).
 
     Raises:
         BudgetError: no candidate fits the memory budget (names the smallest need), or
@@ -208,7 +212,7 @@ def choose(
         evals.append(e)
     feasible = [e for e in evals if e.verdict == "feasible" and (e.epochs_possible or 0) >= 1]
     if not feasible:
-        _raise_budget(evals, budget_bytes, allowed, time_budget_s)
+        _raise_budget(evals, budget_bytes, allowed, time_budget_s, budget_for)
     best, final, notes = _rank(evals, feasible, want, time_budget_s)
     return _choice(
         best,
@@ -327,7 +331,7 @@ def _with_time(e, obj, time_budget_s, n, native_hw, replicas=1) -> Evaluation:
     )
 
 
-def _raise_budget(evals, budget, allowed, time_budget_s) -> None:
+def _raise_budget(evals, budget, allowed, time_budget_s, budget_for=None) -> None:
     slow = [e for e in evals if e.verdict == "feasible"]
     if slow:
         fastest = min(slow, key=lambda e: e.epoch_time_s)
@@ -347,11 +351,12 @@ def _raise_budget(evals, budget, allowed, time_budget_s) -> None:
         )
     small = min(pool, key=lambda e: e.need_bytes)
     kind = "measured" if measured else "estimated"
+    needed = budget_for(small.need_bytes) if budget_for else small.need_bytes / (allowed / budget)
     raise BudgetError(
         f"no candidate fits the memory budget {budget / GIB:.2f} GiB (allowed {allowed / GIB:.2f} GiB "
         f"after headroom): the smallest {kind} need is {small.need_bytes / GIB:.2f} GiB "
         f"({small.candidate.label}, {small.need_at})",
-        hint=f"raise --budget-memory to at least {small.need_bytes / (allowed / budget) / GIB:.2f} GiB",
+        hint=f"raise --budget-memory to at least {needed / GIB:.2f} GiB",
     )
 
 

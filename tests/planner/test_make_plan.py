@@ -1,6 +1,7 @@
 """make_plan and train --auto end to end with real child processes (tiny model and images)."""
 
 import json
+import re
 
 import pytest
 
@@ -44,6 +45,19 @@ def test_budget_too_small_fails_fast_naming_the_need(data_dir, tmp_path):
     with pytest.raises(BudgetError, match=r"smallest estimated need is \d+\.\d+ GiB"):
         make_plan(data_dir, budget_memory=64 * 2**20, backbones=["unet_small"], sizes=[64], out=out)
     assert not out.exists()  # no half-written plan
+
+
+def test_the_budget_hint_adds_the_run_overhead_as_bytes(data_dir):
+    """64 MiB leaves no room: the hint is the need plus the overhead over 90%, not 20x it."""
+    from planner.search import presets
+
+    with pytest.raises(BudgetError) as info:
+        make_plan(data_dir, budget_memory=64 * 2**20, backbones=["unet_small"], sizes=[64])
+    err = info.value
+    need = float(re.search(r"smallest estimated need is (\d+\.\d+) GiB", str(err)).group(1))
+    hint = float(re.search(r"at least (\d+\.\d+) GiB", err.hint).group(1))
+    overhead = presets.TRAINING_OVERHEAD_BYTES["cpu"] / 2**30
+    assert hint == pytest.approx((need + overhead) / (1 - presets.HEADROOM), abs=0.01)
 
 
 def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monkeypatch):
