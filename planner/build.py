@@ -72,7 +72,9 @@ def build_plan(
             "budget_bytes": int(budget["bytes"]),
             "budget_source": budget["source"],
         },
-        "prediction": _prediction(choice, budget, cache_bytes, verify_steps),
+        "prediction": _prediction(
+            choice, budget, cache_bytes, verify_steps, target_batch=req.effective_batch
+        ),
         "evidence": _evidence(
             ctx, choice, verify_steps, measurements, planning_time_s, children, traces
         ),
@@ -103,7 +105,12 @@ def _data(req: PlanRequest, fp: dict[str, Any], cache: str) -> dict[str, Any]:
 
 
 def _prediction(
-    choice: Choice, budget: dict[str, Any], cache_bytes: int, verify_steps: Sequence[VerifyStep]
+    choice: Choice,
+    budget: dict[str, Any],
+    cache_bytes: int,
+    verify_steps: Sequence[VerifyStep],
+    *,
+    target_batch: int,
 ) -> dict[str, Any]:
     """The whole run's predicted peak: the verification run's measured peak, what a long
     run adds to it (`presets.RUN_GROWTH`), and the cache.
@@ -136,8 +143,38 @@ def _prediction(
         "micro_batches_per_epoch": int(choice.micro_batches_per_epoch),
         "headroom_bytes": int(budget["bytes"]) - peak,
         "budget_bytes": int(budget["bytes"]),
+        "budget_share": round(peak / budget["bytes"], 3),
+        "unused_budget_reason": _unused_reason(choice, peak, budget, target_batch, run_peak - step),
         "verified": run is not None,
     }
+
+
+# Below this share of the budget the plan says why it leaves the rest unused.
+WELL_USED_SHARE = 0.85
+
+
+def _unused_reason(
+    choice: Choice, peak: int, budget: dict[str, Any], target_batch: int, overhead: int
+) -> str | None:
+    """Why the plan's predicted peak stays under 85% of the budget, or `None` if it does not."""
+    if peak >= WELL_USED_SHARE * budget["bytes"]:
+        return None
+    if choice.micro_batch * choice.replicas >= target_batch:
+        return (
+            f"the micro-batch reached the effective batch ({target_batch}) with no accumulation "
+            "left to trade: a larger one changes the training, it does not fit more"
+        )
+    estimate = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+    if overhead < estimate:
+        return (
+            f"the micro-batch was sized with the estimated training overhead "
+            f"({estimate / 2**30:.2f} GiB); the verification run measured "
+            f"{overhead / 2**30:.2f} GiB"
+        )
+    return (
+        "the objective preferred this candidate to one that fills more of the budget "
+        "(see the candidates and their scores)"
+    )
 
 
 def _evidence(

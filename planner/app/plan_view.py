@@ -80,6 +80,9 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
         f"predicted peak {_gib(pred.get('peak_bytes'))} GiB of budget {_gib(target.get('budget_bytes'))} GiB"
         f" ({target.get('budget_source')}), headroom {_gib(pred.get('headroom_bytes'))} GiB",
     )
+    if pred.get("unused_budget_reason"):
+        share = pred.get("budget_share") or 0
+        summary.add_row("", f"{share:.0%} of the budget: {pred['unused_budget_reason']}")
     summary.add_row(
         "time",
         f"{pred.get('step_time_s', 0):.2f} s/step, {pred.get('epoch_time_s', 0):.0f} s/epoch, "

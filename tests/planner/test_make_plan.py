@@ -47,6 +47,31 @@ def test_budget_too_small_fails_fast_naming_the_need(data_dir, tmp_path):
     assert not out.exists()  # no half-written plan
 
 
+@pytest.mark.parametrize(
+    ("micro_batch", "peak_gib", "overhead_gib", "says"),
+    [
+        (16, 3.5, 0.1, None),  # 87.5% of 4 GiB: nothing to explain
+        (16, 2.0, 0.1, "reached the effective batch"),
+        (4, 2.0, 0.1, "estimated training overhead"),
+        (4, 2.0, 0.9, "objective preferred"),
+    ],
+)
+def test_a_plan_under_85_percent_of_its_budget_says_why(micro_batch, peak_gib, overhead_gib, says):
+    from types import SimpleNamespace
+
+    from planner.build import _unused_reason
+
+    gib = 2**30
+    reason = _unused_reason(
+        SimpleNamespace(micro_batch=micro_batch, replicas=1),
+        int(peak_gib * gib),
+        {"device": "cpu", "bytes": 4 * gib},
+        16,
+        int(overhead_gib * gib),
+    )
+    assert reason is None if says is None else says in reason
+
+
 def test_the_budget_hint_adds_the_run_overhead_as_bytes(data_dir):
     """64 MiB leaves no room: the hint is the need plus the overhead over 90%, not 20x it."""
     from planner.search import presets
@@ -102,6 +127,9 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     growth = int(verified_peak * presets.RUN_GROWTH)
     assert pred["peak_bytes"] == verified_peak + growth + pred["cache_bytes"] == _run_peak(plan)
     assert pred["run_peak_bytes"] == verified_peak and pred["run_growth_bytes"] == growth
+    # 2.2 GiB of 8: said why (micro-batch 16 is already the effective batch).
+    assert pred["budget_share"] == round(pred["peak_bytes"] / (8 * gib), 3)
+    assert "reached the effective batch (16)" in pred["unused_budget_reason"]
     step = gib + 100 * mib * 16  # the trial line's train step at 16
     assert pred["train_step_peak_bytes"] == step
     assert pred["training_overhead_bytes"] == verified_peak - step
