@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from planner.request import PlanContext, PlanRequest
+from planner.request import PlanContext, PlanRequest, overhead_estimate
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.search.memory_model import VerifyStep
 from trainer.errors import FitplanError
 from trainer.plan import Plan
+from trainer.units import gib
 
 # The scan's summary of the dataset that the evidence keeps.
 DATASET_EVIDENCE = (
@@ -125,8 +126,8 @@ def _prediction(
     if run is not None and run.peak_bytes is not None:
         run_peak, source = int(run.peak_bytes), "measured by the verification run"
     else:
-        overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
-        run_peak, source = step + overhead, "estimated (presets.TRAINING_OVERHEAD_BYTES)"
+        run_peak = step + overhead_estimate(budget)
+        source = "estimated (presets.TRAINING_OVERHEAD_BYTES)"
     growth = int(run_peak * presets.RUN_GROWTH)
     peak = run_peak + growth + int(cache_bytes)
     return {
@@ -164,12 +165,11 @@ def _unused_reason(
             f"the micro-batch reached the effective batch ({target_batch}) with no accumulation "
             "left to trade: a larger one changes the training, it does not fit more"
         )
-    estimate = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+    estimate = overhead_estimate(budget)
     if overhead < estimate:
         return (
             f"the micro-batch was sized with the estimated training overhead "
-            f"({estimate / 2**30:.2f} GiB); the verification run measured "
-            f"{overhead / 2**30:.2f} GiB"
+            f"({gib(estimate)}); the verification run measured {gib(overhead)}"
         )
     return (
         "the objective preferred this candidate to one that fills more of the budget "

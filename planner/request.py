@@ -135,6 +135,12 @@ class PlanContext:
         return b - (self.elapsed() if self.request.count_planning_time else 0.0)
 
 
+def overhead_estimate(budget: dict[str, Any]) -> int:
+    """What a run is estimated to hold beyond its train step, before the verification run
+    measures it (`presets.TRAINING_OVERHEAD_BYTES` for the budget's device)."""
+    return presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+
+
 def step_headroom(budget: dict[str, Any], headroom: float) -> float:
     """Share of the budget a trial's train step leaves free: headroom plus training overhead.
 
@@ -142,5 +148,4 @@ def step_headroom(budget: dict[str, Any], headroom: float) -> float:
     validation and callbacks (`presets.TRAINING_OVERHEAD_BYTES`), so the step gets
     budget x (1 - headroom) - overhead.
     """
-    overhead = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
-    return min(0.95, headroom + overhead / budget["bytes"])
+    return min(0.95, headroom + overhead_estimate(budget) / budget["bytes"])

@@ -1,10 +1,10 @@
-"""The choice that goes into the plan: `search.choose`, then one verification child, stepping down.
+"""The choice that goes into the plan: `search.choose`, then a verification run, stepping down.
 
-`search.choose` predicts a micro-batch from each candidate's memory line; a prediction
-is only written into a plan once a child has measured it (`memory_model.verify`: measure
-the chosen size in the plan's own BatchNorm mode, refit and step down while over the
-allowed budget). A candidate that fails verification is dropped and the search chooses
-again. Under `train --auto` a time budget too short for one epoch still trains
+`search.choose` predicts a micro-batch from each candidate's memory line; a choice is
+only written into a plan once a child has trained it briefly as the plan
+(`planner.trials.verify_run`) and `memory_model.verify` has held that run's peak to the
+allowed budget, stepping down while over it. A candidate that fails verification is
+dropped and the search chooses again. Under `train --auto` a time budget too short for one epoch still trains
 (`choose_within_time`).
 """
 
@@ -14,16 +14,16 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from planner.build import build_plan
-from planner.request import Log, PlanContext
+from planner.request import Log, PlanContext, overhead_estimate
 from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
-from planner.search.choose import accumulation_for, choose
+from planner.search.choose import choose
 from planner.search.memory_model import MemoryLine, VerifyStep, verify
 from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_one
 from trainer.errors import BudgetError
-from trainer.plan import normalization_for
+from trainer.plan import accumulation_for, normalization_for
 from trainer.units import gib
 
 
@@ -68,7 +68,7 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
         budget_bytes=ctx.budget_bytes,
         headroom=ctx.step_headroom,
         # The budget that holds a train step of n bytes with the run's overhead on top.
-        budget_for=lambda n: (n + _overhead(ctx)) / (1 - req.headroom),
+        budget_for=lambda n: (n + overhead_estimate(ctx.budget)) / (1 - req.headroom),
         time_left=ctx.time_left,
         count_planning_time=req.count_planning_time,
         n_train_samples=ctx.n_train,
@@ -126,7 +126,7 @@ def _verify(
             children.add(r.child_pid)
         return r
 
-    overhead = _overhead(ctx)
+    overhead = overhead_estimate(ctx.budget)
     step_line = choice.line or MemoryLine(  # one measured size: step down one at a time
         a=choice.predicted_peak_bytes,
         b=0.0,
@@ -145,11 +145,6 @@ def _verify(
     if got < 1:
         return None, steps
     return _at_size(choice, got, ctx), steps
-
-
-def _overhead(ctx: PlanContext) -> int:
-    """The estimate of what a run holds beyond its train step, before verification."""
-    return presets.TRAINING_OVERHEAD_BYTES.get(ctx.device, 0)
 
 
 def _at_size(choice: Choice, size: int, ctx: PlanContext) -> Choice:

@@ -19,6 +19,7 @@ JSON Schema (`trainer.plan_schema`, docs/plan.schema.json).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,11 @@ AUGMENT_PRESETS = tuple(_AUGMENT_PRESETS)
 
 # Micro-batches below this make BatchNorm statistics too noisy; "auto" freezes it.
 SMALL_MICRO_BATCH = 8
+
+
+def accumulation_for(micro_batch: int, effective_batch: int, replicas: int = 1) -> int:
+    """Accumulation steps that reach `effective_batch` at `micro_batch` per replica."""
+    return max(1, math.ceil(effective_batch / (micro_batch * replicas)))
 
 
 def normalization_for(micro_batch: int, weights: str) -> str:

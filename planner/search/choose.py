@@ -30,7 +30,7 @@ from planner.search.memory_model import allowed_bytes, fit_line, largest_fitting
 from planner.trials.spec import TrialResult
 from trainer.data.splits import crops_for, epoch_steps
 from trainer.errors import BudgetError, FitplanError
-from trainer.plan import normalization_for
+from trainer.plan import accumulation_for, normalization_for
 
 __all__ = [
     "CandidateMeasurement",
@@ -51,11 +51,6 @@ def crops_per_epoch(
     if native_hw is None:
         return n_images
     return n_images * crops_for(native_hw[0], native_hw[1], input_hw, None)
-
-
-def accumulation_for(micro_batch: int, effective_batch: int, replicas: int = 1) -> int:
-    """Accumulation steps that reach `effective_batch` at `micro_batch` per replica."""
-    return max(1, math.ceil(effective_batch / (micro_batch * replicas)))
 
 
 def _step_time(ok: Sequence[TrialResult], mb: int) -> float:

@@ -124,7 +124,7 @@ def measure(spec: TrialSpec, ctx: ChildContext) -> None:
     import numpy as np
     import tensorflow as tf
 
-    gpu = _configure_gpu(tf, spec, ctx.memory_limit_bytes)
+    gpu = configure_gpu(tf, spec, ctx.memory_limit_bytes)
     import keras
 
     from trainer.train.fit import build_model_for_plan
@@ -179,7 +179,7 @@ def measure(spec: TrialSpec, ctx: ChildContext) -> None:
         )
 
 
-def _configure_gpu(tf: Any, spec: TrialSpec, memory_limit_bytes: int | None) -> bool:
+def configure_gpu(tf: Any, spec: TrialSpec, memory_limit_bytes: int | None) -> bool:
     """On GPU: a hard device limit if given, else memory growth so NVML sees real use."""
     gpus = tf.config.list_physical_devices("GPU")
     if spec.device != "gpu" or not gpus:

@@ -27,7 +27,7 @@ from typing import Any
 
 import keras  # this module runs only in the child (the parent names it as a target string)
 
-from planner.trials.child import ChildContext, _configure_gpu
+from planner.trials.child import ChildContext, configure_gpu
 from planner.trials.spec import TrialResult, TrialSpec
 
 
@@ -42,8 +42,8 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
 
     args = spec.target_args
     plan = Plan.from_dict(args["plan"])
-    gpu = _configure_gpu(tf, spec, ctx.memory_limit_bytes)
-    counter = _Counter(int(args.get("validation_batches", 8)))
+    gpu = configure_gpu(tf, spec, ctx.memory_limit_bytes)
+    counter = _Counter(int(args["validation_batches"]))
     ctx.emit("ready", build_time_s=0.0, device=spec.device)
     ctx.start(plan.micro_batch)
     with tempfile.TemporaryDirectory(prefix="fitplan-verify-") as tmp:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import shutil
 import time
 import warnings
@@ -25,7 +24,7 @@ import keras
 
 from trainer.errors import DataError, FitplanWarning, TrainingOOMError
 from trainer.oom import is_oom_error
-from trainer.plan import Plan
+from trainer.plan import Plan, accumulation_for
 from trainer.train.callbacks import (
     MemoryGuard,
     ReleaseFreeHeap,
@@ -185,7 +184,7 @@ def _train_with_stepdown(
                     hint="choose a smaller input_size or backbone (`fitplan plan` measures them)",
                 ) from exc
             new_mb = plan.micro_batch // 2
-            new_k = math.ceil(plan.effective_batch / (new_mb * plan.replicas))
+            new_k = accumulation_for(new_mb, plan.effective_batch, plan.replicas)
             adjustments.append(
                 {
                     "reason": f"out of memory at micro_batch={plan.micro_batch}: {type(exc).__name__}: {exc}",
