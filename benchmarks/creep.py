@@ -4,13 +4,15 @@ Each arm is a fresh child process running `trainer.train.fit.train` on the same 
 one lever changed, recording after every epoch the process's peak RSS so far (`VmHWM`,
 what `history.csv` records as `peak_memory_bytes`), the resident set at the end of the
 epoch (`VmRSS`) and the peak within that epoch alone (`clear_refs` resets the mark at
-each epoch start). Arms:
+each epoch start). The levers are the trainer's own two settings (`trainer.train.memory`),
+switched off in the child where an arm leaves them out:
 
-    default     as fitplan trains today
-    arena2      MALLOC_ARENA_MAX=2 in the child's environment (glibc: at most 2 arenas
-                instead of 8 x cores; fewer half-empty arenas under TensorFlow's threads)
-    trim        glibc `malloc_trim(0)` after every epoch (returns free heap pages)
-    arena2trim  both
+    default     neither: as fitplan trained before it had them
+    arena2      malloc arenas capped at 2 (glibc: instead of 8 x cores; fewer half-empty
+                arenas under TensorFlow's threads); also MALLOC_ARENA_MAX=2 in the
+                environment, so the cap holds from the child's first allocation
+    trim        `malloc_trim(0)` before each validation pass and after each epoch
+    arena2trim  both: as fitplan trains now
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
 
@@ -32,54 +34,49 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 EPFL = ROOT.parent / "shared" / "datasets" / "epfl-em" / "train"
 MIB = 2**20
-ARMS = {
-    "default": ({}, False),
-    "arena2": ({"MALLOC_ARENA_MAX": "2"}, False),
-    "trim": ({}, True),
-    "arena2trim": ({"MALLOC_ARENA_MAX": "2"}, True),
+ARMS = {  # arm: (environment, cap the arenas, trim)
+    "default": ({}, False, False),
+    "arena2": ({"MALLOC_ARENA_MAX": "2"}, True, False),
+    "trim": ({}, False, True),
+    "arena2trim": ({"MALLOC_ARENA_MAX": "2"}, True, True),
 }
 
 
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def child(args: argparse.Namespace) -> None:
-    import ctypes
-
     import keras
+    import psutil
 
     from trainer.plan import Plan
-    from trainer.train.fit import train
+    from trainer.train import callbacks, fit
+    from trainer.train.memory import peak_rss_bytes, reset_peak_rss
 
-    trim = ARMS[args.arm][1]
-    libc = ctypes.CDLL("libc.so.6")
+    _, cap, trim = ARMS[args.arm]
+    if not cap:  # the trainer's own setting, off for this arm
+        fit.limit_malloc_arenas = lambda *a, **k: False
+    if not trim:
+        callbacks.release_free_heap = lambda: False
+    process = psutil.Process()
     rows: list[dict[str, Any]] = []
 
     class Record(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            Path("/proc/self/clear_refs").write_text("5")
+            self.hwm_before = rows[-1]["hwm_total"] if rows else peak_rss_bytes()
+            reset_peak_rss()
             self.epoch_start = time.monotonic()
-            self.hwm_before = rows[-1]["hwm_total"] if rows else _status("VmHWM")
 
         def on_epoch_end(self, epoch, logs=None):
-            if trim:
-                libc.malloc_trim(0)
             rows.append(
                 {
                     "epoch": epoch + 1,
-                    "hwm_epoch": _status("VmHWM"),
-                    "hwm_total": max(self.hwm_before, _status("VmHWM")),
-                    "rss_end": _status("VmRSS"),
+                    "hwm_epoch": peak_rss_bytes(),
+                    "hwm_total": max(self.hwm_before, peak_rss_bytes()),
+                    "rss_end": process.memory_info().rss,
                     "epoch_s": time.monotonic() - self.epoch_start,
                 }
             )
 
     plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))
-    train(plan, args.run, max_epochs=args.epochs, max_steps=args.max_steps, callbacks=[Record()])
+    fit.train(plan, args.run, max_epochs=args.epochs, max_steps=args.max_steps, callbacks=[Record()])
     Path(args.result).write_text(json.dumps(rows))
 
 
