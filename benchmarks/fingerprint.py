@@ -13,6 +13,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from planner.hardware.host import parse_cpuinfo
+
 # Highest first: the first level whose flags are all present is oneDNN's dispatch level
 # (its `cpu_isa_t` names). Flag names as in Linux's /proc/cpuinfo.
 ISA_LEVELS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -30,19 +32,18 @@ ONEDNN_FLAGS = sorted(set().union(*(flags for _, flags in ISA_LEVELS)))
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (`cpuinfo`: its text, for tests).
+    """The CPU's feature flags from /proc/cpuinfo (`cpuinfo`: its text, for tests), parsed
+    as the probe parses them (`planner.hardware.host.parse_cpuinfo`).
 
-    Empty where there is no /proc/cpuinfo or no `flags` line (not Linux, not x86).
+    Empty where there is no /proc/cpuinfo or no flags line (not Linux); on Arm its
+    `Features`, which match no x86 level.
     """
     if cpuinfo is None:
         try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
             return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return parse_cpuinfo(cpuinfo)[1]
 
 
 def isa_level(flags: set[str]) -> str:

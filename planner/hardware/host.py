@@ -80,6 +80,11 @@ def _parse_cpuinfo(path: Path) -> tuple[str | None, set[str]]:
         text = path.read_text(errors="replace")
     except OSError:
         return None, set()
+    return parse_cpuinfo(text)
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
+    """`(model name, feature flags)` from /proc/cpuinfo's text (x86 `flags`, Arm `Features`)."""
     model, flags = None, set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
