@@ -125,7 +125,7 @@ def main() -> None:
     procs = {}
     for arm in args.arms.split(","):
         env = dict(os.environ, **ARMS[arm][0])
-        cmd = [sys.executable, "-P", __file__, "--out", str(args.out), "--arm", arm,
+        cmd = [sys.executable, __file__, "--out", str(args.out), "--arm", arm,
                "--plan", str(plan), "--run", str(args.out / f"run-{arm}"),
                "--result", str(args.out / f"{arm}.json"),
                "--epochs", str(args.epochs), "--max-steps", str(args.max_steps)]
