@@ -4,6 +4,12 @@ Every file fitplan writes goes to a temporary name in the same directory, is
 flushed and fsynced, then renamed over the target (rename is atomic on POSIX
 within one file system). On `ENOSPC` the temporary file is removed, the old
 target is left untouched and `DiskFullError` names the file.
+
+The temporary file is created with `os.open(..., 0o666)`, so the kernel applies the
+process's umask and the file gets the mode a plain `open()` would give it. The umask
+is never read or changed: `os.umask` can only be read by setting it, which for a
+moment changes it for every thread of the process (a file another thread creates
+then would be world-writable).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,13 +34,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(target, suffix)
     try:
         yield tmp_path
-        if tmp_path.is_file():  # mkstemp makes 0600; give the file the umask's usual mode
-            os.chmod(tmp_path, 0o666 & ~_umask())
         _fsync_file(tmp_path)
         os.replace(tmp_path, target)
         fsync_dir(target.parent)
@@ -74,10 +76,50 @@ def write_with(target: str | os.PathLike, writer: Callable[[Path], None], suffix
         writer(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two paths (e.g. a new folder and the one it replaces) in one atomic step.
+
+    Linux `renameat2(RENAME_EXCHANGE)` (man 2 rename; glibc 2.28+): no moment exists
+    where neither is in place, which two renames cannot give for a folder (a folder
+    cannot be renamed over a non-empty one).
+
+    Returns:
+        `True` when swapped; `False` where the system or file system cannot (the
+        caller falls back to two renames). Other errors raise `OSError`.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _new_temp(target: Path, suffix: str) -> Path:
+    """Create an empty, uniquely named temporary file next to `target`.
+
+    Mode 0o666 through `os.open`: the kernel applies the umask (`tempfile.mkstemp` would
+    make it 0600, and fixing that afterwards needs the umask, see the module docstring).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp{suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
 
 
 def _fsync_file(path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,33 @@ def test_a_folder_is_swapped_in_whole(tmp_path):
         raise RuntimeError("export failed")
     assert [p.name for p in target.iterdir()] == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+
+
+def test_a_leftover_from_a_crashed_export_does_not_block_the_next(tmp_path, monkeypatch):
+    """Issue 16: the swap was two renames through a fixed `.sm.old.tmp` name; a crash
+    between them left that folder behind and every later export failed on it."""
+    target = tmp_path / "sm"
+    target.mkdir()
+    (target / "old").write_text("old")
+    leftover = tmp_path / ".sm.old.tmp"
+    leftover.mkdir()
+    (leftover / "junk").write_text("x")
+    moves = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: moves.append((a, b)) or real_replace(a, b))
+    with _atomic_dir(target) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert moves == []  # one exchange, never a moment without `sm`
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sm.old.tmp", "sm"]
+
+
+def test_exchange_falls_back_to_two_renames_where_unsupported(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.atomic.exchange", lambda a, b: False)
+    target = tmp_path / "sm"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with _atomic_dir(target) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sm"]

@@ -219,16 +219,30 @@ def run_tflite(model: bytes, batch: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def _atomic_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder next to `target`, swapped in by rename when the block succeeds."""
+    """A temporary folder next to `target`, swapped in by one atomic exchange on success.
+
+    An existing `target` and the new folder trade places in one `renameat2` call
+    (`trainer.atomic.exchange`), then the old one is deleted; where the file system
+    cannot exchange, the old folder is first renamed to a unique name. Temporary names
+    are unique, so a leftover from a crashed export never blocks the next one.
+    """
+    from trainer.atomic import exchange
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    old = target.parent / f".{target.name}.old.tmp"
     try:
         yield tmp
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        if not target.exists():
+            os.replace(tmp, target)
+        elif exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        else:
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old.tmp", dir=target.parent)
+            )
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
