@@ -145,21 +145,32 @@ def _prediction(
         "headroom_bytes": int(budget["bytes"]) - peak,
         "budget_bytes": int(budget["bytes"]),
         "budget_share": round(peak / budget["bytes"], 3),
-        "unused_budget_reason": _unused_reason(choice, peak, budget, target_batch, run_peak - step),
+        "unused_budget_reason": _unused_reason(
+            choice, peak, budget, target_batch, run_peak - step, verify_steps
+        ),
         "verified": run is not None,
     }
 
 
-# Below this share of the budget the plan says why it leaves the rest unused.
-WELL_USED_SHARE = 0.85
+# Below this share of the budget the plan says why it leaves the rest unused (the share
+# under which verification also tries one larger micro-batch).
+WELL_USED_SHARE = presets.STEP_UP_BELOW
 
 
 def _unused_reason(
-    choice: Choice, peak: int, budget: dict[str, Any], target_batch: int, overhead: int
+    choice: Choice,
+    peak: int,
+    budget: dict[str, Any],
+    target_batch: int,
+    overhead: int,
+    verify_steps: Sequence[VerifyStep] = (),
 ) -> str | None:
     """Why the plan's predicted peak stays under 85% of the budget, or `None` if it does not."""
     if peak >= WELL_USED_SHARE * budget["bytes"]:
         return None
+    refused = next((s for s in verify_steps if s.action == "step up refused"), None)
+    if refused is not None:
+        return f"a larger micro-batch was verified and refused: {refused.reason}"
     if choice.micro_batch * choice.replicas >= target_batch:
         return (
             f"the micro-batch reached the effective batch ({target_batch}) with no accumulation "

@@ -11,6 +11,7 @@ dropped and the search chooses again. Under `train --auto` a time budget too sho
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from planner.build import build_plan
@@ -19,7 +20,7 @@ from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.search.choose import choose
-from planner.search.memory_model import MemoryLine, VerifyStep, verify
+from planner.search.memory_model import MemoryLine, VerifyStep, step_up, verify
 from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_one
 from trainer.errors import BudgetError
@@ -140,11 +141,54 @@ def _verify(
         source="train-step line + estimated training overhead",
     )
     got, _, steps = verify(run_line, choice.micro_batch, measure, ctx.budget_bytes, req.headroom)
+    if got >= 1:
+        # The trials' slope through the verified point: the refitted run line mixes the
+        # estimated points with the measured one and can pass below the latter's slope.
+        got, steps = _step_up(step_line, got, steps, measure, ctx)
     for s in steps:
         ctx.say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
     if got < 1:
         return None, steps
     return _at_size(choice, got, ctx), steps
+
+
+def _step_up(
+    line: MemoryLine,
+    got: int,
+    steps: list[VerifyStep],
+    measure: Callable[[int], TrialResult],
+    ctx: PlanContext,
+) -> tuple[int, list[VerifyStep]]:
+    """One larger size when the verified run left budget unused (`memory_model.step_up`).
+
+    The verified peak replaced the training-overhead estimate the choice was made
+    with, so the headroom is now what the measured run needs: the long-run growth
+    (`presets.RUN_GROWTH`) and `request.headroom`. Skipped under `train --auto` once
+    planning has used its share of the time budget: a larger micro-batch is not worth
+    training time.
+    """
+    req = ctx.request
+    if req.count_planning_time and req.budget_time_s is not None:
+        if ctx.elapsed() > presets.PLANNING_SHARE * req.budget_time_s:
+            return got, steps
+    peak = steps[-1].peak_bytes or 0
+    cap = min(presets.MAX_MICRO_BATCH, math.ceil(req.effective_batch / ctx.replicas))
+    size, _, step = step_up(
+        line,
+        got,
+        peak,
+        measure,
+        ctx.budget_bytes,
+        req.headroom,
+        max_micro_batch=cap,
+        use_below=presets.STEP_UP_BELOW,
+        growth=presets.RUN_GROWTH,
+    )
+    if step is None:
+        return got, steps
+    if step.action == "accepted":  # the smaller verified run is the evidence for the step
+        steps = [*steps[:-1], dataclasses.replace(steps[-1], action="stepped up")]
+    return size, [*steps, step]
 
 
 def _at_size(choice: Choice, size: int, ctx: PlanContext) -> Choice:

@@ -34,7 +34,6 @@ MIN_SPREAD = 3.0
 OOM_STEP_FACTOR = 0.75
 
 
-
 @dataclass(frozen=True)
 class MemoryLine:
     """peak_bytes = a + b * micro_batch.
@@ -210,9 +209,7 @@ def verify(
                 mb - 1,
                 largest_fitting(through, budget_bytes, headroom_fraction, max_micro_batch=mb),
             )
-            why = (
-                f"measured {gib(r.peak_bytes)} > allowed {gib(allowed)} (predicted {gib(pred)})"
-            )
+            why = f"measured {gib(r.peak_bytes)} > allowed {gib(allowed)} (predicted {gib(pred)})"
         elif r.status == "oom":
             nxt = min(mb - 1, math.floor(mb * OOM_STEP_FACTOR))
             why = f"out of memory: {r.reason}"
@@ -224,6 +221,79 @@ def verify(
         )
         mb = nxt
     return 0, line, history
+
+
+def step_up(
+    line: MemoryLine,
+    verified_mb: int,
+    verified_peak: int,
+    measure: Callable[[int], TrialResult],
+    budget_bytes: int,
+    headroom_fraction: float,
+    *,
+    max_micro_batch: int,
+    use_below: float,
+    growth: float,
+) -> tuple[int, int, VerifyStep | None]:
+    """After a verified size, try one larger size when the verified run left the budget unused.
+
+    The choice before verification held the train step to the budget less an
+    *estimate* of what a run adds; once a run is measured that estimate is replaced
+    by the real thing. When the verified peak with the long-run growth added uses
+    less than `use_below` of the budget, the size `line` allows (its slope
+    through the verified point) is measured once. Its result
+    is kept only when it is itself within budget x (1 - headroom): a failed step up
+    costs one child, never the verified plan.
+
+    Args:
+        line: a line with the measured per-sample slope (the train-step trials'); it
+            is moved through the verified point.
+        verified_mb: the verified micro-batch.
+        verified_peak: its measured peak, bytes.
+        measure: runs one verification at a micro-batch size.
+        budget_bytes: the memory budget.
+        headroom_fraction: share of the budget the run may not use.
+        max_micro_batch: the largest useful size (the effective batch per replica, the
+            micro-batch cap).
+        use_below: step up only when `verified_peak x (1 + growth)` is below this
+            share of the budget.
+        growth: what a long run adds to the verified peak (`presets.RUN_GROWTH`).
+
+    Returns:
+        `(micro_batch, peak_bytes, step)`: the larger size and its peak when it was
+        measured within budget, else the verified ones; `step` is the measurement
+        made (`None` when none was worth making).
+    """
+    if verified_peak * (1 + growth) >= use_below * budget_bytes:
+        return verified_mb, verified_peak, None
+    through = dataclasses.replace(line, a=verified_peak - line.b * verified_mb)
+    target = largest_fitting(
+        through, budget_bytes, headroom_fraction, max_micro_batch=max_micro_batch
+    )
+    if target <= verified_mb:
+        return verified_mb, verified_peak, None
+    allowed = allowed_bytes(budget_bytes, headroom_fraction)
+    r = measure(target)
+    fields = dict(
+        micro_batch=target,
+        predicted_bytes=int(through.predict(target)),
+        allowed_bytes=allowed,
+        status=r.status,
+        peak_bytes=r.peak_bytes,
+        details=dict(r.details or {}),
+    )
+    share = verified_peak * (1 + growth) / budget_bytes
+    if r.ok and r.peak_bytes is not None and r.peak_bytes <= allowed:
+        why = (
+            f"micro-batch {verified_mb} used {share:.0%} of the budget with growth; "
+            f"measured {gib(r.peak_bytes)} <= allowed {gib(allowed)}"
+        )
+        return target, r.peak_bytes, VerifyStep(**fields, action="accepted", reason=why)
+    got = gib(r.peak_bytes) if r.ok and r.peak_bytes is not None else f"{r.status} ({r.reason})"
+    why = (
+        f"stepping up from {verified_mb}: {got} over allowed {gib(allowed)}; keeping {verified_mb}"
+    )
+    return verified_mb, verified_peak, VerifyStep(**fields, action="step up refused", reason=why)
 
 
 def _refit(line: MemoryLine, mb: int, peak: int) -> MemoryLine:
@@ -252,5 +322,3 @@ def scale_line(line: MemoryLine, from_hw: tuple[int, int], to_hw: tuple[int, int
         warnings=("estimate scaled by pixel ratio; for pruning only",),
         source=f"scaled from {from_hw[0]}x{from_hw[1]} by pixel ratio {ratio:.3g}",
     )
-
-

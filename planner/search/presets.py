@@ -60,6 +60,10 @@ VERIFY_TIMEOUT_S = 600.0
 # malloc arena cap and trim (docs/planning.md, "The verification run and a long run").
 # The prediction adds it; the 10% headroom the verification is held to leaves room for it.
 RUN_GROWTH = 0.10
+# Verification steps up once (`memory_model.step_up`) when its measured peak with
+# RUN_GROWTH added is below this share of the budget: the goal is a run peak between 85%
+# and 100% of the budget wherever a larger micro-batch is still useful (issue 13, 3).
+STEP_UP_BELOW = 0.85
 
 # -- memory -----------------------------------------------------------------------------
 
@@ -167,6 +171,19 @@ TARGET_EFFECTIVE_BATCH = 16
 # Under a time budget, stop starting new trial children once planning has used this
 # share of it: the rest is for training.
 PLANNING_SHARE = 0.35
+# Under `train --auto`, planning's whole share of the time budget (10 minutes -> 60 s):
+# candidates ranked best first, cached points, a single trial size and the analytic
+# slope when time is short; what it could not measure is said (planner.make_plan).
+AUTO_PLANNING_SHARE = 0.10
+# Before the first child of a run has been timed: what one trial child is guessed to take
+# (a TensorFlow import, a model build, a trace and 8 steps; 10-40 s on a 2-core CPU).
+TRIAL_CHILD_GUESS_S = 25.0
+# The verification run is guessed to take this many trial children (a second trace for
+# validation, the real pipeline, a checkpoint): the share of the cap kept for it.
+VERIFY_CHILD_EQUIVALENTS = 1.5
+# Under `--auto` the verification child's time limit follows the planning time left,
+# but never below this: a verification cut short leaves no plan and nothing trains.
+VERIFY_MIN_TIMEOUT_S = 180.0
 # Cache decoded pairs in RAM (plan data.cache = "memory") only when they take at most this
 # share of the memory the chosen micro-batch leaves unused under the allowed budget.
 CACHE_SHARE_OF_SPARE = 0.5

@@ -1,5 +1,6 @@
 """make_plan and train --auto end to end with real child processes (tiny model and images)."""
 
+import dataclasses
 import json
 import re
 
@@ -70,6 +71,23 @@ def test_a_plan_under_85_percent_of_its_budget_says_why(micro_batch, peak_gib, o
         int(overhead_gib * gib),
     )
     assert reason is None if says is None else says in reason
+
+
+def test_a_refused_step_up_is_the_reason_a_plan_leaves_budget_unused():
+    from types import SimpleNamespace
+
+    from planner.build import _unused_reason
+    from planner.search.memory_model import VerifyStep
+
+    gib = 2**30
+    refused = VerifyStep(8, 3 * gib, 3 * gib, "ok", 4 * gib, "step up refused", "4 GiB over")
+    args = (
+        SimpleNamespace(micro_batch=4, replicas=1),
+        2 * gib,
+        {"device": "cpu", "bytes": 4 * gib},
+    )
+    assert "verified and refused: 4 GiB over" in _unused_reason(*args, 16, 0, [refused])
+    assert "verified and refused" not in _unused_reason(*args, 16, 0, [])
 
 
 def test_the_budget_hint_adds_the_run_overhead_as_bytes(data_dir):
@@ -269,3 +287,36 @@ def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memor
     assert _size_between([ok1, TrialResult("timeout", 4)]) is None  # slow, not too big
     assert _size_between([ok1, TrialResult("ok", 4, peak_bytes=20)]) is None  # a line
     assert _size_between([TrialResult("oom", 1)]) is None  # nothing fits
+
+
+def test_verification_steps_up_when_the_measured_run_leaves_the_budget_unused(monkeypatch):
+    """The choice held the step to budget - headroom - an overhead estimate; once the run is
+    measured well below the budget, one larger size is verified and planned (issue 13, 3)."""
+    from planner import verified_choice as vc
+    from planner.request import PlanRequest
+    from planner.search.candidates import Candidate
+    from planner.search.choice import CandidateMeasurement
+    from planner.trials.spec import TrialResult
+
+    gib = 2**30
+    trials = (
+        TrialResult("ok", 1, peak_bytes=int(0.30 * gib), step_time_s=0.1),
+        TrialResult("ok", 4, peak_bytes=int(0.60 * gib), step_time_s=0.3),
+    )
+    sizes = []
+
+    def fake_measure_one(spec, size, **kw):  # the real run: 0.2 GiB + 0.1 GiB per sample
+        sizes.append(size)
+        return TrialResult("ok", size, peak_bytes=int((0.2 + 0.1 * size) * gib), step_time_s=0.3)
+
+    monkeypatch.setattr(vc, "measure_one", fake_measure_one)
+    m = CandidateMeasurement(Candidate("unet_small", (64, 64)), trials=trials)
+    ctx = _small_context(PlanRequest(".", effective_batch=16))
+    # step_headroom 0.1 + the 0.5 GiB CPU overhead estimate: the choice is 4 (0.6 GiB step).
+    ctx = dataclasses.replace(ctx, step_headroom=0.1 + 0.5 / 1.5)
+    choice, steps = vc.choose_and_verify([m], ctx, children=set())
+    assert len(sizes) == 2 and sizes[0] < sizes[1]  # the choice, then one step up
+    assert [s.action for s in steps] == ["stepped up", "accepted"]
+    # allowed 1.35 GiB: 0.2 + 0.1 x 11 = 1.3 fits, 12 would be 1.4.
+    assert choice.micro_batch == 11 == sizes[1]
+    assert steps[-1].peak_bytes == int(1.3 * gib)

@@ -10,6 +10,7 @@ from planner.search.memory_model import (
     fit_line,
     largest_fitting,
     scale_line,
+    step_up,
     verify,
 )
 from planner.trials.trial import TrialResult
@@ -141,3 +142,44 @@ def test_scale_line_scales_only_the_per_sample_part():
     assert big.a == GIB and big.b == 400 * MIB
     assert big.points == () and "pixel ratio 4" in big.source
     assert "pruning only" in big.warnings[0]
+
+
+def test_step_up_measures_the_size_the_verified_point_allows():
+    # Verified 4 at 1400 of 3000 (+10% growth = 51%); slope 100 through (4, 1400):
+    # allowed 2700 -> (2700 - 1000) / 100 = 17, capped at 16.
+    line = MemoryLine(a=1000, b=100, points=((1, 1100), (4, 1400)))
+    device = FakeDevice(1000, 100)
+    mb, peak, step = step_up(
+        line, 4, 1400, device, 3000, 0.1, max_micro_batch=16, use_below=0.85, growth=0.1
+    )
+    assert device.calls == [16]
+    assert (mb, peak) == (16, 2600) and step.action == "accepted"
+
+
+def test_step_up_keeps_the_verified_size_when_the_larger_one_is_over():
+    line = MemoryLine(a=1000, b=100, points=((1, 1100), (4, 1400)))
+    device = FakeDevice(1000, 200)  # the real slope is twice the line's: 16 -> 4200
+    mb, peak, step = step_up(
+        line, 4, 1400, device, 3000, 0.1, max_micro_batch=16, use_below=0.85, growth=0.1
+    )
+    assert (mb, peak) == (4, 1400)
+    assert step.action == "step up refused" and "keeping 4" in step.reason
+    oom = FakeDevice(1000, 100, ceiling=8)
+    mb, _, step = step_up(
+        line, 4, 1400, oom, 3000, 0.1, max_micro_batch=16, use_below=0.85, growth=0.1
+    )
+    assert mb == 4 and step.status == "oom"
+
+
+def test_step_up_measures_nothing_when_the_budget_is_used_or_the_cap_reached():
+    line = MemoryLine(a=1000, b=100, points=((1, 1100), (4, 1400)))
+    device = FakeDevice(1000, 100)
+    # 2400 x 1.1 = 2640 = 88% of 3000: used enough.
+    assert step_up(
+        line, 14, 2400, device, 3000, 0.1, max_micro_batch=64, use_below=0.85, growth=0.1
+    ) == (14, 2400, None)
+    # At the cap (the effective batch): nothing larger is useful.
+    assert step_up(
+        line, 4, 1400, device, 3000, 0.1, max_micro_batch=4, use_below=0.85, growth=0.1
+    ) == (4, 1400, None)
+    assert device.calls == []
