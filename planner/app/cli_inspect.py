@@ -74,7 +74,7 @@ def scan(
 @handle_errors
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to create (images/ and masks/ inside).")],
-    classes: Annotated[int, typer.Option(help="2 (binary) or 3 classes.")] = 2,
+    classes: Annotated[int, typer.Option(help="Classes, 2 (binary, masks 0/255) to 12 (masks hold class indices).")] = 2,
     n: Annotated[int, typer.Option("--n", help="Number of image/mask pairs.")] = 32,
     size: Annotated[str, typer.Option(help="Image size as HxW.")] = "128x128",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,

@@ -7,7 +7,10 @@ clearly non-trivial score in a few epochs.
 Binary (`classes=2`): discs, rectangles and triangles, all foreground, bright with
 fine grain on a darker mottled background; masks are 0/255. Three classes:
 discs are class 1 (bright, fine grain), rectangles and triangles class 2 (dark,
-striped); masks hold the class indices 0/1/2.
+striped); masks hold the class indices 0/1/2. Four to `MAX_CLASSES` classes (a
+multi-class RGB set, e.g. 12 classes at 360x480 like a street-scene set): each object
+takes a class from 1 to classes - 1 at random, drawn in that class's own colour and
+stripe frequency; masks hold the class indices.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from trainer.errors import DataError, FitplanError
 MARKER = "fitplan demo dataset"
 MIN_SIDE, MAX_SIDE = 16, 4096
 MAX_PAIRS = 100_000
+MAX_CLASSES = 12
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
@@ -59,7 +63,8 @@ def make_demo_dataset(
     Args:
         out: the folder to create. It must be missing, empty, or a previous demo set
             (which is then overwritten, stale pairs removed).
-        classes: 2 (binary, masks 0/255; default) or 3 (masks 0/1/2).
+        classes: 2 (binary, masks 0/255; default), or 3 to `MAX_CLASSES` (masks hold
+            the class indices).
         n: number of pairs. Defaults to `32`.
         size: `(height, width)` of every image. Defaults to `(128, 128)`.
         seed: random seed. Defaults to `0`; the same arguments give the same bytes.
@@ -71,8 +76,10 @@ def make_demo_dataset(
         FitplanError: an argument is out of range (names it).
         DataError: `out` is a file, or a non-empty folder that is not a demo set.
     """
-    if classes not in (2, 3):
-        raise FitplanError(f"`--classes` must be 2 or 3. Received: classes={classes!r}")
+    if not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
+        raise FitplanError(
+            f"`--classes` must be an integer from 2 to {MAX_CLASSES}. Received: classes={classes!r}"
+        )
     if not isinstance(n, int) or not 1 <= n <= MAX_PAIRS:
         raise FitplanError(f"`--n` must be an integer from 1 to {MAX_PAIRS}. Received: n={n!r}")
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
@@ -114,11 +121,12 @@ def _check_target(out: Path) -> None:
 
 
 def _readme(classes: int, n: int, h: int, w: int, seed: int) -> str:
-    values = (
-        "0 = background, 255 = object"
-        if classes == 2
-        else ("0 = background, 1 = disc, 2 = rectangle or triangle")
-    )
+    if classes == 2:
+        values = "0 = background, 255 = object"
+    elif classes == 3:
+        values = "0 = background, 1 = disc, 2 = rectangle or triangle"
+    else:
+        values = f"0 = background, 1 to {classes - 1} = shapes, each class its own colour"
     return (
         f"{MARKER}\n\n"
         f"{n} synthetic RGB images ({h}x{w}, HxW) of shapes on textured noise, with masks.\n"
@@ -143,6 +151,8 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.nda
 def _sample(
     rng: np.random.Generator, classes: int, h: int, w: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    if classes > 3:
+        return _sample_many(rng, classes, h, w)
     label = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(label)
     side = min(h, w)
@@ -174,3 +184,44 @@ def _sample(
     rgb = np.clip(img[..., None] * tint, 0, 255).astype(np.uint8)
     mask = (lab * 255).astype(np.uint8) if classes == 2 else lab.astype(np.uint8)
     return rgb, mask
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int, cls: int):
+    """One disc, rectangle or triangle of class `cls` at a random place."""
+    side = min(h, w)
+    kind = int(rng.integers(0, 3))
+    r = float(rng.uniform(side / 16, side / 7))
+    cy, cx = float(rng.uniform(r, h - r)), float(rng.uniform(r, w - r))
+    if kind == 0:
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=cls)
+    elif kind == 1:
+        a = float(rng.uniform(0.5, 1.0))
+        draw.rectangle([cx - r, cy - r * a, cx + r, cy + r * a], fill=cls)
+    else:
+        t = float(rng.uniform(0, 2 * np.pi))
+        pts = [(cx + r * np.cos(t + k * 2.094), cy + r * np.sin(t + k * 2.094)) for k in range(3)]
+        draw.polygon(pts, fill=cls)
+
+
+def _sample_many(
+    rng: np.random.Generator, classes: int, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-class RGB sample: each class a fixed colour and stripe frequency."""
+    label = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(label)
+    for _ in range(int(rng.integers(4, 4 + classes))):
+        _draw_shape(draw, rng, h, w, int(rng.integers(1, classes)))
+    lab = np.asarray(label)
+    grain = rng.standard_normal((h, w)).astype(np.float32)
+    base = 95 + 25 * _smooth_noise(rng, h, w, 8) + 10 * grain
+    rgb = np.repeat(base[..., None], 3, axis=-1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for k in range(1, classes):
+        # Hues evenly spaced, two brightness levels alternating, stripes at a class frequency.
+        hue = 2 * np.pi * (k - 1) / (classes - 1)
+        colour = 140 + 90 * np.cos(hue + np.asarray([0.0, 2.094, 4.189], dtype=np.float32))
+        colour *= 0.7 if k % 2 else 1.0
+        stripes = 20 * np.sin((xx * (k % 4 + 1) + yy) * 0.35 * (1 + k % 3)).astype(np.float32)
+        sel = lab == k
+        rgb[sel] = colour + (stripes[sel] + 6 * grain[sel])[:, None]
+    return np.clip(rgb, 0, 255).astype(np.uint8), lab.astype(np.uint8)

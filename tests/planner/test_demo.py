@@ -86,9 +86,9 @@ def test_parse_size_names_the_option(text):
     assert repr(text) in str(info.value)
 
 
-@pytest.mark.parametrize("classes", [1, 4])
-def test_classes_other_than_2_or_3(tmp_path, classes):
-    with pytest.raises(FitplanError, match=r"`--classes` must be 2 or 3. Received: classes="):
+@pytest.mark.parametrize("classes", [1, 13])
+def test_classes_outside_2_to_12(tmp_path, classes):
+    with pytest.raises(FitplanError, match=r"`--classes` must be an integer from 2 to 12"):
         make_demo_dataset(tmp_path / "d", classes=classes)
     assert not (tmp_path / "d").exists()
 
@@ -96,3 +96,21 @@ def test_classes_other_than_2_or_3(tmp_path, classes):
 def test_bad_n(tmp_path):
     with pytest.raises(FitplanError, match="--n"):
         make_demo_dataset(tmp_path / "d", n=0)
+
+
+def test_a_twelve_class_rgb_set_at_an_odd_size(tmp_path):
+    """The multi-class set of issue 13's tables: 12 classes, 360x480 RGB, every class used."""
+    import numpy as np
+    from PIL import Image
+
+    out = make_demo_dataset(tmp_path / "d", classes=12, n=6, size=(360, 480), seed=1)
+    images = sorted((out / "images").glob("*.png"))
+    masks = [np.asarray(Image.open(out / "masks" / p.name)) for p in images]
+    img = Image.open(images[0])
+    assert img.mode == "RGB" and img.size == (480, 360)
+    values = set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())
+    assert values <= set(range(12)) and len(values) >= 10
+    again = make_demo_dataset(tmp_path / "e", classes=12, n=6, size=(360, 480), seed=1)
+    assert (again / "masks" / images[0].name).read_bytes() == (
+        out / "masks" / images[0].name
+    ).read_bytes()
