@@ -28,6 +28,7 @@ from typing import Any
 from trainer.atomic import write_json
 from trainer.errors import PlanError
 from trainer.plan_rules import (
+    COLOURS,
     FLAG,
     MAPPING,
     array,
@@ -58,6 +59,8 @@ BACKBONES = (
 )
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 CACHE_MODES = ("stream", "memory")
+# How images deeper than 8 bits are brought to [0, 1] (docs/data.md, Intensities).
+INTENSITY_MODES = ("image", "dataset", "none")
 NORMALIZATIONS = ("auto", "train", "frozen", "group")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -127,6 +130,28 @@ class DataSpec:
             `None` (default): the image's area over the crop's area, rounded, at least 1,
             so that an epoch covers about every pixel once.
         fingerprint: the scan digest the plan was made for, or `None`.
+        class_names: a name per class, aligned with `mask_values` (e.g.
+            `["background", "mito"]`); `None` (default): `class 0`, `class 1`, ...
+        ignore_index: the raw mask value whose pixels are left out of the loss and the
+            metrics (Pascal VOC's 255 border). `None` (default): 255 when the masks hold
+            255 and at least two other values, all below 64 (`trainer.data.masks.
+            default_ignore_index`); `-1`: no ignore index. Inside the pipeline such
+            pixels keep the value `ignore_index` in the class-index mask.
+        merge_rare: map mask values holding under 0.05% of the pixels to the nearest
+            class (`True`). `False` (default): a rare value on a label grid (index
+            masks) stays a class of its own, and `fitplan scan` names it; only the
+            in-between levels of widely spaced values (0/255 resampling fringe) go to
+            the nearest class.
+        normalization: how images deeper than 8 bits become [0, 1]: `"image"`
+            (default) stretches each image's 0.5th..99.5th percentile, `"dataset"`
+            uses `intensity_range` for every image, `"none"` divides by 65535. 8-bit
+            images are always divided by 255.
+        intensity_range: `[low, high]` raw values for `normalization="dataset"`
+            (`fitplan scan` measures the dataset's 0.5th and 99.5th percentile);
+            `None`: measured from up to 32 training images at start-up.
+        palette: colour masks: the colour of class 0, 1, ... as `"#rrggbb"`; each mask
+            pixel becomes the class of the nearest colour. `None` (default): colour
+            masks are refused (indexed PNGs give their palette index anyway).
     """
 
     path: str = rule(text("a non-empty path string"))
@@ -149,6 +174,18 @@ class DataSpec:
     image_scale: float = rule(number(0, 4, open_low=True), default=1.0)
     crops_per_image: int | None = rule(integer(1), default=None)
     fingerprint: str | None = rule(text("a non-empty string or null"), default=None)
+    class_names: tuple[str, ...] | None = rule(
+        array(text("a name"), "a list of at least 2 non-empty names", size=(2, None)),
+        default=None,
+    )
+    ignore_index: int | None = rule(integer(-1), default=None)
+    merge_rare: bool = rule(FLAG, default=False)
+    normalization: str = rule(choice(INTENSITY_MODES), default="image")
+    intensity_range: tuple[float, float] | None = rule(
+        array(number(0), "two numbers [low, high], low < high", size=(2, 2), ordered=True),
+        default=None,
+    )
+    palette: tuple[str, ...] | None = rule(COLOURS, default=None)
 
     @property
     def num_classes(self) -> int | None:
@@ -156,6 +193,20 @@ class DataSpec:
         if self.classes is not None:
             return self.classes
         return len(self.mask_values) if self.mask_values is not None else None
+
+
+def _check_labels(data: DataSpec) -> None:
+    """Class names, palette and ignore value agree with the class count and values."""
+    k = data.num_classes
+    if data.palette is not None and k is not None and len(data.palette) != k:
+        raise field_error("data.palette", f"one colour per class ({k})", list(data.palette))
+    if data.class_names is not None and k is not None and len(data.class_names) != k:
+        raise field_error("data.class_names", f"one name per class ({k})", list(data.class_names))
+    if data.mask_values is not None and data.ignore_index in data.mask_values:
+        expected = "a raw value that is not one of data.mask_values"
+        raise field_error("data.ignore_index", expected, data.ignore_index)
+    if data.intensity_range is not None and not data.intensity_range[0] < data.intensity_range[1]:
+        raise field_error("data.intensity_range", "[low, high] with low < high", None)
 
 
 @dataclass(frozen=True)
@@ -408,6 +459,7 @@ def _check_combinations(plan: Plan) -> None:
     if None not in (data.mask_values, data.classes) and data.classes != len(data.mask_values):
         expected = f"len(data.mask_values) = {len(data.mask_values)}"
         raise field_error("data.classes", expected, data.classes)
+    _check_labels(data)
     if opt.lr_scaling != "none" and opt.reference_batch is None:
         expected = f"an integer >= 1 when optimizer.lr_scaling is {opt.lr_scaling!r}"
         raise field_error("optimizer.reference_batch", expected, None)

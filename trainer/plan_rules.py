@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from typing import Any
@@ -113,6 +114,16 @@ def const(value: Any, *, hint: str) -> Rule:
 
 
 FLAG = Rule("true, false or null", {"type": "boolean"}, lambda v: isinstance(v, bool))
+COLOURS = Rule(
+    'a list of at least 2 colours "#rrggbb"',
+    {"type": "array", "items": {"type": "string", "minLength": 7}, "minItems": 2},
+    lambda v: (
+        isinstance(v, (list, tuple))
+        and len(v) >= 2
+        and all(isinstance(c, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in v)
+    ),
+    note='each colour is "#" and 6 hex digits',
+)
 MAPPING = Rule("an object or null", {"type": "object"}, lambda v: isinstance(v, dict))
 
 

@@ -187,7 +187,10 @@ def test_plans_written_by_the_code_validate_against_the_schema(tmp_path, minimal
     every_field = minimal_plan(
         "D",
         data={"images": "img", "val": "V", "classes": 2, "mask_values": [0, 255]}
-        | {"crops_per_image": 3, "fingerprint": "abc", "cache": "memory", "image_scale": 0.5},
+        | {"crops_per_image": 3, "fingerprint": "abc", "cache": "memory", "image_scale": 0.5}
+        | {"class_names": ["bg", "fg"], "ignore_index": 7, "merge_rare": True}
+        | {"normalization": "dataset", "intensity_range": [10, 4000]}
+        | {"palette": ["#000000", "#FF0000"]},
         accumulation_steps=2,
         precision="mixed_bfloat16",
         weights="imagenet",

@@ -28,7 +28,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from trainer.data.masks import MAX_CLASSES, class_values_from_histogram, nearest_class_lut
+from trainer.data.masks import (
+    MAX_CLASSES,
+    class_values_from_histogram,
+    nearest_class_lut,
+    resolve_ignore,
+    split_values,
+)
 from trainer.errors import DataError
 
 # Decoder routes, stored per file and switched on inside the graph.
@@ -179,10 +185,15 @@ def decode_mask_raw(path: tf.Tensor, route: tf.Tensor, *, pillow: bool = True) -
     return tf.ensure_shape(out, [None, None, 1])
 
 
-def mask_lut(mask_values: list[int] | tuple[int, ...]) -> tf.Tensor:
-    """Raw value -> class index table over every 16-bit raw value (uint8 up to 256 classes)."""
-    dtype = np.uint8 if len(mask_values) <= 256 else np.int32
-    return tf.constant(nearest_class_lut(list(mask_values), depth=MASK_DEPTH).astype(dtype))
+def mask_lut(mask_values: list[int] | tuple[int, ...], ignore: int | None = None) -> tf.Tensor:
+    """Raw value -> class index table over every 16-bit raw value (uint8 where it fits).
+
+    `ignore` (a raw value) maps to itself, so ignored pixels keep that value in the
+    class-index mask (`nearest_class_lut`).
+    """
+    small = len(mask_values) <= 256 and (ignore is None or ignore <= 255)
+    lut = nearest_class_lut(list(mask_values), depth=MASK_DEPTH, ignore=ignore)
+    return tf.constant(lut.astype(np.uint8 if small else np.int32))
 
 
 def to_classes(raw: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
@@ -206,23 +217,41 @@ def load_mask_raw(path: str | os.PathLike) -> np.ndarray:
     return decode_mask_raw(tf.constant(str(path)), tf.constant(info.route)).numpy()[..., 0]
 
 
-def load_mask(path: str | os.PathLike, mask_values: list[int] | tuple[int, ...]) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike, mask_values: list[int] | tuple[int, ...], ignore: int | None = None
+) -> np.ndarray:
     """One mask as int32 class indices `[H, W]` (0 .. len(mask_values) - 1).
 
     Args:
         path: the mask file.
         mask_values: raw value of class 0, 1, ...; other values go to the nearest class.
+        ignore: raw value kept as itself (left out of metrics), or `None`.
     """
-    lut = nearest_class_lut(list(mask_values), depth=MASK_DEPTH)
+    lut = nearest_class_lut(list(mask_values), depth=MASK_DEPTH, ignore=ignore)
     return lut[load_mask_raw(path)].astype(np.int32)
 
 
-def infer_mask_values(masks: list[Path], *, sample: int = 32) -> list[int]:
+def infer_mask_values(
+    masks: list[Path], *, sample: int = 32, ignore: int | None = None, merge_rare: bool = False
+) -> list[int]:
+    """The class values of a set of masks (`infer_labels` without the ignore value)."""
+    return infer_labels(masks, sample=sample, ignore=ignore, merge_rare=merge_rare)[0]
+
+
+def infer_labels(
+    masks: list[Path], *, sample: int = 32, ignore: int | None = None, merge_rare: bool = False
+) -> tuple[list[int], int | None]:
     """The class values of a set of masks, from the histogram of an even sample of them.
 
     Args:
         masks: mask files (e.g. every training mask).
         sample: how many masks to read, spread evenly over `masks`. Defaults to `32`.
+        ignore: the plan's `data.ignore_index` (`None`: VOC's default, `-1`: none); the
+            ignore value is never a class.
+        merge_rare: the plan's `data.merge_rare` (`trainer.data.masks.split_values`).
+
+    Returns:
+        `(class values, ignore value in effect or None)`.
 
     Raises:
         DataError: naming the folder when fewer than 2 class values are found.
@@ -237,7 +266,8 @@ def infer_mask_values(masks: list[Path], *, sample: int = 32) -> list[int]:
         if len(class_values_from_histogram(one)) > MAX_CLASSES:
             photos.append(str(masks[i]))
         hist += one
-    values = class_values_from_histogram(hist)
+    ignore_value = resolve_ignore(ignore, class_values_from_histogram(hist))
+    values, _ = split_values(hist, ignore=ignore_value, merge_rare=merge_rare)
     if len(values) < 2:
         folder = masks[0].parent
         raise DataError(
@@ -252,4 +282,4 @@ def infer_mask_values(masks: list[Path], *, sample: int = 32) -> list[int]:
             f"{MAX_CLASSES}: these look like images, not label maps{which}",
             hint="check the mask folder, or set data.mask_values in the plan",
         )
-    return values
+    return values, ignore_value

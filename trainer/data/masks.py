@@ -16,6 +16,70 @@ import numpy as np
 CLASS_MIN_SHARE = 5e-4
 # More class values than this and the masks are not label maps (a photo, JPEG artefacts).
 MAX_CLASSES = 64
+# Pascal VOC's convention: 255 marks pixels (object borders, "difficult") left out of
+# the loss and the metrics.
+VOC_IGNORE = 255
+# Adjacent values at least this far apart are "widely spaced" (0/255, 0/128/255): the
+# rare levels between them are a resampling fringe. Closer values are a label grid
+# (0, 1, 2, ...), where a rare value is a rare class, not a fringe.
+FRINGE_GAP = 8
+
+
+def default_ignore_index(values: list[int]) -> int | None:
+    """255 when `values` hold it and at least two other values, all below `MAX_CLASSES`.
+
+    That is Pascal VOC's layout (classes 0..20 and a 255 border). Binary 0/255 masks have
+    a single other value, so their 255 stays a class.
+    """
+    others = [v for v in values if v != VOC_IGNORE]
+    if VOC_IGNORE in values and len(others) >= 2 and max(others) < MAX_CLASSES:
+        return VOC_IGNORE
+    return None
+
+
+def resolve_ignore(setting: int | None, values: list[int]) -> int | None:
+    """The ignore value in effect: the plan's (`-1`: none) or `default_ignore_index`."""
+    if setting is None:
+        return default_ignore_index(values)
+    return None if setting < 0 else setting
+
+
+def split_values(
+    hist: np.ndarray, *, ignore: int | None = None, merge_rare: bool = False
+) -> tuple[list[int], list[int]]:
+    """Class values and rare values from a histogram, honouring the ignore value.
+
+    Args:
+        hist: counts per raw value.
+        ignore: raw value that is not a class (excluded from both lists).
+        merge_rare: `True`: rare values are left to the nearest class (returned as rare).
+
+    Returns:
+        `(classes, rare)`: `classes` are the values holding at least `CLASS_MIN_SHARE`
+        of the pixels (ignore pixels not counted), plus, unless `merge_rare`, the rare
+        values that sit on a label grid (no class neighbour `FRINGE_GAP` or more away on
+        both sides: not an in-between fringe level). `rare` lists the values under the
+        share that are *not* classes (mapped to the nearest class by the lookup table).
+    """
+    hist = np.asarray(hist, dtype=np.float64).copy()
+    if ignore is not None and 0 <= ignore < len(hist):
+        hist[ignore] = 0
+    common = class_values_from_histogram(hist)
+    present = [int(v) for v in np.nonzero(hist)[0]]
+    rare = [v for v in present if v not in set(common)]
+    if merge_rare or not common or len(rare) > MAX_CLASSES:
+        return common, rare
+    keep = [v for v in rare if not _between_wide(v, common)]
+    return sorted(common + keep), [v for v in rare if v not in set(keep)]
+
+
+def _between_wide(v: int, common: list[int]) -> bool:
+    """Whether `v` lies between two widely spaced class values (a fringe level)."""
+    below = [c for c in common if c < v]
+    above = [c for c in common if c > v]
+    if not below or not above:
+        return False
+    return above[0] - below[-1] >= FRINGE_GAP
 
 
 def class_values_from_histogram(hist: np.ndarray) -> list[int]:
@@ -45,8 +109,20 @@ def fringe_share(hist: np.ndarray, class_values: list[int]) -> float:
     return float(1.0 - hist[class_values].sum() / total)
 
 
-def nearest_class_lut(class_values: list[int], depth: int = 256) -> np.ndarray:
-    """A lookup table from raw value to class index (nearest class value wins)."""
+def nearest_class_lut(
+    class_values: list[int], depth: int = 256, ignore: int | None = None
+) -> np.ndarray:
+    """A lookup table from raw value to class index (nearest class value wins).
+
+    Args:
+        class_values: raw value of class 0, 1, ...
+        depth: table length (raw values 0 .. depth - 1).
+        ignore: raw value kept as itself (`lut[ignore] = ignore`): the loss and the
+            metrics leave pixels holding it out. Must not be a valid class index.
+    """
     cv = np.asarray(class_values, dtype=np.float64)
     raw = np.arange(depth, dtype=np.float64)[:, None]
-    return np.argmin(np.abs(raw - cv[None, :]), axis=1).astype(np.int32)
+    lut = np.argmin(np.abs(raw - cv[None, :]), axis=1).astype(np.int32)
+    if ignore is not None and 0 <= ignore < depth:
+        lut[ignore] = ignore
+    return lut

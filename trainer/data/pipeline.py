@@ -26,7 +26,7 @@ from trainer.data.decode import (
     as_rgb,
     decode_image,
     decode_mask_raw,
-    infer_mask_values,
+    infer_labels,
     load_image,
     load_mask,
     mask_lut,
@@ -79,6 +79,8 @@ class DataBundle:
         crops_per_image: the plan's value, or the mean of the inferred per-pair counts.
         pair_crops: crops drawn per training pair per epoch (before rounding up).
         batch_size: images per micro-batch (`micro_batch x replicas`).
+        ignore_index: the raw mask value whose pixels the masks keep as that value
+            (left out of loss and metrics), or `None`.
     """
 
     train: tf.data.Dataset
@@ -92,6 +94,7 @@ class DataBundle:
     crops_per_image: int
     pair_crops: tuple[int, ...]
     batch_size: int
+    ignore_index: int | None = None
 
 
 # -- file metadata ---------------------------------------------------------------------
@@ -167,6 +170,29 @@ def _find(
             hint="`fitplan scan` lists every file and its problem",
         )
     return pairs, infos
+
+
+def _labels(data: DataSpec, pairs: list[Pair], root) -> tuple[tuple[int, ...], int | None]:
+    """The class values and the ignore value in effect (`None`: none).
+
+    With `data.mask_values` set, the ignore value is `data.ignore_index` as written
+    (the planner writes the scan's); else both are inferred from a sample of masks.
+    """
+    if data.mask_values is not None:
+        values = tuple(data.mask_values)
+        ignore = None if data.ignore_index is None or data.ignore_index < 0 else data.ignore_index
+    else:
+        found, ignore = infer_labels(
+            [p.mask for p in pairs], ignore=data.ignore_index, merge_rare=data.merge_rare
+        )
+        values = tuple(found)
+    if ignore is not None and ignore < len(values):
+        raise DataError(
+            f"{Path(root) / data.masks}: data.ignore_index={ignore} is also a class index "
+            f"(0 .. {len(values) - 1}); masks keep ignored pixels at that value",
+            hint="choose an ignore value >= the number of classes (255 as in VOC)",
+        )
+    return values, ignore
 
 
 def _warn(message: str) -> None:
@@ -319,14 +345,14 @@ def build_datasets(
     size = tuple(plan.input_size)
     train_meta = _inspect(train_pairs, infos, data.image_scale, None)
     val_meta = _inspect(val_pairs, infos, data.image_scale, size) if val_pairs else None
-    mask_values = tuple(data.mask_values or infer_mask_values([p.mask for p in train_pairs]))
+    mask_values, ignore = _labels(data, train_pairs, root)
     if data.classes is not None and data.classes != len(mask_values):
         raise DataError(
             f"{Path(root) / data.masks}: masks hold {len(mask_values)} class values "
             f"{list(mask_values)} but the plan says data.classes={data.classes}",
             hint="set data.mask_values in the plan to the raw value of each class",
         )
-    lut = mask_lut(mask_values)
+    lut = mask_lut(mask_values, ignore)
     batch = plan.micro_batch * plan.replicas
     crops = [
         crops_for(h, w, size, data.crops_per_image)
@@ -350,6 +376,7 @@ def build_datasets(
         val_steps=val_steps,
         num_classes=len(mask_values),
         mask_values=mask_values,
+        ignore_index=ignore,
         crops_per_image=data.crops_per_image or max(1, round(sum(crops) / len(crops))),
         pair_crops=tuple(crops),
         batch_size=batch,

@@ -1,0 +1,99 @@
+"""Labels as people have them (issue 16): VOC's 255 ignore band, rare values, class names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.make_datasets import make_voc
+from tests.plans import minimal_plan
+from trainer.data.masks import default_ignore_index, nearest_class_lut, split_values
+from trainer.data.pipeline import build_datasets
+from trainer.errors import DataError, PlanError
+
+
+def _masks_of(bundle) -> np.ndarray:
+    return np.concatenate([m.numpy().ravel() for _, m in bundle.train])
+
+
+def test_a_voc_border_is_ignored_not_a_class(tmp_path):
+    root = make_voc(tmp_path / "voc", n=8, size=64)
+    bundle = build_datasets(minimal_plan(root, input_size=[32, 32], micro_batch=4))
+    assert bundle.mask_values == (0, 1, 2, 3, 4)
+    assert bundle.num_classes == 5
+    assert bundle.ignore_index == 255
+    values = set(np.unique(_masks_of(bundle)).tolist())
+    assert 255 in values  # kept so the loss can leave it out
+    assert values <= {0, 1, 2, 3, 4, 255}
+
+
+def test_ignore_index_minus_one_makes_255_a_class(tmp_path):
+    root = make_voc(tmp_path / "voc", n=8, size=64)
+    plan = minimal_plan(root, data={"ignore_index": -1}, input_size=[32, 32], micro_batch=4)
+    bundle = build_datasets(plan)
+    assert bundle.mask_values == (0, 1, 2, 3, 4, 255)
+    assert bundle.ignore_index is None
+
+
+def test_the_default_ignore_value_needs_a_small_label_set():
+    assert default_ignore_index([0, 1, 2, 255]) == 255
+    assert default_ignore_index([0, 255]) is None  # binary 0/255: 255 is the foreground
+    assert default_ignore_index([0, 100, 255]) is None  # not a small index set
+    lut = nearest_class_lut([0, 1, 2], depth=256, ignore=255)
+    assert lut[255] == 255 and lut[254] == 2
+
+
+def _rare_dataset(root: Path) -> Path:
+    """Masks 0/1/2 and value 3 on one pixel of each mask (under 0.05% of all pixels)."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:32] = 1
+        mask[40:, 40:] = 2
+        mask[0, 0] = 3
+        image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"r{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"r{i}.png")
+    return root
+
+
+def test_a_rare_value_on_a_label_grid_stays_a_class_unless_merged(tmp_path):
+    root = _rare_dataset(tmp_path / "rare")
+    kept = build_datasets(minimal_plan(root, input_size=[32, 32], micro_batch=2))
+    assert kept.mask_values == (0, 1, 2, 3)
+    plan = minimal_plan(root, data={"merge_rare": True}, input_size=[32, 32], micro_batch=2)
+    assert build_datasets(plan).mask_values == (0, 1, 2)
+
+
+def test_fringe_between_widely_spaced_values_still_goes_to_the_nearest_class():
+    hist = np.zeros(256)
+    hist[0], hist[255] = 50_000, 50_000
+    hist[128], hist[3] = 10, 10  # resampling fringe between 0 and 255: not classes
+    assert split_values(hist) == ([0, 255], [3, 128])
+    hist = np.zeros(256)
+    hist[[0, 1, 2]] = 30_000
+    hist[5] = 3  # above the largest class: a rare class of its own
+    assert split_values(hist) == ([0, 1, 2, 5], [])
+    assert split_values(hist, merge_rare=True) == ([0, 1, 2], [5])
+
+
+def test_an_ignore_value_that_is_a_class_index_is_refused(tmp_path):
+    root = make_voc(tmp_path / "voc", n=4, size=64)
+    with pytest.raises(PlanError, match="data.ignore_index"):
+        minimal_plan(root, data={"mask_values": [0, 1, 2, 3, 4], "ignore_index": 2})
+    data = {"mask_values": [0, 2, 4], "ignore_index": 1}
+    plan = minimal_plan(root, data=data, input_size=[32, 32])
+    with pytest.raises(DataError, match="ignore_index=1 is also a class index"):
+        build_datasets(plan)
+
+
+def test_class_names_must_match_the_class_count():
+    with pytest.raises(PlanError, match="data.class_names"):
+        minimal_plan("d", data={"mask_values": [0, 1], "class_names": ["a", "b", "c"]})
+    plan = minimal_plan("d", data={"mask_values": [0, 1], "class_names": ["bg", "mito"]})
+    assert plan.data.class_names == ("bg", "mito")
