@@ -14,6 +14,7 @@ building the plan document in `planner.build`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,12 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner import measure_order as order
 from planner.build import build_plan
 from planner.request import Log, PlanContext, PlanRequest, quiet, step_headroom
 from planner.search import candidates as cand
 from planner.search import presets
-from planner.search.choice import CandidateMeasurement, Choice
-from planner.trials.spec import TrialResult
+from planner.search.choice import CandidateMeasurement, Choice, Evaluation
+from planner.search.choose import score_bound
+from planner.trials import cache as trial_cache
+from planner.trials.cache import TrialCache
+from planner.trials.spec import TrialResult, TrialSpec
 from planner.trials.trial import measure_each, measure_one
 from planner.verified_choice import choose_and_verify
 from trainer.data.pairs import Pair
@@ -70,6 +75,8 @@ def make_plan(
     count_planning_time: bool = False,
     log: Log | None = None,
     trial_timeout_s: float = presets.TRIAL_TIMEOUT_S,
+    use_cache: bool = True,
+    data_options: dict[str, Any] | None = None,
 ) -> PlanResult:
     """Measure this machine on this dataset and return (and optionally write) a plan.
 
@@ -91,6 +98,10 @@ def make_plan(
         count_planning_time: subtract planning time from `budget_time_s` (`train --auto`).
         log: receives one line per stage (progress for the CLI).
         trial_timeout_s: time limit of each trial child.
+        use_cache: reuse measurements made before on this machine and store new ones
+            (`planner.trials.cache`). `False`: `--no-cache`.
+        data_options: plan `data` fields the user set (labels, normalization); the
+            scan reads the masks with them.
     """
     request = PlanRequest(
         data,
@@ -110,6 +121,8 @@ def make_plan(
         out=out,
         count_planning_time=count_planning_time,
         trial_timeout_s=trial_timeout_s,
+        use_cache=use_cache,
+        data_options=data_options,
     )
     return plan_from_request(request, log=log)
 
@@ -140,11 +153,29 @@ def plan_from_request(
         clock=clock,
     )
     children: set[int] = set()
+    cache = trial_cache.for_plan(hw, ctx.device, request.use_cache)
     pruned, kept = _candidates(ctx)
-    measured, traces = _measure(kept, ctx, children)
-    measurements = pruned + measured
-    choice, verify_steps = choose_and_verify(measurements, ctx, children)
-    traces += len(verify_steps)  # each verification child traces once
+    measured, traces = _measure(kept, ctx, children, cache)
+    latest = {m.candidate: m for m in pruned + measured}  # each candidate's last record
+
+    def on_drop(
+        ms: list[CandidateMeasurement], failed: cand.Candidate
+    ) -> list[CandidateMeasurement]:
+        """Measure the candidates skipped as unable to beat `failed`, now that it failed."""
+        nonlocal traces
+        named = [m.candidate for m in ms if order.lost_to(m, failed)]
+        if not named:
+            return ms
+        ctx.say(f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}")
+        rest = [m for m in ms if m.candidate not in named]
+        more, more_traces = _measure(named, ctx, children, cache, known=rest)
+        traces += more_traces
+        latest.update({m.candidate: m for m in more})
+        return rest + more
+
+    choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
+    measurements = list(latest.values())
+    traces += sum(1 for s in verify_steps if not s.details.get("cached"))  # one trace each
     planning_time = ctx.elapsed()
     plan = build_plan(
         ctx,
@@ -154,6 +185,12 @@ def plan_from_request(
         planning_time_s=planning_time,
         children=len(children),
         traces=traces,
+    )
+    plan = plan.replace(
+        evidence={
+            **plan.evidence,
+            "planning": order.planning_evidence(ctx, cache, measurements, verify_steps),
+        }
     )
     if request.out is not None:
         save_plan(plan, request.out)
@@ -186,8 +223,10 @@ def _probe_budget(request: PlanRequest, say: Log) -> tuple[dict[str, Any], dict[
 def _scan(request: PlanRequest, say: Log) -> tuple[dict[str, Any], int]:
     """The dataset's fingerprint (refused when nothing is trainable) and its training count."""
     from planner.scan import dataset
+    from planner.scan.labels import scan_options
 
-    fp = dataset.scan(Path(request.data), images=request.images, masks=request.masks)
+    labels = scan_options(request.data_options or {})
+    fp = dataset.scan(Path(request.data), images=request.images, masks=request.masks, **labels)
     dataset.require_trainable(fp)
     size = fp["image_size"]["median"]
     n_train = _train_count(fp, request.val)
@@ -228,33 +267,65 @@ def _candidates(ctx: PlanContext) -> tuple[list[CandidateMeasurement], list[cand
 
 
 def _measure(
-    kept: Sequence[cand.Candidate], ctx: PlanContext, children: set[int]
+    kept: Sequence[cand.Candidate],
+    ctx: PlanContext,
+    children: set[int],
+    cache: TrialCache | None,
+    *,
+    known: Sequence[CandidateMeasurement] = (),
 ) -> tuple[list[CandidateMeasurement], int]:
-    """Each candidate measured by trial children, until planning's share of the time is used.
+    """Measure the candidates best first; skip those that cannot win or do not fit in time.
 
-    Returns the measurements and the number of graph traces; `children` receives the
-    process ids.
+    Candidates go in order of their best possible score (`search.choose.score_bound`:
+    the objective with every epoch it wants, whatever memory allows). Once a measured
+    candidate is feasible and scores above a candidate's bound, that candidate cannot
+    be chosen and is recorded "not measured: cannot beat ..." instead. Under a time
+    budget, `presets.PLANNING_SHARE` of it stops new children (`fitplan plan`); under
+    `--auto` the planning cap (`PlanContext.planning_left`) decides how many children
+    fit (`measure_order.sizes_in_time`). Until one candidate is feasible, measuring goes on: a plan
+    needs one. `known`: candidates measured before, to beat. Returns the measurements
+    and the number of graph traces; `children` receives the process ids.
     """
     budget_time = ctx.request.budget_time_s
-    out, traces = [], 0
-    for c in kept:
-        if budget_time is not None and ctx.elapsed() > presets.PLANNING_SHARE * budget_time:
+    queue = sorted(kept, key=lambda c: -score_bound(c))
+    out: list[CandidateMeasurement] = []
+    traces = 0
+    best: Evaluation | None = order.best_measured(known, ctx)
+    for c in queue:
+        bound = score_bound(c)
+        reason = None
+        sizes = presets.TRIAL_MICRO_BATCHES
+        spec, norm = _trial_spec(c, ctx)
+        if best is not None and round(bound, 6) < best.score:  # `choose` rounds scores
+            reason = (
+                f"{order.CANNOT_BEAT} {best.candidate.label} "
+                f"(score at most {bound:.3f} < {best.score:.3f})"
+            )
+        elif (
+            best is not None
+            and budget_time is not None
+            and (ctx.elapsed() > presets.PLANNING_SHARE * budget_time)
+        ):
             reason = (
                 f"not measured: planning already used {presets.PLANNING_SHARE:.0%} "
                 "of the time budget"
             )
+        elif ctx.planning_left() is not None:
+            sizes, reason = order.sizes_in_time(spec, ctx, cache, out, must=best is None)
+        if reason is not None:
             out.append(CandidateMeasurement(c, pruned_reason=reason))
             ctx.say(f"skipped {c.label}: {reason}")
             continue
-        m = _measure_candidate(c, ctx)
+        m = _measure_candidate(c, spec, norm, sizes, ctx, cache)
         children |= {r.child_pid for r in m.trials if r.child_pid}
-        traces += sum(r.traces or 0 for r in m.trials)
+        traces += sum(r.traces or 0 for r in m.trials if not r.details.get("cached"))
         out.append(m)
+        best = order.best_measured([*known, *out], ctx)
     return out, traces
 
 
-def _measure_candidate(c: cand.Candidate, ctx: PlanContext) -> CandidateMeasurement:
-    """Trial children at the trial sizes (and one between, after an out-of-memory)."""
+def _trial_spec(c: cand.Candidate, ctx: PlanContext) -> tuple[TrialSpec, str]:
+    """The candidate's trial spec at the preset sizes, in the BatchNorm mode of its plan."""
     req = ctx.request
     max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(req.effective_batch / ctx.replicas))
     norm = cand.trial_normalization(
@@ -265,19 +336,35 @@ def _measure_candidate(c: cand.Candidate, ctx: PlanContext) -> CandidateMeasurem
         device=ctx.device,
         weights=req.weights,
     )
-    ctx.say(
-        f"measuring {c.label} at micro-batches {list(presets.TRIAL_MICRO_BATCHES)} "
-        f"(one child each, BatchNorm {norm})..."
-    )
     spec = cand.trial_spec(c, num_classes=ctx.num_classes, device=ctx.device, normalization=norm)
-    limits = dict(timeout_s=req.trial_timeout_s, memory_limit_bytes=ctx.budget_bytes)
+    return spec, norm
+
+
+def _measure_candidate(
+    c: cand.Candidate,
+    spec: TrialSpec,
+    norm: str,
+    sizes: Sequence[int],
+    ctx: PlanContext,
+    cache: TrialCache | None,
+) -> CandidateMeasurement:
+    """Trial children at `sizes` (and one between, after an out-of-memory)."""
+    ctx.say(
+        f"measuring {c.label} at micro-batches {list(sizes)} (one child each, BatchNorm {norm})..."
+    )
+    spec = dataclasses.replace(spec, micro_batches=tuple(sizes))
+    limits = dict(
+        timeout_s=ctx.request.trial_timeout_s, memory_limit_bytes=ctx.budget_bytes, cache=cache
+    )
     results = measure_each(spec, **limits)
-    between = _size_between(results)
+    between = _size_between(results) if len(sizes) > 1 else None
     if between is not None:
         ctx.say(f"  out of memory at {results[-1].micro_batch}: measuring {between} too")
         mid = measure_one(spec, between, **limits)
         results = sorted([*results, mid], key=lambda r: r.micro_batch)
-    ctx.say("  " + "; ".join(_trial_line(r) for r in results))
+    if len(sizes) == 1:
+        results = order.with_analytic_slope(c, results, ctx)
+    ctx.say("  " + "; ".join(order.trial_line(r) for r in results))
     return CandidateMeasurement(c, trials=tuple(results), normalization=norm)
 
 
@@ -308,9 +395,3 @@ def _train_count(fp: dict[str, Any], val: str | Path | None) -> int:
 
 def _gpu_bf16(hw: dict[str, Any]) -> bool:
     return "bfloat16" in str(hw.get("precision_advice", {}).get("policy", ""))
-
-
-def _trial_line(r: TrialResult) -> str:
-    if r.ok:
-        return f"mb {r.micro_batch}: {gib(r.peak_bytes)}, {r.step_time_s:.2f} s/step"
-    return f"mb {r.micro_batch}: {r.status} ({r.reason})"

@@ -43,6 +43,9 @@ class PlanRequest:
         out: write the plan here (atomically) when given.
         count_planning_time: subtract planning time from `budget_time_s` (`train --auto`).
         trial_timeout_s: time limit of each trial child.
+        use_cache: reuse and store measurements (`planner.trials.cache`); `False`: `--no-cache`.
+        data_options: plan `data` fields the user set (`--classes`, `--ignore-index`,
+            `--merge-rare`, `--normalize`; `planner.app.cli_labels.data_options`).
     """
 
     data: str | Path
@@ -62,6 +65,8 @@ class PlanRequest:
     out: str | Path | None = None
     count_planning_time: bool = False
     trial_timeout_s: float = presets.TRIAL_TIMEOUT_S
+    use_cache: bool = True
+    data_options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,24 @@ class PlanContext:
         if b is None:
             return None
         return b - (self.elapsed() if self.request.count_planning_time else 0.0)
+
+    def planning_left(self) -> float | None:
+        """Seconds of planning time left under `train --auto` (`presets.AUTO_PLANNING_SHARE`
+        of the time budget, counted from the start of planning); `None`: no cap."""
+        b = self.request.budget_time_s
+        if b is None or not self.request.count_planning_time:
+            return None
+        return presets.AUTO_PLANNING_SHARE * b - self.elapsed()
+
+    def verify_timeout_s(self) -> float:
+        """The verification child's time limit: `presets.VERIFY_TIMEOUT_S`, bounded by the
+        planning time left under `--auto`, never under `presets.VERIFY_MIN_TIMEOUT_S` (a
+        verification cut short would leave no plan at all)."""
+        full = max(self.request.trial_timeout_s, presets.VERIFY_TIMEOUT_S)
+        left = self.planning_left()
+        if left is None:
+            return full
+        return min(full, max(left, presets.VERIFY_MIN_TIMEOUT_S))
 
 
 def overhead_estimate(budget: dict[str, Any]) -> int:

@@ -21,6 +21,7 @@ from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.search.choose import choose
 from planner.search.memory_model import MemoryLine, VerifyStep, step_up, verify
+from planner.trials import cache as trial_cache
 from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_one
 from trainer.errors import BudgetError
@@ -29,7 +30,11 @@ from trainer.units import gib
 
 
 def choose_and_verify(
-    measurements: Sequence[CandidateMeasurement], ctx: PlanContext, children: set[int]
+    measurements: Sequence[CandidateMeasurement],
+    ctx: PlanContext,
+    children: set[int],
+    on_drop: Callable[[list[CandidateMeasurement], cand.Candidate], list[CandidateMeasurement]]
+    | None = None,
 ) -> tuple[Choice, list[VerifyStep]]:
     """Choose; verify the choice with one measured run; if it fails, drop it and choose again.
 
@@ -37,6 +42,9 @@ def choose_and_verify(
         measurements: every candidate with its trials.
         ctx: the request, budget and dataset.
         children: receives the process id of each verification child.
+        on_drop: called with the measurements and the candidate that failed verification;
+            returns the measurements to choose from next (`planner.make_plan` measures the
+            candidates it skipped as unable to beat that one). `None` (default): as they are.
 
     Returns:
         `(choice, steps)`: the choice at its verified micro-batch, and the verification
@@ -59,6 +67,8 @@ def choose_and_verify(
             dataclasses.replace(x, trials=(), pruned_reason=why) if x.candidate == c else x
             for x in measurements
         ]
+        if on_drop is not None:
+            measurements = on_drop(measurements, c)
     raise BudgetError("no candidate passed verification within three tries")
 
 
@@ -82,7 +92,7 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
 
 
 # The child that verifies a choice trains the plan itself (planner/trials/verify_run.py).
-VERIFY_TARGET = "planner.trials.verify_run:run"
+VERIFY_TARGET = trial_cache.VERIFY_TARGET
 
 
 def _verify(
@@ -121,8 +131,15 @@ def _verify(
                 "validation_batches": presets.VERIFY_VALIDATION_BATCHES,
             },
         )
-        timeout = max(req.trial_timeout_s, presets.VERIFY_TIMEOUT_S)
-        r = measure_one(spec, size, timeout_s=timeout, memory_limit_bytes=ctx.budget_bytes)
+        # Cached under the plan, the dataset's digest and this machine (trials/cache.py);
+        # bounded by the planning time left under --auto (PlanContext.verify_timeout_s).
+        r = measure_one(
+            spec,
+            size,
+            timeout_s=ctx.verify_timeout_s(),
+            memory_limit_bytes=ctx.budget_bytes,
+            cache=trial_cache.for_plan(ctx.hardware, ctx.device, req.use_cache),
+        )
         if r.child_pid:
             children.add(r.child_pid)
         return r

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from planner.make_plan import Log, PlanResult, make_plan
+from planner.search import presets
 
 
 def auto_train(
@@ -17,13 +18,19 @@ def auto_train(
     val: str | Path | None = None,
     callbacks: Sequence[Any] = (),
     log: Log | None = None,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    adjust: Callable[[Any], Any] | None = None,
+    progress: bool = False,
     **plan_options: Any,
 ) -> tuple[PlanResult, Any]:
     """Make a plan for `data` and train it into the run folder `out`.
 
     The time budget (`budget_time_s`) counts from the start of planning: the plan's
     `time_limit_s` is the whole budget and training's clock starts when planning did,
-    so planning time is taken out of training time. The plan is saved in the run folder.
+    so planning time is taken out of training time. Planning is capped at
+    `presets.AUTO_PLANNING_SHARE` of it (10 minutes -> 60 s; `planner.measure_order`
+    says what it skipped to stay inside). The plan is saved in the run folder.
 
     Args:
         data: dataset root.
@@ -31,6 +38,10 @@ def auto_train(
         val: separate validation root, or `None`.
         callbacks: extra Keras callbacks for training (a progress display).
         log: receives planning progress lines.
+        max_epochs, max_steps: as `fitplan train --max-epochs/--max-steps` (recorded in
+            the run's plan.json).
+        adjust: changes the made plan before training (`--set KEY=VALUE`), or `None`.
+        progress: print the epoch lines on stdout (`trainer.train.fit.train`).
         **plan_options: passed to `planner.make_plan.make_plan`.
 
     Returns:
@@ -41,6 +52,20 @@ def auto_train(
     started = time.monotonic()
     result = make_plan(data, val=val, count_planning_time=True, log=log, **plan_options)
     if log:
-        log(f"planning took {result.planning_time_s:.0f} s with {result.children} child processes")
-    trained = train(result.plan, out, callbacks=callbacks, started_at=started)
+        cap = (result.plan.evidence or {}).get("planning", {}).get("cap_s")
+        of_cap = f" (cap {cap:.0f} s: {presets.AUTO_PLANNING_SHARE:.0%} of the time budget)"
+        log(
+            f"planning took {result.planning_time_s:.0f} s{of_cap if cap else ''} "
+            f"with {result.children} child processes"
+        )
+    planned = adjust(result.plan) if adjust is not None else result.plan
+    trained = train(
+        planned,
+        out,
+        callbacks=callbacks,
+        started_at=started,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        progress=progress,
+    )
     return result, trained

@@ -25,6 +25,10 @@ BudgetMemoryOpt = Annotated[
 BudgetTimeOpt = Annotated[
     str | None, typer.Option("--budget-time", help="Wall time for training, e.g. 20m or 1h30m.")
 ]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Measure everything again: neither read nor write the cache."),
+]
 
 
 @app.command()
@@ -94,6 +98,7 @@ def plan_cmd(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Hosts of a multi-worker run.")
     ] = 1,
+    no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure candidates in child processes and write the plan that fits the budgets."""
@@ -117,6 +122,7 @@ def plan_cmd(
         headroom=headroom,
         devices=devices or None,
         workers=workers,
+        use_cache=not no_cache,
         log=lambda line: err.print(line, highlight=False, markup=False),
     )
     err.print(
@@ -160,6 +166,9 @@ def train(
     masks: Annotated[str, typer.Option(help="Mask folder under DATA (--auto).")] = "masks",
     budget_memory: BudgetMemoryOpt = None,
     budget_time: BudgetTimeOpt = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="--auto: measure everything again (no cache).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a plan (`--plan P --out RUN`) or continue a killed run (`--resume RUN`)."""
@@ -170,7 +179,8 @@ def train(
     if auto is not None:
         if out is None:
             raise typer.BadParameter("--auto needs --out RUN")
-        _train_auto(auto, out, val, images, masks, budget_memory, budget_time, json_out)
+        budgets = (budget_memory, budget_time, not no_cache)
+        _train_auto(auto, out, val, images, masks, budgets, json_out)
         return
     if resume is None and (plan is None or out is None):
         raise typer.BadParameter("give --plan and --out, --resume RUN, or --auto DATA --out RUN")
@@ -194,11 +204,12 @@ def train(
     _render_train_result(result.metrics, result.run_dir, json_out)
 
 
-def _train_auto(data, out, val, images, masks, budget_memory, budget_time, json_out) -> None:
+def _train_auto(data, out, val, images, masks, budgets, json_out) -> None:
     from planner.app.auto import auto_train
     from planner.app.units import parse_bytes, parse_duration
     from trainer.train.progress import RichProgress
 
+    budget_memory, budget_time, use_cache = budgets
     progress = RichProgress(epochs=0, console=err)  # epochs known once planned
 
     def log(line: str) -> None:
@@ -213,6 +224,7 @@ def _train_auto(data, out, val, images, masks, budget_memory, budget_time, json_
             masks=masks,
             budget_memory=parse_bytes(budget_memory) if budget_memory else None,
             budget_time_s=parse_duration(budget_time) if budget_time else None,
+            use_cache=use_cache,
             callbacks=[progress],
             log=log,
         )

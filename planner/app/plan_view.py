@@ -96,6 +96,22 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
     summary.add_row(
         "planning",
         f"{ev.get('planning_time_s', 0):.0f} s, {ev.get('children', 0)} child processes, "
-        f"{ev.get('traces', 0)} graph traces",
+        f"{ev.get('traces', 0)} graph traces" + _reused(ev.get("planning") or {}),
     )
     return summary
+
+
+def _reused(planning: dict[str, Any]) -> str:
+    """What planning took from the measurement cache or estimated (planner.measure_order)."""
+    parts = []
+    if planning.get("trial_points_cached"):
+        parts.append(
+            f"{planning['trial_points_cached']} of {planning['trial_points']} trial points cached"
+        )
+    if planning.get("verification_cached"):
+        parts.append("verification cached")
+    if planning.get("trial_points_estimated"):
+        parts.append(f"{planning['trial_points_estimated']} point(s) estimated (analytic slope)")
+    if planning.get("cap_s"):
+        parts.append(f"cap {planning['cap_s']:.0f} s")
+    return "; " + ", ".join(parts) if parts else ""

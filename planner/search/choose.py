@@ -39,6 +39,7 @@ __all__ = [
     "choose",
     "crops_per_epoch",
     "epoch_steps",
+    "score_bound",
 ]
 
 GIB = presets.GIB
@@ -71,6 +72,15 @@ def _step_time(ok: Sequence[TrialResult], mb: int) -> float:
 
 def _size_prior(hw: tuple[int, int], obj: presets.Objective) -> float:
     return (min(hw) / obj.size_reference) ** obj.size_exponent
+
+
+def score_bound(c: Candidate, objective: presets.Objective = presets.DEFAULT_OBJECTIVE) -> float:
+    """The best score `c` can reach: its score with the time factor at 1 (all the epochs
+    it wants), whatever memory and step time it turns out to have. A measured candidate
+    scoring above it cannot lose to `c` (`planner.make_plan` measures best first)."""
+    prior = objective.backbone_prior.get(c.backbone, 0.5)
+    prior *= objective.precision_prior.get(c.precision, 1.0)
+    return prior * _size_prior(c.input_size, objective)
 
 
 def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Evaluation:
@@ -319,8 +329,7 @@ def _with_time(e, obj, time_budget_s, n, native_hw, replicas=1) -> Evaluation:
     else:
         possible = math.floor(time_budget_s / epoch_s) if epoch_s > 0 else obj.max_epochs
         factor = min(1.0, possible / obj.epochs_wanted) ** obj.time_exponent
-    prior = obj.backbone_prior.get(c.backbone, 0.5) * obj.precision_prior.get(c.precision, 1.0)
-    score = prior * _size_prior(c.input_size, obj) * factor
+    score = score_bound(c, obj) * factor
     return dataclasses.replace(
         e, epoch_time_s=epoch_s, epochs_possible=possible, score=round(score, 6)
     )

@@ -16,8 +16,9 @@ API for `planner.make_plan`:
         One child process. Results are ascending by micro-batch and stop at the first
         result that is not "ok" (larger sizes were not tried). Never raises for what
         happens in the child: an OOM, crash, hang or garbage becomes a result.
-    measure_one(spec, micro_batch, *, timeout_s, memory_limit_bytes=None) -> TrialResult
-        One size in its own child: the `measure` callable `memory_model.verify` wants.
+    measure_one(spec, micro_batch, *, timeout_s, memory_limit_bytes=None, cache=None) -> TrialResult
+        One size in its own child: the `measure` callable `memory_model.verify` wants;
+        with a `planner.trials.cache.TrialCache`, a size measured before is reused.
     measure_each(spec, *, timeout_s, memory_limit_bytes=None) -> list[TrialResult]
         Every size in its own child, ascending, stopping at the first failure: what
         the planner fits its memory line through (same-child sizes are inflated).
@@ -44,6 +45,7 @@ from typing import Any
 
 import planner
 import trainer
+from planner.trials.cache import TrialCache
 from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
 from trainer.oom import classify_exit
 
@@ -161,9 +163,7 @@ class _ChildOutput:
     """Reads a child's pipes on two threads: its events (marker lines on stdout), any
     other stdout lines (`garbage`), and the last lines of stderr (`tail`)."""
 
-    def __init__(
-        self, proc: subprocess.Popen, on_event: Callable[[dict[str, Any]], None] | None
-    ):
+    def __init__(self, proc: subprocess.Popen, on_event: Callable[[dict[str, Any]], None] | None):
         self.events: list[dict[str, Any]] = []
         self.garbage: list[str] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
@@ -278,12 +278,25 @@ def measure_one(
     timeout_s: float,
     memory_limit_bytes: int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    cache: TrialCache | None = None,
 ) -> TrialResult:
-    """Measure one micro-batch size of `spec` in a fresh child (for verification)."""
+    """Measure one micro-batch size of `spec` in a fresh child (for verification).
+
+    Args:
+        cache: where a result measured before under the same key is taken from (marked
+            `details["cached"]`, no child started) and a new one is stored
+            (`planner.trials.cache`). `None` (default): always measure.
+    """
+    if cache is not None:
+        hit = cache.get(spec, micro_batch, memory_limit_bytes)
+        if hit is not None:
+            return hit
     one = dataclasses.replace(spec, micro_batches=(micro_batch,))
     results = run_trial(
         one, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes, on_event=on_event
     )
+    if cache is not None:
+        cache.put(spec, micro_batch, memory_limit_bytes, results[-1])
     return results[-1]
 
 
@@ -292,6 +305,7 @@ def measure_each(
     *,
     timeout_s: float,
     memory_limit_bytes: int | None = None,
+    cache: TrialCache | None = None,
 ) -> list[TrialResult]:
     """Each size of `spec` in its own fresh child, ascending; stops at the first failure.
 
@@ -302,11 +316,13 @@ def measure_each(
     1550 MiB (mobilenet_v3_small), and a line through the same-child pair over-predicted
     fresh runs at 8 and 16 by 10-26%; through fresh children, by 0-3%
     (docs/planning.md, "Trials"). The price: one more child per candidate (a TensorFlow
-    import and a model build, ~10 s here).
+    import and a model build, ~10 s here), unless `cache` holds the size (`measure_one`).
     """
     results: list[TrialResult] = []
     for mb in spec.micro_batches:
-        r = measure_one(spec, mb, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes)
+        r = measure_one(
+            spec, mb, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes, cache=cache
+        )
         results.append(r)
         if not r.ok:
             break

@@ -1,0 +1,162 @@
+"""Planning in about a minute (issue 13, 2): measure only what can win, reuse what was measured,
+stay inside the --auto planning cap. Fake children (`run_trial`), no TensorFlow."""
+
+import dataclasses
+
+import pytest
+
+from planner import hardware
+from planner.app.plan_view import plan_table
+from planner.make_plan import make_plan, plan_from_request
+from planner.request import PlanRequest
+from planner.search import presets
+from planner.trials import trial
+from planner.trials.cache import VERIFY_TARGET
+from planner.trials.spec import TrialResult
+
+GIB, MIB = 2**30, 2**20
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from planner.app.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("speed") / "data", n=8, size=(64, 64), seed=0)
+
+
+@pytest.fixture
+def children(monkeypatch):
+    """Fake children: an 8 GiB CPU budget; every trial and verification run is recorded.
+
+    `children.wall` is what each child reports as its wall time; `children.clock` advances
+    by it per child (for the --auto cap); `children.fail` names backbones whose
+    verification runs out of memory.
+    """
+    budget = {"device": "cpu", "bytes": 8 * GIB, "source": "probe", "derivation": "fake"}
+    monkeypatch.setattr(
+        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
+    )
+
+    class Children:
+        calls: list = []
+        wall = 1.0
+        now = 0.0
+        fail: set = set()
+
+        def clock(self):
+            return self.now
+
+    kids = Children()
+    kids.calls = []
+    pids = iter(range(5000, 6000))
+
+    def fake_run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None):
+        mb = spec.micro_batches[0]
+        kids.calls.append((spec.backbone, mb, spec.target))
+        kids.now += kids.wall
+        if spec.target == VERIFY_TARGET and spec.backbone in kids.fail:
+            return [TrialResult("oom", mb, reason="fake", child_pid=next(pids))]
+        peak = (2 * GIB if spec.target else GIB) + 50 * MIB * mb
+        details = {"child_wall_s": kids.wall}
+        r = TrialResult("ok", mb, peak, 0.001 * mb, 1.0, traces=1, child_pid=next(pids))
+        return [dataclasses.replace(r, details=details)]
+
+    monkeypatch.setattr(trial, "run_trial", fake_run_trial)
+    return kids
+
+
+def _trials(kids, backbone):
+    return [mb for b, mb, target in kids.calls if b == backbone and target is None]
+
+
+def test_a_candidate_that_cannot_win_is_not_measured_and_says_so(data_dir, children):
+    result = make_plan(data_dir, backbones=["unet_small", "efficientnet_b0"], sizes=[64])
+    # efficientnet_b0 (prior 0.95) is measured first and fits: unet_small (0.80) cannot beat it.
+    assert result.plan.backbone == "efficientnet_b0"
+    assert _trials(children, "efficientnet_b0") == [1, 4]
+    assert _trials(children, "unet_small") == []
+    ev = {e["backbone"]: e for e in result.plan.evidence["choice"]["evaluations"]}
+    assert ev["unet_small"]["reason"].startswith(
+        "not measured: cannot beat efficientnet_b0 64x64 float32 (score at most 0.650 < 0.772)"
+    )
+    assert "unet_small" in next(iter(result.plan.evidence["planning"]["not_measured"]))
+    # The chosen plan is still measured and verified.
+    assert result.plan.prediction["verified"] is True
+
+
+def _table(plan) -> str:
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(plan_table(plan.to_dict()))
+    return console.export_text()
+
+
+def test_the_table_says_never_measured(data_dir, children):
+    result = make_plan(data_dir, backbones=["unet_small", "efficientnet_b0"], sizes=[64])
+    assert "not measured: cannot beat efficientnet_b0" in _table(result.plan)
+
+
+def test_skipped_candidates_are_measured_when_the_winner_fails_verification(data_dir, children):
+    children.fail = {"efficientnet_b0"}
+    result = make_plan(data_dir, backbones=["unet_small", "efficientnet_b0"], sizes=[64])
+    assert result.plan.backbone == "unet_small"
+    assert _trials(children, "unet_small") == [1, 4]  # measured after all
+
+
+def test_planning_again_reuses_trials_and_verification(data_dir, children):
+    kw = dict(backbones=["unet_small"], sizes=[64])
+    cold = make_plan(data_dir, **kw)
+    n = len(children.calls)
+    assert n >= 3 and cold.children == n  # two trials and the verification run
+    warm = make_plan(data_dir, **kw)
+    assert len(children.calls) == n and warm.children == 0  # nothing measured again
+    planning = warm.plan.evidence["planning"]
+    assert planning["trial_points_cached"] == planning["trial_points"] == 2
+    assert planning["verification_cached"] is True
+    assert warm.plan.micro_batch == cold.plan.micro_batch
+    assert warm.plan.prediction["peak_bytes"] == cold.plan.prediction["peak_bytes"]
+    trials = warm.plan.evidence["trials"][0]["results"]
+    assert all(r["details"]["cached"] for r in trials)
+    assert "2 of 2 trial points cached, verification cached" in _table(warm.plan)
+    # --no-cache measures again.
+    fresh = make_plan(data_dir, use_cache=False, **kw)
+    assert len(children.calls) == 2 * n and fresh.children == n
+    assert fresh.plan.evidence["planning"]["trial_points_cached"] == 0
+
+
+def test_auto_stays_in_its_planning_cap(data_dir, children):
+    """10 minutes: 60 s of planning. Children take 40 s: one trial size, the analytic
+    slope for the second point, the verification run; the other candidate is skipped."""
+    children.wall = 40.0
+    request = PlanRequest(
+        data_dir,
+        backbones=["efficientnet_b0", "efficientnetv2_b0"],  # equal priors: neither can
+        sizes=[64],  # be skipped as unable to win
+        budget_time_s=600.0,
+        count_planning_time=True,
+    )
+    result = plan_from_request(request, clock=children.clock)
+    measured = [b for b, _, t in children.calls if t is None]
+    assert len(measured) == 1, children.calls  # one trial child
+    assert [t for _, _, t in children.calls][-1] == VERIFY_TARGET  # and the verification
+    planning = result.plan.evidence["planning"]
+    assert planning["cap_s"] == 60.0 and planning["trial_points_estimated"] == 1
+    (reason,) = planning["not_measured"].values()
+    assert reason.startswith("not measured: the planning cap (60 s, 10% of the time budget)")
+    trials = result.plan.evidence["trials"][0]["results"]
+    assert [r["micro_batch"] for r in trials] == list(presets.TRIAL_MICRO_BATCHES)
+    assert trials[0]["details"]["estimated"]
+
+
+def test_auto_verification_timeout_follows_the_planning_time_left():
+    from planner.request import PlanContext
+
+    req = PlanRequest(".", budget_time_s=3600.0, count_planning_time=True)
+    ctx = PlanContext(req, {}, {"device": "cpu", "bytes": GIB}, {}, 1, 0.1, clock=lambda: 100.0)
+    assert ctx.planning_left() == pytest.approx(260.0)  # 10% of an hour, 100 s spent
+    assert ctx.verify_timeout_s() == pytest.approx(260.0)
+    late = dataclasses.replace(ctx, clock=lambda: 350.0)
+    assert late.verify_timeout_s() == presets.VERIFY_MIN_TIMEOUT_S  # never cut below
+    plain = dataclasses.replace(ctx, request=dataclasses.replace(req, count_planning_time=False))
+    assert plain.planning_left() is None and plain.verify_timeout_s() == presets.VERIFY_TIMEOUT_S
