@@ -65,6 +65,7 @@ NORMALIZATIONS = ("auto", "train", "frozen", "group")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCALINGS = ("none", "linear", "sqrt")
+LR_SCHEDULES = ("auto", "plateau", "deadline")
 EARLY_MONITORS = ("val_loss", "val_dice")
 
 # The augmentation presets (docs/data.md); an AugmentSpec field that is not None overrides.
@@ -236,13 +237,23 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class LRScheduleSpec:
-    """ReduceLROnPlateau on the validation loss.
+    """The learning-rate schedule (`trainer.train.schedule`).
 
     Args:
+        kind: `"auto"` (default): `"deadline"` when the plan has `time_limit_s`, else
+            `"plateau"`. `"deadline"`: linear warm-up over `warmup` of the time budget,
+            then linear decay to zero at the deadline (less the measured time of the
+            final validation and checkpoint); early stopping then never ends the run
+            (the best epoch is still kept). `"plateau"`: ReduceLROnPlateau on the
+            validation loss with `factor`, `patience` and `min_lr`.
+        warmup: share of the time budget spent warming up (deadline schedule).
         factor: multiply the learning rate by this on a plateau.
         patience: epochs without improvement before reducing.
         min_lr: lower bound.
     """
+
+    kind: str = rule(choice(LR_SCHEDULES), default="auto")
+    warmup: float = rule(number(0, 0.5, open_high=True), default=0.03)
 
     factor: float = rule(number(0, 1, open_low=True, open_high=True), default=0.5)
     patience: int = rule(integer(0), default=3)
@@ -465,6 +476,9 @@ def _check_combinations(plan: Plan) -> None:
         raise field_error("optimizer.reference_batch", expected, None)
     if plan.strategy == "default" and plan.replicas != 1:
         raise field_error("replicas", "1 when strategy is 'default'", plan.replicas)
+    if plan.lr_schedule.kind == "deadline" and plan.time_limit_s is None:
+        expected = "'auto' or 'plateau' without time_limit_s (a deadline needs a time limit)"
+        raise field_error("lr_schedule.kind", expected, "deadline")
 
 
 def load_plan(path: str | os.PathLike) -> Plan:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,10 @@ def auto_train(
     val: str | Path | None = None,
     callbacks: Sequence[Any] = (),
     log: Log | None = None,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    adjust: Callable[[Any], Any] | None = None,
+    progress: bool = False,
     **plan_options: Any,
 ) -> tuple[PlanResult, Any]:
     """Make a plan for `data` and train it into the run folder `out`.
@@ -34,6 +38,10 @@ def auto_train(
         val: separate validation root, or `None`.
         callbacks: extra Keras callbacks for training (a progress display).
         log: receives planning progress lines.
+        max_epochs, max_steps: as `fitplan train --max-epochs/--max-steps` (recorded in
+            the run's plan.json).
+        adjust: changes the made plan before training (`--set KEY=VALUE`), or `None`.
+        progress: print the epoch lines on stdout (`trainer.train.fit.train`).
         **plan_options: passed to `planner.make_plan.make_plan`.
 
     Returns:
@@ -50,5 +58,14 @@ def auto_train(
             f"planning took {result.planning_time_s:.0f} s{of_cap if cap else ''} "
             f"with {result.children} child processes"
         )
-    trained = train(result.plan, out, callbacks=callbacks, started_at=started)
+    planned = adjust(result.plan) if adjust is not None else result.plan
+    trained = train(
+        planned,
+        out,
+        callbacks=callbacks,
+        started_at=started,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        progress=progress,
+    )
     return result, trained

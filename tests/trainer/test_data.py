@@ -174,11 +174,15 @@ def test_val_tiles_cover_each_image_in_a_fixed_order(tmp_path):
     assert tiles.shape == (6, 32, 32, 3)
     canvas = np.full((40, 70), -1.0)
     mcanvas = np.full((40, 70), -1.0)
+    counted = np.zeros((40, 70), int)
     for t, (y, x) in enumerate([(y, x) for y in (0, 8) for x in (0, 32, 38)]):
         canvas[y : y + 32, x : x + 32] = tiles[t, ..., 0]
-        mcanvas[y : y + 32, x : x + 32] = tile_masks[t, ..., 0]
+        scored = tile_masks[t, ..., 0] >= 0  # overlap an earlier tile scored: -1 (ignored)
+        mcanvas[y : y + 32, x : x + 32][scored] = tile_masks[t, ..., 0][scored]
+        counted[y : y + 32, x : x + 32] += scored
     np.testing.assert_allclose(canvas, image / 255.0, atol=1e-6)
     np.testing.assert_array_equal(mcanvas, mask)
+    np.testing.assert_array_equal(counted, 1)  # each validation pixel scored exactly once
     again = np.concatenate([x.numpy() for x, _ in bundle.val])
     np.testing.assert_array_equal(tiles, again)
 

@@ -37,6 +37,7 @@ from trainer.data.pairs import Pair, find_pairs
 from trainer.data.splits import (
     crops_for,
     epoch_steps,
+    owned_from,
     scaled_size,
     split_pairs,
     tile_starts,
@@ -266,15 +267,21 @@ def _train_dataset(
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
 
-def _val_tiles(meta: _Meta, tile: tuple[int, int]) -> tuple[list[tuple[int, int]], list[int]]:
-    """Every validation tile's corner `(y, x)`, pair by pair, and where each pair's tiles start.
+def _val_tiles(meta: _Meta, tile: tuple[int, int]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """Every validation tile `(y, x, owned_y, owned_x)`, pair by pair, and where each pair's
+    tiles start.
 
     Computed from the header sizes with `tile_starts`, the rule prediction uses too, so the
-    graph only slices: it holds no tensor copy of the rule.
+    graph only slices: it holds no tensor copy of the rule. `owned_y`, `owned_x`
+    (`owned_from`): the tile's pixels above or left of them were counted by an earlier
+    tile, so validation scores every pixel exactly once.
     """
     corners, first = [], [0]
     for h, w in zip(meta.height, meta.width, strict=True):
-        corners += [(y, x) for y in tile_starts(h, tile[0]) for x in tile_starts(w, tile[1])]
+        ys, xs = tile_starts(h, tile[0]), tile_starts(w, tile[1])
+        oys, oxs = owned_from(ys, tile[0]), owned_from(xs, tile[1])
+        rows, cols = zip(ys, oys, strict=True), list(zip(xs, oxs, strict=True))
+        corners += [(y, x, oy, ox) for y, oy in rows for x, ox in cols]
         first.append(len(corners))
     return corners, first
 
@@ -289,7 +296,7 @@ def _val_dataset(
 ) -> tf.data.Dataset:
     th, tw = plan.input_size
     load = _loader(meta, lut)
-    corners = tf.constant(tiles[0], tf.int32, shape=[len(tiles[0]), 2])
+    corners = tf.constant(tiles[0], tf.int32, shape=[len(tiles[0]), 4])
     first = tf.constant(tiles[1], tf.int32)
     ds = tf.data.Dataset.range(len(meta.pairs)).map(
         lambda i: (i, *load(i)), num_parallel_calls=AUTOTUNE
@@ -300,9 +307,14 @@ def _val_dataset(
     def cut(i, image, mask):
         def crop(corner):
             y, x = corner[0], corner[1]
+            m = tf.cast(mask[y : y + th, x : x + tw], tf.float32)
+            # Pixels an earlier tile scored: label -1, which loss and metrics ignore.
+            seen = tf.logical_or(
+                tf.range(th)[:, None, None] < corner[2], tf.range(tw)[None, :, None] < corner[3]
+            )
             return (
                 tf.ensure_shape(as_rgb(image[y : y + th, x : x + tw]), [th, tw, 3]),
-                tf.ensure_shape(tf.cast(mask[y : y + th, x : x + tw], tf.float32), [th, tw, 1]),
+                tf.ensure_shape(tf.where(seen, -1.0, m), [th, tw, 1]),
             )
 
         return tf.data.Dataset.from_tensor_slices(corners[first[i] : first[i + 1]]).map(crop)

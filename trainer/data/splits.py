@@ -81,6 +81,28 @@ def tile_starts(length: int, tile: int, stride: int | None = None) -> list[int]:
     return starts
 
 
+def owned_from(starts: list[int], tile: int) -> list[int]:
+    """For each tile start, the first offset inside the tile that no earlier tile covered.
+
+    Validation scores each pixel once: a tile's pixels before this offset (the overlap of
+    the last, end-aligned tile with its neighbour) are labelled "ignore" (`-1`), as if
+    the overlap were cropped away. The owned ranges of `tile_starts(length, tile)`
+    partition `[0, length)`; along two axes, the products partition the image.
+
+    Args:
+        starts: tile starts in increasing order (`tile_starts`).
+        tile: the tile side.
+
+    Returns:
+        One offset per start, in `[0, tile)`.
+    """
+    out, covered = [], 0
+    for start in starts:
+        out.append(max(0, covered - start))
+        covered = start + tile
+    return out
+
+
 def crops_for(height: int, width: int, input_size: tuple[int, int], fixed: int | None) -> int:
     """Crops per epoch for one image: `fixed`, or its area over the crop area, at least 1."""
     if fixed is not None:

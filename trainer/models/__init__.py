@@ -15,10 +15,12 @@ from trainer.models.weights import keras_cache_dir, resolve_weights
 if TYPE_CHECKING:
     from trainer.models.finetune import encoder_of, set_encoder_trainable
     from trainer.models.layers import NORMALIZATIONS
-    from trainer.models.unet import build_unet
+    from trainer.models.unet import build_unet, outputs_logits, with_probabilities
 
 _LAZY = {
     "build_unet": "trainer.models.unet",
+    "outputs_logits": "trainer.models.unet",
+    "with_probabilities": "trainer.models.unet",
     "set_encoder_trainable": "trainer.models.finetune",
     "encoder_of": "trainer.models.finetune",
     "NORMALIZATIONS": "trainer.models.layers",
@@ -33,8 +35,10 @@ __all__ = [
     "build_unet",
     "encoder_of",
     "keras_cache_dir",
+    "outputs_logits",
     "resolve_weights",
     "set_encoder_trainable",
+    "with_probabilities",
 ]
 
 

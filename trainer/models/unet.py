@@ -8,7 +8,11 @@ Layout of a built model (`model.summary()` shows it):
     -> decoder1..4        upsample x2, concat the skip, two conv-norm-ReLU
     -> decoder5           upsample x2 to (H, W), two conv-norm-ReLU
     -> logits             1x1 conv: 1 channel (binary) or num_classes channels
-    -> probabilities      sigmoid / softmax, always float32
+    -> probabilities      sigmoid / softmax, always float32 (`output="probabilities"`)
+       or logits_float32  the logits as float32 (`output="logits"`, what training uses)
+
+Both outputs have the same layers and weights (the last layer is an `Activation`
+either way), so weights saved from a logits model load into a probabilities model.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def build_unet(
     weights: str = "none",
     normalization: str = "train",
     seed: int | None = None,
+    output: str = "probabilities",
 ) -> keras.Model:
     """Build a U-Net for segmentation.
 
@@ -64,11 +69,14 @@ def build_unet(
         seed: seeds Python, NumPy and the backend (`keras.utils.set_random_seed`)
             before building, so initial weights repeat. `None` (default): leave
             the random state alone.
+        output: `"probabilities"` (default: sigmoid / softmax, for inference and
+            export) or `"logits"` (for training: the loss takes the cross-entropy
+            from the logits, `trainer.train.losses`).
 
     Returns:
         An uncompiled `keras.Model` mapping `(batch, H, W, C)` to
-        `(batch, H, W, 1 or num_classes)` float32 probabilities. The encoder is
-        `model.get_layer("encoder")`.
+        `(batch, H, W, 1 or num_classes)` float32 probabilities or logits. The
+        encoder is `model.get_layer("encoder")`.
 
     Raises:
         WeightsError: weights asked for but not available (before building).
@@ -82,6 +90,8 @@ def build_unet(
             f"Received: num_classes={num_classes!r}"
         )
     check_normalization(normalization)
+    if output not in OUTPUTS:
+        raise FitplanError(f"`output` must be 'probabilities' or 'logits'. Received: {output=}")
     weights_path = resolve_weights(backbone, weights)
     if seed is not None:
         keras.utils.set_random_seed(seed)
@@ -102,10 +112,7 @@ def build_unet(
     x = _decoder(features, info["decoder_filters"], normalization)
     out_channels = 1 if num_classes == 2 else num_classes
     x = layers.Conv2D(out_channels, 1, name="logits")(x)
-    # float32 even under a mixed policy: the loss and metrics then see full precision.
-    outputs = layers.Activation(
-        "sigmoid" if out_channels == 1 else "softmax", dtype="float32", name="probabilities"
-    )(x)
+    outputs = _head(out_channels, output)(x)
     model = keras.Model(inputs, outputs, name=f"unet_{backbone}")
     if normalization == "train":  # moving statistics that keep up with short runs
         set_batchnorm_momentum(model)
@@ -118,6 +125,34 @@ def build_unet(
         fresh = batchnorm_layers(model if weights_path is None else _decoder_only(model))
         calibrate_batchnorm(model, fresh, seed)
     return model
+
+
+OUTPUTS = ("probabilities", "logits")
+
+
+def _head(out_channels: int, output: str) -> layers.Layer:
+    # float32 even under a mixed policy: the loss and metrics then see full precision.
+    if output == "logits":
+        return layers.Activation("linear", dtype="float32", name="logits_float32")
+    activation = "sigmoid" if out_channels == 1 else "softmax"
+    return layers.Activation(activation, dtype="float32", name="probabilities")
+
+
+def outputs_logits(model: keras.Model) -> bool:
+    """Whether a `build_unet` model outputs logits (`output="logits"`), not probabilities."""
+    return model.layers[-1].name == "logits_float32"
+
+
+def with_probabilities(model: keras.Model) -> keras.Model:
+    """The same model (shared layers and weights) with sigmoid / softmax on its logits.
+
+    A model that already outputs probabilities is returned as it is.
+    """
+    if not outputs_logits(model):
+        return model
+    logits = model.get_layer("logits").output
+    head = _head(logits.shape[-1], "probabilities")
+    return keras.Model(model.inputs, head(logits), name=model.name)
 
 
 def _decoder_only(model: keras.Model) -> list:

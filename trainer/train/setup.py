@@ -67,11 +67,19 @@ def make_optimizer(plan: Plan, learning_rate: float | None = None) -> keras.opti
 def compile_model(
     model: keras.Model, plan: Plan, num_classes: int, learning_rate: float | None = None
 ) -> None:
-    """Compile `model` with the plan's optimizer, Dice+CE loss and Dice/IoU metrics."""
+    """Compile `model` with the plan's optimizer, Dice+CE loss and Dice/IoU metrics.
+
+    Loss and metrics read logits when the model outputs them (`build_unet(...,
+    output="logits")`, what training builds), else probabilities; both skip the pixels
+    of `plan.data.ignore_index` (when the plan has one).
+    """
+    from trainer.models import outputs_logits
+
+    kw = {"from_logits": outputs_logits(model), "ignore_index": _ignore_index(plan)}
     model.compile(
         optimizer=make_optimizer(plan, learning_rate),
-        loss=DiceCrossEntropy(num_classes),
-        metrics=segmentation_metrics(num_classes),
+        loss=DiceCrossEntropy(num_classes, **kw),
+        metrics=segmentation_metrics(num_classes, **kw),
         jit_compile=False,  # XLA on CPU was not faster here and adds minutes of compile time
     )
     # Create the optimizer's variables now (in the caller's strategy scope): created inside
@@ -80,8 +88,20 @@ def compile_model(
     model.optimizer.build(model.trainable_variables)
 
 
+def _ignore_index(plan: Plan) -> int | None:
+    """The plan's ignore value; `-1` means none. Labels >= the class count (where the
+    pipeline keeps a resolved ignore value such as 255) are ignored by the loss anyway."""
+    value = getattr(plan.data, "ignore_index", None)
+    return None if value is None or value < 0 else int(value)
+
+
 def build_model_for_plan(
-    plan: Plan, num_classes: int, *, compile: bool = True, strategy: Any = None
+    plan: Plan,
+    num_classes: int,
+    *,
+    compile: bool = True,
+    strategy: Any = None,
+    output: str | None = None,
 ) -> keras.Model:
     """Set the precision policy, build the plan's U-Net and (by default) compile it.
 
@@ -91,6 +111,9 @@ def build_model_for_plan(
         compile: also compile it (optimizer, loss, metrics). Defaults to `True`.
         strategy: a `tf.distribute.Strategy` whose scope the model (and optimizer)
             are created in. Defaults to `None`: the current (default) strategy.
+        output: `"logits"` (what training compiles: the loss takes them) or
+            `"probabilities"` (inference, export). Defaults to `None`: logits when
+            `compile`, else probabilities. The weights are the same either way.
     """
     from trainer.models import build_unet
 
@@ -106,6 +129,7 @@ def build_model_for_plan(
             weights=plan.weights,
             normalization=plan.resolved_normalization,
             seed=plan.seed,
+            output=output or ("logits" if compile else "probabilities"),
         )
         if compile:
             compile_model(model, plan, num_classes)
