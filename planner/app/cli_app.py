@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import warnings
@@ -28,11 +29,14 @@ app = typer.Typer(
     name="fitplan",
     help="Measure this machine, plan a segmentation training run that fits, and train it.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-err = Console(stderr=True)
+# soft_wrap: a line longer than the terminal (or than 80 columns in a log file) stays
+# one line; rich would otherwise break it at the console width.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def stdout_console() -> Console:
@@ -77,12 +81,47 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from trainer import __version__
+
+        typer.echo(f"fitplan {__version__}")
+        raise typer.Exit()
+
+
+class ConsoleLines(logging.Handler):
+    """The `fitplan` logger's lines (training's epoch lines, `train.log`'s) on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else None
+        err.print(record.getMessage(), style=style, highlight=False, markup=False)
+
+
+def _log_to_console() -> None:
+    logger = logging.getLogger("fitplan")
+    if not any(isinstance(h, ConsoleLines) for h in logger.handlers):
+        logger.addHandler(ConsoleLines())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the root logger would print each line a second time
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print fitplan's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
     """fitplan: measure, plan, train."""
     _state["debug"] = debug
+    _log_to_console()
     limit_malloc_arenas()  # before any command starts TensorFlow's threads (trainer.train.memory)
     if not debug:
         # TensorFlow's C++ start-up chatter (CUDA stubs, CPU flags) is noise for a user;

@@ -17,15 +17,26 @@ from planner.app.cli_app import (
     print_json,
     stdout_console,
 )
+from planner.app.cli_labels import (
+    ClassesOpt,
+    IgnoreIndexOpt,
+    MergeRareOpt,
+    data_options,
+    scan_options,
+)
 
 
 @app.command()
 @handle_errors
 def probe(
     json_out: JsonOpt = False,
-    out_dir: Annotated[
-        Path, typer.Option("--out-dir", help="Where runs will be written (for free disk space).")
-    ] = Path("."),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--runs-dir", help="Where runs will be written, for its free disk space [default: .]."
+        ),
+    ] = None,
+    out_dir_old: Annotated[Path | None, typer.Option("--out-dir", hidden=True)] = None,
     no_tf: Annotated[
         bool,
         typer.Option(
@@ -36,8 +47,10 @@ def probe(
 ) -> None:
     """Inspect GPUs, host memory (cgroup-aware), CPU, disk and TensorFlow; derive a memory budget."""
     from planner import hardware
+    from planner.app.cli_options import renamed
 
-    report = hardware.probe(out_dir=out_dir, with_tensorflow=not no_tf)
+    runs = renamed(runs_dir, out_dir_old, "--runs-dir", "--out-dir") or Path(".")
+    report = hardware.probe(out_dir=runs, with_tensorflow=not no_tf)
     if json_out:
         print_json(report)
     else:
@@ -52,13 +65,17 @@ def scan(
     masks: Annotated[str, typer.Option(help="Mask folder under DATA.")] = "masks",
     json_out: JsonOpt = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the fingerprint JSON here.")
+        Path | None, typer.Option("--out", help="Fingerprint JSON file to write.")
     ] = None,
+    classes: ClassesOpt = None,
+    ignore_index: IgnoreIndexOpt = None,
+    merge_rare: MergeRareOpt = False,
 ) -> None:
     """Pair images with masks, validate them and write a fingerprint."""
     from planner.scan import dataset
 
-    fp = dataset.scan(data, images=images, masks=masks)
+    labels = scan_options(data_options(classes, ignore_index, merge_rare))
+    fp = dataset.scan(data, images=images, masks=masks, **labels)
     if out is not None:
         dataset.save_fingerprint(fp, out)
     for line in dataset.warnings(fp):
@@ -74,7 +91,9 @@ def scan(
 @handle_errors
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to create (images/ and masks/ inside).")],
-    classes: Annotated[int, typer.Option(help="Classes, 2 (binary, masks 0/255) to 12 (masks hold class indices).")] = 2,
+    classes: Annotated[
+        int, typer.Option(help="Classes, 2 (binary, masks 0/255) to 12 (masks hold class indices).")
+    ] = 2,
     n: Annotated[int, typer.Option("--n", help="Number of image/mask pairs.")] = 32,
     size: Annotated[str, typer.Option(help="Image size as HxW.")] = "128x128",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,

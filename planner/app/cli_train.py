@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,15 +19,34 @@ from planner.app.cli_app import (
     print_json,
     stdout_console,
 )
+from planner.app.cli_labels import (
+    ClassesOpt,
+    IgnoreIndexOpt,
+    MergeRareOpt,
+    NormalizeOpt,
+    data_options,
+    with_data,
+)
+from planner.app.cli_options import (
+    BackbonesOpt,
+    BudgetMemoryOpt,
+    BudgetTimeOpt,
+    CallbacksOpt,
+    DevicesOpt,
+    EffectiveBatchOpt,
+    HeadroomOpt,
+    PrecisionsOpt,
+    SetOpt,
+    SizesOpt,
+    WeightsOpt,
+    WorkersOpt,
+    planner_kwargs,
+    refuse,
+    renamed,
+)
+from planner.search import presets
 from trainer.train.run_dir import SUMMARY_KEYS
 
-BudgetMemoryOpt = Annotated[
-    str | None,
-    typer.Option("--budget-memory", help="Memory the run may use, e.g. 4GiB (default: probed)."),
-]
-BudgetTimeOpt = Annotated[
-    str | None, typer.Option("--budget-time", help="Wall time for training, e.g. 20m or 1h30m.")
-]
 NoCacheOpt = Annotated[
     bool,
     typer.Option("--no-cache", help="Measure everything again: neither read nor write the cache."),
@@ -34,15 +56,20 @@ NoCacheOpt = Annotated[
 @app.command()
 @handle_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run.")] = Path(
-        "fitplan-demo"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir", help="Folder for the demo's data and run [default: fitplan-demo]."
+        ),
+    ] = None,
+    out_old: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
     budget_time: Annotated[
         str, typer.Option("--budget-time", help="Planning + training time.")
     ] = "5m",
     json_out: JsonOpt = False,
 ) -> None:
     """Generate a small synthetic dataset and run probe, scan, plan, train and evaluate on it."""
+    out = renamed(out_dir, out_old, "--out-dir", "--out") or Path("fitplan-demo")
     from planner.app.demo_run import run_demo
     from planner.app.units import parse_duration
     from trainer.train.progress import RichProgress
@@ -78,32 +105,23 @@ def plan_cmd(
     val: Annotated[Path | None, typer.Option("--val", help="Separate validation root.")] = None,
     budget_memory: BudgetMemoryOpt = None,
     budget_time: BudgetTimeOpt = None,
-    backbones: Annotated[
-        str | None, typer.Option("--backbones", help="Comma-separated backbones to consider.")
-    ] = None,
-    sizes: Annotated[
-        str | None, typer.Option("--sizes", help="Comma-separated square crop sides, e.g. 256,384.")
-    ] = None,
-    precisions: Annotated[
-        str | None, typer.Option("--precisions", help="e.g. float32,mixed_bfloat16.")
-    ] = None,
-    effective_batch: Annotated[int, typer.Option("--effective-batch", min=1)] = 16,
-    headroom: Annotated[float, typer.Option("--headroom", min=0.0, max=0.9)] = 0.1,
-    weights: Annotated[
-        str, typer.Option(help="Encoder weights: none, imagenet or a file.")
-    ] = "none",
-    devices: Annotated[
-        int, typer.Option("--devices", min=0, help="GPUs per worker (0: all visible).")
-    ] = 1,
-    workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Hosts of a multi-worker run.")
-    ] = 1,
+    backbones: BackbonesOpt = None,
+    sizes: SizesOpt = None,
+    precisions: PrecisionsOpt = None,
+    effective_batch: EffectiveBatchOpt = presets.TARGET_EFFECTIVE_BATCH,
+    headroom: HeadroomOpt = presets.HEADROOM,
+    weights: WeightsOpt = "none",
+    devices: DevicesOpt = 1,
+    workers: WorkersOpt = 1,
     no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
+    classes: ClassesOpt = None,
+    ignore_index: IgnoreIndexOpt = None,
+    merge_rare: MergeRareOpt = False,
+    normalize: NormalizeOpt = None,
 ) -> None:
     """Measure candidates in child processes and write the plan that fits the budgets."""
     from planner.app.plan_view import plan_table
-    from planner.app.units import parse_bytes, parse_duration, parse_int_list, parse_list
     from planner.make_plan import make_plan
 
     result = make_plan(
@@ -112,17 +130,20 @@ def plan_cmd(
         masks=masks,
         val=val,
         out=out,
-        weights=weights,
-        budget_memory=parse_bytes(budget_memory) if budget_memory else None,
-        budget_time_s=parse_duration(budget_time) if budget_time else None,
-        backbones=parse_list(backbones, "--backbones"),
-        sizes=parse_int_list(sizes, "--sizes"),
-        precisions=parse_list(precisions, "--precisions"),
-        effective_batch=effective_batch,
-        headroom=headroom,
-        devices=devices or None,
-        workers=workers,
+        **planner_kwargs(
+            budget_memory,
+            budget_time,
+            backbones,
+            sizes,
+            precisions,
+            effective_batch,
+            headroom,
+            weights,
+            devices,
+            workers,
+        ),
         use_cache=not no_cache,
+        data_options=data_options(classes, ignore_index, merge_rare, normalize),
         log=lambda line: err.print(line, highlight=False, markup=False),
     )
     err.print(
@@ -143,93 +164,191 @@ def train(
     plan: Annotated[
         Path | None, typer.Option("--plan", help="Plan file to execute (see docs/plan-schema.md).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Run folder to create (--plan, --auto).")
+    ] = None,
+    out_old: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Override the plan's data.path.")
     ] = None,
     val: Annotated[
         Path | None, typer.Option("--val", help="Validation root (same folder names as DATA).")
     ] = None,
-    max_epochs: Annotated[int | None, typer.Option("--max-epochs", min=1)] = None,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option("--max-epochs", min=1, help="Last epoch (overrides the plan's epochs)."),
+    ] = None,
     max_steps: Annotated[
         int | None,
         typer.Option("--max-steps", min=1, help="Cap optimizer updates per epoch (quick runs)."),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the run in this folder.")
+        Path | None,
+        typer.Option("--resume", help="Continue the run in this folder (--max-epochs extends it)."),
     ] = None,
     auto: Annotated[
         Path | None,
         typer.Option("--auto", help="Hands-off: probe, scan, plan and train this dataset."),
     ] = None,
-    images: Annotated[str, typer.Option(help="Image folder under DATA (--auto).")] = "images",
-    masks: Annotated[str, typer.Option(help="Mask folder under DATA (--auto).")] = "masks",
+    settings: SetOpt = None,
+    callbacks: CallbacksOpt = None,
+    images: Annotated[str | None, typer.Option(help="--auto: image folder under DATA.")] = None,
+    masks: Annotated[str | None, typer.Option(help="--auto: mask folder under DATA.")] = None,
     budget_memory: BudgetMemoryOpt = None,
     budget_time: BudgetTimeOpt = None,
+    backbones: BackbonesOpt = None,
+    sizes: SizesOpt = None,
+    precisions: PrecisionsOpt = None,
+    effective_batch: EffectiveBatchOpt = None,
+    headroom: HeadroomOpt = None,
+    weights: WeightsOpt = None,
+    devices: DevicesOpt = None,
+    workers: WorkersOpt = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="--auto: measure everything again (no cache).")
     ] = False,
     json_out: JsonOpt = False,
+    classes: ClassesOpt = None,
+    ignore_index: IgnoreIndexOpt = None,
+    merge_rare: MergeRareOpt = False,
+    normalize: NormalizeOpt = None,
 ) -> None:
-    """Train a plan (`--plan P --out RUN`) or continue a killed run (`--resume RUN`)."""
+    """Train a plan (`--plan P --out-dir RUN`), continue a run (`--resume RUN`) or plan and
+    train in one go (`--auto DATA --out-dir RUN`, which takes `fitplan plan`'s options)."""
+    out = renamed(out_dir, out_old, "--out-dir", "--out")
+    modes = [m for m, v in (("--plan", plan), ("--resume", resume), ("--auto", auto)) if v]
+    if len(modes) != 1:
+        got = f" (got {' and '.join(modes)})" if modes else ""
+        raise typer.BadParameter(
+            f"give one of --plan P --out-dir RUN, --resume RUN or --auto DATA --out-dir RUN{got}"
+        )
+    planning = dict(
+        images=images, masks=masks, budget_memory=budget_memory, budget_time=budget_time,
+        backbones=backbones, sizes=sizes, precisions=precisions, effective_batch=effective_batch,
+        headroom=headroom, weights=weights, devices=devices, workers=workers, no_cache=no_cache,
+    )  # fmt: skip
+    if auto is None:
+        refuse("without --auto: they set up planning (change a plan with --set)", **planning)
+    labels = data_options(classes, ignore_index, merge_rare, normalize)
+    if resume is not None:
+        refuse(
+            "with --resume: a run continues in its folder with its plan", out_dir=out, set=settings
+        )
+        refuse(
+            "with --resume: the run's plan fixes its labels",
+            classes=classes, ignore_index=ignore_index, merge_rare=merge_rare, normalize=normalize,
+        )  # fmt: skip
+    elif out is None:
+        raise typer.BadParameter(f"{modes[0]} needs --out-dir RUN (the run folder to create)")
+    if auto is not None:
+        refuse("with --auto: DATA is --auto's value", data=data)
+    extra = _user_callbacks(callbacks or [])  # before any training: a bad module is a usage error
+    if auto is not None:
+        opts = planner_kwargs(*[planning[k] for k in _PLANNER_KEYS]) | {"data_options": labels}
+        budgets = (opts, not no_cache, max_epochs, max_steps, settings or [])
+        _train_auto(auto, out, val, images or "images", masks or "masks", budgets, extra, json_out)
+        return
+
     import trainer.train.fit as fit
+    from planner.app.cli_options import apply_settings
     from trainer.plan import load_plan
     from trainer.train.progress import RichProgress
 
-    if auto is not None:
-        if out is None:
-            raise typer.BadParameter("--auto needs --out RUN")
-        budgets = (budget_memory, budget_time, not no_cache)
-        _train_auto(auto, out, val, images, masks, budgets, json_out)
-        return
-    if resume is None and (plan is None or out is None):
-        raise typer.BadParameter("give --plan and --out, --resume RUN, or --auto DATA --out RUN")
     p = load_plan(resume / "plan.json" if resume is not None else plan)
-    progress = RichProgress(epochs=max_epochs or p.epochs, console=err)
-    try:
-        if resume is not None:
-            result = fit.resume(resume, data_path=_s(data), val_path=_s(val), callbacks=[progress])
-        else:
-            result = fit.train(
-                p,
-                out,
-                data_path=_s(data),
-                val_path=_s(val),
-                max_epochs=max_epochs,
-                max_steps=max_steps,
-                callbacks=[progress],
-            )
-    finally:
-        progress.close()
+    if labels:
+        p = with_data(p, labels)
+    if settings:
+        p = apply_settings(p, settings)
+    steps = p.micro_batch * p.replicas
+    progress = RichProgress(epochs=max_epochs or p.epochs, console=err, images_per_step=steps)
+    with _fresh_process_on_step_down(data, val, json_out):
+        try:
+            if resume is not None:
+                result = fit.resume(
+                    resume,
+                    data_path=_s(data),
+                    val_path=_s(val),
+                    max_epochs=max_epochs,
+                    max_steps=max_steps,
+                    callbacks=[progress, *extra],
+                )
+            else:
+                result = fit.train(
+                    p,
+                    out,
+                    data_path=_s(data),
+                    val_path=_s(val),
+                    max_epochs=max_epochs,
+                    max_steps=max_steps,
+                    callbacks=[progress, *extra],
+                )
+        finally:
+            progress.close()
     _render_train_result(result.metrics, result.run_dir, json_out)
 
 
-def _train_auto(data, out, val, images, masks, budgets, json_out) -> None:
+_PLANNER_KEYS = (
+    "budget_memory", "budget_time", "backbones", "sizes", "precisions", "effective_batch",
+    "headroom", "weights", "devices", "workers",
+)  # fmt: skip
+
+
+def _user_callbacks(specs: list[str]) -> list[Any]:
+    """`--callbacks` specs to Keras callbacks; a failure is a usage error (exit 2)."""
+    if not specs:
+        return []
+    from trainer.errors import FitplanError
+    from trainer.train.user_callbacks import load_callbacks
+
+    try:
+        return load_callbacks(specs)
+    except FitplanError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _fresh_process_on_step_down(data: Path | None, val: Path | None, json_out: bool):
+    """A GPU step-down (`trainer.train.stepdown`): go on as `train --resume RUN`, exec'd."""
+    from trainer.train.stepdown import RestartRequired, restart_argv
+
+    try:
+        yield
+    except RestartRequired as exc:
+        extra = [*(["--data", str(data)] if data else []), *(["--val", str(val)] if val else [])]
+        argv = restart_argv(exc.run_path, extra + (["--json"] if json_out else []))
+        err.print(f"{exc.message}; resuming {exc.run_path}", highlight=False, markup=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(argv[0], argv)  # a fresh process: a fresh GPU allocator, cuDNN and NCCL
+
+
+def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None:
     from planner.app.auto import auto_train
-    from planner.app.units import parse_bytes, parse_duration
+    from planner.app.cli_options import apply_settings
     from trainer.train.progress import RichProgress
 
-    budget_memory, budget_time, use_cache = budgets
-    progress = RichProgress(epochs=0, console=err)  # epochs known once planned
+    plan_options, use_cache, max_epochs, max_steps, settings = budgets
+    progress = RichProgress(epochs=max_epochs or 0, console=err)  # epochs known once planned
 
     def log(line: str) -> None:
         err.print(line, highlight=False, markup=False)
 
-    try:
+    with _fresh_process_on_step_down(None, None, json_out), contextlib.ExitStack() as stack:
+        stack.callback(progress.close)
         result, trained = auto_train(
             data,
             out,
             val=val,
             images=images,
             masks=masks,
-            budget_memory=parse_bytes(budget_memory) if budget_memory else None,
-            budget_time_s=parse_duration(budget_time) if budget_time else None,
             use_cache=use_cache,
-            callbacks=[progress],
+            callbacks=[progress, *extra],
             log=log,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            adjust=(lambda p: apply_settings(p, settings)) if settings else None,
+            **plan_options,
         )
-    finally:
-        progress.close()
     metrics = {
         **trained.metrics,
         "planning_time_s": round(result.planning_time_s, 2),

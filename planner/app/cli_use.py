@@ -17,6 +17,7 @@ from planner.app.cli_app import (
     print_json,
     stdout_console,
 )
+from planner.app.cli_options import FormatOpt, QuantizeOpt, renamed
 
 RunArg = Annotated[Path, typer.Argument(help="Run folder written by `fitplan train`.")]
 
@@ -47,13 +48,19 @@ def evaluate(
 def predict(
     run: RunArg,
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the mask PNGs.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Folder for the mask PNGs (required).")
+    ] = None,
+    out_old: Annotated[Path | None, typer.Option("--out", hidden=True)] = None,
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Also write NAME_overlay.png (mask over image).")
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write one mask PNG per input at its own size (0/255 binary, class index multi-class)."""
+    out = renamed(out_dir, out_old, "--out-dir", "--out")
+    if out is None:
+        raise typer.BadParameter("give --out-dir DIR, the folder for the mask PNGs")
     from planner.app.use_views import file_progress
     from trainer.use.predict import predict as predict_masks
 
@@ -69,14 +76,13 @@ def predict(
 @handle_errors
 def export(
     run: RunArg,
-    fmt: Annotated[
-        str, typer.Option("--format", help="keras, savedmodel (a folder) or tflite.")
-    ] = "keras",
-    quantize: Annotated[
-        str | None, typer.Option(help="float16 or int8 (tflite only; int8 needs the data).")
-    ] = None,
+    fmt: FormatOpt = "keras",
+    quantize: QuantizeOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Target file/folder (default RUN/export/...).")
+        Path | None,
+        typer.Option(
+            "--out", help="Exported model file (a folder for savedmodel; default RUN/export/...)."
+        ),
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Dataset root (default: the plan's data.path).")
@@ -99,7 +105,7 @@ def export(
 def report(
     run: RunArg,
     out: Annotated[
-        Path | None, typer.Option("--out", help="HTML file (default RUN/report.html).")
+        Path | None, typer.Option("--out", help="HTML file to write (default RUN/report.html).")
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Dataset root for the validation images.")

@@ -374,6 +374,8 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, data,
         "metrics.json",
         "plan.json",
         "state.json",
+        "tensorboard",
+        "train.log",
     ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["replicas"] == 2

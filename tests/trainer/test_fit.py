@@ -43,6 +43,8 @@ def test_train_writes_a_complete_bounded_run(tmp_path, data_dir):
         "metrics.json",
         "plan.json",
         "state.json",
+        "tensorboard",
+        "train.log",
     ]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("best_val_dice", "epochs", "wall_time_s", "images_per_s", "peak_memory_bytes"):

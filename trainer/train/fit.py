@@ -22,9 +22,10 @@ from typing import Any
 
 import keras
 
-from trainer.errors import DataError, FitplanWarning, TrainingOOMError
+from trainer.errors import DataError
 from trainer.oom import is_oom_error
-from trainer.plan import Plan, accumulation_for
+from trainer.plan import Plan, load_plan
+from trainer.train import stepdown
 from trainer.train.callbacks import (
     MemoryGuard,
     ReleaseFreeHeap,
@@ -43,9 +44,20 @@ from trainer.train.distribute import (
 )
 from trainer.train.distribute_keras import build_from_spec
 from trainer.train.memory import limit_malloc_arenas
-from trainer.train.preflight import warn_plan_mismatch
+from trainer.train.preflight import GpuSetup, prepare_device, warn_plan_mismatch
 from trainer.train.run_dir import RunDir
+from trainer.train.schedule import deadline_schedule, schedule_kind, stopping_callbacks
 from trainer.train.setup import build_model_for_plan, compile_model
+from trainer.train.tracking import (
+    TENSORBOARD_DIR,
+    TRAIN_LOG,
+    EpochLog,
+    print_progress,
+    run_log,
+    software_versions,
+    tensorboard_callback,
+)
+from trainer.train.tracking import log as run_logger
 
 # build_model_for_plan is re-exported: the planner's dry runs build the model as training does.
 __all__ = ["TrainResult", "build_model_for_plan", "resume", "train"]
@@ -72,6 +84,7 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     started_at: float | None = None,
     step_down: bool = True,
+    progress: bool = False,
 ) -> TrainResult:
     """Train `plan` into the new run folder `out`.
 
@@ -81,25 +94,33 @@ def train(
         data_path, val_path: override `plan.data.path` / `plan.data.val`.
         max_epochs: override `plan.epochs` (recorded in the run's plan.json).
         max_steps: cap micro-batches per epoch (quick runs; recorded likewise).
-        callbacks: extra Keras callbacks (e.g. a progress display).
+        callbacks: extra Keras callbacks (e.g. a progress display, `--callbacks`).
         started_at: `time.monotonic()` when the user's time budget started
             (`--auto` counts planning time); defaults to now.
         step_down: on out of memory, halve the micro-batch and go on (default); `False`
             re-raises it (the planner's verification run measures one size).
+        progress: print each epoch's line on stdout (notebooks). Defaults to `False`:
+            the lines go to `RUN/train.log` and the `fitplan` logger only.
+
+    Every run folder also gets TensorBoard event files (`RUN/tensorboard`) and the
+    software versions in `metrics.json` (`trainer.train.tracking`, docs/runs.md).
     """
     started_at = time.monotonic() if started_at is None else started_at
     limit_malloc_arenas()  # no-op if the command line or a child already did (docs/runs.md)
     plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
+    gpu = prepare_device(plan)  # pin the GPU, read its free memory, limit it: before TF maps it
     strategy = get_strategy(plan)  # before any TF op: multi-worker must configure first
     _check_weights(plan)
     bundle = _datasets(plan)  # reads the data before anything is written
-    warn_plan_mismatch(plan)
+    warn_plan_mismatch(plan, gpu)
     with worker_dir(out, strategy) as folder:  # only the chief writes `out`
         run = RunDir.create(folder, plan)
         try:
-            result = _train_with_stepdown(
-                run, plan, bundle, None, callbacks, started_at, step_down=step_down
-            )
+            with run_log(run.path), print_progress(progress):
+                run_logger.info(_start_line(plan, run.path, bundle))
+                result = _train_with_stepdown(
+                    run, plan, bundle, None, callbacks, started_at, step_down=step_down
+                )
         except BaseException:
             _remove_if_no_epoch(run)
             raise
@@ -112,20 +133,38 @@ def resume(
     *,
     data_path: str | None = None,
     val_path: str | None = None,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    progress: bool = False,
 ) -> TrainResult:
-    """Continue the run in `out` from its last completed epoch, optimizer state included."""
+    """Continue the run in `out` from its last completed epoch, optimizer state included.
+
+    Args:
+        out: the run folder.
+        data_path, val_path: override the run's `data.path` / `data.val`.
+        max_epochs: a new last epoch (to extend a finished run); recorded in its plan.json.
+        max_steps: a new cap on optimizer updates per epoch; recorded likewise.
+        callbacks, progress: as for `train`.
+    """
     limit_malloc_arenas()
+    gpu = _prepare_device_for_run(out)  # as in train(): before TF maps a GPU
     strategy = strategy_for_run(out)  # before any TF op, as in train()
     with worker_dir(out, strategy, resume=True) as folder:
         run, plan, state = RunDir.open_for_resume(folder)
-        plan = _apply_overrides(plan, data_path, val_path, None, None)
+        plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
         _check_weights(plan)
         bundle = _datasets(plan)
-        warn_plan_mismatch(plan)
+        warn_plan_mismatch(plan, gpu)
         elapsed = float(state.get("wall_time_s", 0.0)) if state else 0.0
         started_at = time.monotonic() - elapsed
-        result = _train_with_stepdown(run, plan, bundle, state, callbacks, started_at)
+        if max_epochs is not None or max_steps is not None:
+            run.save_plan(plan)  # the run's plan.json says what it now runs to
+        with run_log(run.path), print_progress(progress):
+            run_logger.info(
+                f"resuming {run.path} after epoch {int((state or {}).get('epochs_done', 0))}"
+            )
+            result = _train_with_stepdown(run, plan, bundle, state, callbacks, started_at)
     result.run_dir = Path(out)
     return result
 
@@ -145,6 +184,21 @@ def _apply_overrides(plan, data_path, val_path, max_epochs, max_steps) -> Plan:
     if max_steps is not None:
         changes["steps_per_epoch"] = max_steps
     return plan.replace(**changes)
+
+
+def _start_line(plan: Plan, path: Path, bundle) -> str:
+    return (
+        f"training {plan.backbone} {plan.input_size[0]}x{plan.input_size[1]} into {path}: "
+        f"micro-batch {plan.micro_batch} x {plan.accumulation_steps} accumulation, "
+        f"{plan.precision}, {plan.epochs} epochs, {len(bundle.train_pairs)} training and "
+        f"{len(bundle.val_pairs)} validation pairs"
+    )
+
+
+def _prepare_device_for_run(out: str | Path) -> GpuSetup | None:
+    """`prepare_device` for the plan in a run folder (`None` without one: resume says why)."""
+    path = Path(out) / "plan.json"
+    return prepare_device(load_plan(path)) if path.is_file() else None
 
 
 def _check_weights(plan: Plan) -> None:
@@ -168,6 +222,12 @@ def _steps(plan: Plan, bundle) -> int:
 def _train_with_stepdown(
     run, plan, bundle, state, callbacks, started_at, step_down=True
 ) -> TrainResult:
+    """Run the plan; on out of memory halve the micro-batch (`trainer.train.stepdown`).
+
+    On a GPU the step-down is recorded and `RestartRequired` raised: the run continues
+    in a fresh process (`fitplan train` does it). On a CPU it continues here, its peak
+    measured from a fresh baseline.
+    """
     adjustments: list[dict[str, Any]] = list((state or {}).get("adjustments", []))
     while True:
         try:
@@ -178,25 +238,17 @@ def _train_with_stepdown(
                 raise
             if not step_down:
                 raise
-            if plan.micro_batch == 1:
-                raise TrainingOOMError(
-                    f"out of memory at micro_batch=1 ({type(exc).__name__}: {exc}); nothing smaller to try",
-                    hint="choose a smaller input_size or backbone (`fitplan plan` measures them)",
+            plan, record = stepdown.next_plan(plan, exc)
+            adjustments.append(record)
+            if stepdown.restart_needed():
+                stepdown.record_for_restart(run, plan, adjustments)
+                raise stepdown.RestartRequired(
+                    stepdown.restart_message(run.path, record),
+                    run.path,
+                    hint=f"continue with `fitplan train --resume {run.path}`",
                 ) from exc
-            new_mb = plan.micro_batch // 2
-            new_k = accumulation_for(new_mb, plan.effective_batch, plan.replicas)
-            adjustments.append(
-                {
-                    "reason": f"out of memory at micro_batch={plan.micro_batch}: {type(exc).__name__}: {exc}",
-                    "micro_batch": [plan.micro_batch, new_mb],
-                    "accumulation_steps": [plan.accumulation_steps, new_k],
-                }
-            )
-            warnings.warn(
-                f"stepping down: {adjustments[-1]['reason']}", FitplanWarning, stacklevel=2
-            )
-            plan = plan.replace(micro_batch=new_mb, accumulation_steps=new_k)
             run.save_plan(plan)
+            stepdown.fresh_baseline()  # metrics.json must not include the failed attempt
             bundle = _datasets(plan)
             state = run.read_state()
             if state is not None:
@@ -227,13 +279,10 @@ def _raise_if_a_file_is_bad(exc: Exception, run: RunDir, bundle) -> None:
 
 
 def _host_budget(plan: Plan) -> int | None:
-    """The budget the memory guard enforces: host-memory plans only (a GPU raises its own OOM)."""
-    if plan.target.device != "cpu" or plan.target.budget_bytes is None:
-        return None
-    from trainer.train.memory import gpu_peak_bytes
-
-    if gpu_peak_bytes() is not None:  # planned for a CPU, running on a GPU after all
-        return None
+    """The host-RAM budget the memory guard enforces: a CPU plan's budget, a GPU plan's
+    `target.host_budget_bytes` (the GPU raises its own OOM; host RAM does not)."""
+    if plan.target.device == "gpu":
+        return plan.target.host_budget_bytes
     return plan.target.budget_bytes
 
 
@@ -258,7 +307,9 @@ def _monitor(plan: Plan, has_val: bool) -> tuple[str, str]:
 
 def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainResult:
     strategy = get_strategy(plan)
-    model = build_model_for_plan(plan, bundle.num_classes, compile=False, strategy=strategy)
+    model = build_model_for_plan(
+        plan, bundle.num_classes, compile=False, strategy=strategy, output="logits"
+    )
     build_from_spec(model, strategy, bundle.train.element_spec)  # keras-team/keras#20585
     with strategy.scope():  # optimizers (compile) must be created in the scope too
         return _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model)
@@ -292,6 +343,8 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     time_limit = time_limit_for(deadline)  # agreed across workers (docs/distributed.md)
     stopped_by = "epochs"
     t0 = time.monotonic() - float(state.get("wall_time_s", 0.0))
+    lr_deadline = deadline_schedule(plan, t0, deadline, bundle.val_steps)  # None: plateau
+    would_stop = None
     for name, start, end, lr in phases:
         if end <= done:
             continue
@@ -299,20 +352,9 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
         set_encoder_trainable(model, name != "frozen", plan.resolved_normalization)
         if not (resumed_here and state.get("phase") == name):
             compile_model(model, plan, num_classes, lr)  # a fresh optimizer for a new phase
-        es = keras.callbacks.EarlyStopping(
-            monitor=monitor,
-            mode=mode,
-            patience=plan.early_stopping.patience,
-            min_delta=plan.early_stopping.min_delta,
-            restore_best_weights=True,
-        )
-        sched = plan.lr_schedule
-        rlrop = keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss" if has_val else "loss",
-            factor=sched.factor,
-            patience=sched.patience,
-            min_lr=sched.min_lr,
-        )
+        es, rlrop = stopping_callbacks(plan, monitor, mode, has_val, lr_deadline is not None)
+        if lr_deadline is not None:
+            lr_deadline.set_base_lr(lr)  # the deadline schedule replaces rlrop
         ckpt = RunCheckpointer(
             run,
             monitor,
@@ -332,12 +374,26 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             steps_per_epoch=steps,
             shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot
             verbose=0,
-            callbacks=[ReleaseFreeHeap(), throughput, rlrop, es, wall, ckpt, time_limit, guard, *callbacks],
+            callbacks=[
+                ReleaseFreeHeap(),
+                throughput,  # puts images_per_s and peak_memory_bytes in the epoch's logs
+                tensorboard_callback(run.path),  # so TensorBoard writes them (tracking.py)
+                EpochLog(plan.epochs, deadline),  # the LR used this epoch: before rlrop
+                rlrop if lr_deadline is None else lr_deadline,
+                es,
+                wall,
+                ckpt,
+                time_limit,
+                guard,
+                *callbacks,
+            ],
         )
         done = int(state.get("epochs_done", done))
-        if time_limit.triggered:
+        if time_limit.triggered or (lr_deadline is not None and lr_deadline.triggered):
             stopped_by = "time_limit"
             break
+        if name != "frozen":
+            would_stop = getattr(es, "would_stop_epoch", None) or would_stop
         if es.stopped_epoch > 0 and name != "frozen":
             stopped_by = "early_stopping"
             break
@@ -347,9 +403,15 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(run.best_path))
     metrics = _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor)
+    metrics["lr_schedule"] = schedule_kind(plan)
+    if lr_deadline is not None:  # when plateau early stopping would have ended it
+        metrics["optimizer_updates"] = lr_deadline.updates
+        metrics["early_stopping_would_stop_epoch"] = would_stop
     run.write_metrics(metrics)
-    return TrainResult(run.path, metrics, model, plan)
+    from trainer.models import with_probabilities
 
+    # Trained on logits (the loss takes them); callers get probabilities, as inference does.
+    return TrainResult(run.path, metrics, with_probabilities(model), plan)
 
 
 def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dict[str, Any]:
@@ -386,6 +448,7 @@ def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dic
         "backbone": plan.backbone,
         "input_size": list(plan.input_size),
         "adjustments": state.get("adjustments", []),
+        "versions": software_versions(),
     }
 
 
@@ -395,6 +458,8 @@ def _remove_if_no_epoch(run: RunDir) -> None:
         return
     with contextlib.suppress(OSError):
         run.plan_path.unlink(missing_ok=True)
+        (run.path / TRAIN_LOG).unlink(missing_ok=True)
+        shutil.rmtree(run.path / TENSORBOARD_DIR, ignore_errors=True)
         for p in run.path.glob(".*.tmp*"):
             p.unlink(missing_ok=True)
         if run.path.exists() and not any(run.path.iterdir()):

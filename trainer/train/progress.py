@@ -1,4 +1,9 @@
-"""A live training display on stderr (rich): epoch, loss, Dice, learning rate, images/s, ETA, memory."""
+"""A live training bar on stderr (rich): epoch, step, loss, Dice, images/s, epoch time left.
+
+The line per finished epoch (validation scores, learning rate, peak memory, the run's
+ETA bounded by the time limit) is `trainer.train.tracking.EpochLog`'s, on the `fitplan`
+logger: the command line prints it above this bar and `train.log` keeps it.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,36 @@ import time
 
 import keras
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-from trainer.train.callbacks import peak_memory_bytes
-from trainer.units import gib
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class RichProgress(keras.callbacks.Callback):
-    """Keras callback drawing one progress bar per run and a line per finished epoch.
+    """Keras callback drawing one progress bar per run: steps of the epoch, images/s.
 
     Args:
-        epochs: the plan's maximum epochs (the ETA assumes all of them run).
+        epochs: the plan's maximum epochs; `0`: read from `fit` (train --auto).
         console: where to draw. Defaults to a stderr console, so `--json` stdout stays clean.
+        images_per_step: images in one step (micro-batch x replicas) for the images/s
+            figure; `None`: steps/s instead.
     """
 
-    def __init__(self, epochs: int, console: Console | None = None):
+    def __init__(
+        self, epochs: int, console: Console | None = None, images_per_step: int | None = None
+    ):
         super().__init__()
         self.epochs = epochs
         self.console = console or Console(stderr=True)
+        self.images_per_step = images_per_step
         self.progress: Progress | None = None
         self.task = None
         self._epoch_start = 0.0
-        self._epoch_times: list[float] = []
 
     def on_train_begin(self, logs=None):
         if not self.epochs:  # not known when the display was made (train --auto)
@@ -35,9 +48,11 @@ class RichProgress(keras.callbacks.Callback):
         if self.progress is None:
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs_total]}"),
+                MofNCompleteColumn(),
                 BarColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 console=self.console,
                 transient=True,
             )
@@ -56,34 +71,15 @@ class RichProgress(keras.callbacks.Callback):
         info = (
             f"loss {logs.get('loss', float('nan')):.4f}  dice {logs.get('dice', float('nan')):.3f}"
         )
-        self.progress.update(self.task, completed=batch + 1, info=info)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
         took = time.monotonic() - self._epoch_start
-        self._epoch_times.append(took)
-        left = self.epochs - (epoch + 1)
-        recent = self._epoch_times[-3:]
-        eta = left * sum(recent) / len(recent)
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        parts = [
-            f"epoch {epoch + 1}/{self.epochs}",
-            f"loss {logs.get('loss', float('nan')):.4f}",
-            f"dice {logs.get('dice', float('nan')):.3f}",
-        ]
-        if "val_loss" in logs:
-            parts += [
-                f"val_loss {logs['val_loss']:.4f}",
-                f"val_dice {logs.get('val_dice', float('nan')):.3f}",
-            ]
-        parts += [
-            f"lr {lr:.2e}",
-            f"{logs.get('images_per_s', 0.0):.1f} img/s",
-            f"peak {gib(peak_memory_bytes())}",
-            f"{took:.0f}s",
-            f"ETA {eta / 60:.1f} min (if no early stop)",
-        ]
-        self.console.print("  ".join(parts), highlight=False)
+        if batch > 0 and took > 0:  # the first step traces the graph: no rate yet
+            rate = (batch + 1) / took
+            info += (
+                f"  {rate * self.images_per_step:.1f} img/s"
+                if self.images_per_step
+                else f"  {rate:.2f} steps/s"
+            )
+        self.progress.update(self.task, completed=batch + 1, info=info)
 
     def on_train_end(self, logs=None):
         # fit() is called once per phase; the bar lives until the process is done with it.
