@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from planner.request import PlanContext, PlanRequest, overhead_estimate
+from planner.scan.labels import label_fields
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.search.memory_model import VerifyStep
@@ -102,6 +103,7 @@ def _data(req: PlanRequest, fp: dict[str, Any], cache: str) -> dict[str, Any]:
         "cache": cache,
         "mask_values": list(fp["mask_values"]),
         "fingerprint": fp["digest"],
+        **label_fields(fp, req.data_options or {}),
     }
 
 

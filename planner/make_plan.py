@@ -76,6 +76,7 @@ def make_plan(
     log: Log | None = None,
     trial_timeout_s: float = presets.TRIAL_TIMEOUT_S,
     use_cache: bool = True,
+    data_options: dict[str, Any] | None = None,
 ) -> PlanResult:
     """Measure this machine on this dataset and return (and optionally write) a plan.
 
@@ -99,6 +100,8 @@ def make_plan(
         trial_timeout_s: time limit of each trial child.
         use_cache: reuse measurements made before on this machine and store new ones
             (`planner.trials.cache`). `False`: `--no-cache`.
+        data_options: plan `data` fields the user set (labels, normalization); the
+            scan reads the masks with them.
     """
     request = PlanRequest(
         data,
@@ -119,6 +122,7 @@ def make_plan(
         count_planning_time=count_planning_time,
         trial_timeout_s=trial_timeout_s,
         use_cache=use_cache,
+        data_options=data_options,
     )
     return plan_from_request(request, log=log)
 
@@ -219,8 +223,10 @@ def _probe_budget(request: PlanRequest, say: Log) -> tuple[dict[str, Any], dict[
 def _scan(request: PlanRequest, say: Log) -> tuple[dict[str, Any], int]:
     """The dataset's fingerprint (refused when nothing is trainable) and its training count."""
     from planner.scan import dataset
+    from planner.scan.labels import scan_options
 
-    fp = dataset.scan(Path(request.data), images=request.images, masks=request.masks)
+    labels = scan_options(request.data_options or {})
+    fp = dataset.scan(Path(request.data), images=request.images, masks=request.masks, **labels)
     dataset.require_trainable(fp)
     size = fp["image_size"]["median"]
     n_train = _train_count(fp, request.val)

@@ -44,6 +44,8 @@ class PlanRequest:
         count_planning_time: subtract planning time from `budget_time_s` (`train --auto`).
         trial_timeout_s: time limit of each trial child.
         use_cache: reuse and store measurements (`planner.trials.cache`); `False`: `--no-cache`.
+        data_options: plan `data` fields the user set (`--classes`, `--ignore-index`,
+            `--merge-rare`, `--normalize`; `planner.app.cli_labels.data_options`).
     """
 
     data: str | Path
@@ -64,6 +66,7 @@ class PlanRequest:
     count_planning_time: bool = False
     trial_timeout_s: float = presets.TRIAL_TIMEOUT_S
     use_cache: bool = True
+    data_options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,9 @@ def scan(
     masks: str = "masks",
     *,
     mask_sample: int | None = None,
+    classes: dict[int, str | None] | None = None,
+    ignore_index: int | None = None,
+    merge_rare: bool = False,
 ) -> dict[str, Any]:
     """Scan a dataset and return its fingerprint.
 
@@ -65,6 +68,11 @@ def scan(
         mask_sample: decode at most this many masks (evenly spaced by key) for their
             values. Defaults to `None`: decode every mask. All files are still
             hashed and checked for integrity either way.
+        classes: raw value -> class name (or `None`) from `--classes`; `None`: the
+            classes are inferred (`trainer.data.masks.split_values`).
+        ignore_index: raw value left out of training (`-1`: none); `None`: 255 for a
+            VOC-like label set (`trainer.data.masks.default_ignore_index`).
+        merge_rare: map values under 0.05% of the pixels to the nearest class.
 
     Returns:
         The fingerprint dict (see docs/scan.md).
@@ -84,7 +92,12 @@ def scan(
         return Path(os.path.relpath(p, root)).as_posix()
 
     good, excluded, notes = _sort_pairs(found, checked, loose, rel)
-    values = mask_summary([(rel(mk.path), mk.levels) for _, _, mk in good if mk.levels is not None])
+    values = mask_summary(
+        [(rel(mk.path), mk.levels) for _, _, mk in good if mk.levels is not None],
+        classes=classes,
+        ignore_index=ignore_index,
+        merge_rare=merge_rare,
+    )
     notes += values.pop("notes")
     all_files = [f for pair in checked for f in pair] + loose
     fp: dict[str, Any] = {

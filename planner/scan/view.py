@@ -73,10 +73,21 @@ def scan_table(fp: dict[str, Any]) -> RenderableType:
     values = "-"
     if fp["mask_values"]:
         shares = fp["class_pixel_share"] or [None] * len(fp["mask_values"])
+        names = fp.get("class_names") or [None] * len(fp["mask_values"])
         values = ", ".join(
-            f"{v}" + (f" ({s:.1%})" if s is not None else "")
-            for v, s in zip(fp["mask_values"], shares, strict=True)
+            f"{v}" + (f" {n}" if n else "") + (f" ({s:.1%})" if s is not None else "")
+            for v, n, s in zip(fp["mask_values"], names, shares, strict=True)
         )
+    ignored = "-"
+    if fp.get("ignore_index") is not None:
+        ignored = (
+            f"{fp['ignore_index']} ({fp.get('ignore_share', 0):.1%} of mask pixels; "
+            "left out of loss and metrics)"
+        )
+    rare = ", ".join(
+        f"{r['value']} ({r['share']:.3%}, {'a class' if r['class'] else 'to nearest class'})"
+        for r in fp.get("rare_values", [])[:8]
+    )
     rows = [
         ("folders", f"{fp['images']}/ + {fp['masks']}/"),
         ("pairs", str(fp["pairs"])),
@@ -89,6 +100,8 @@ def scan_table(fp: dict[str, Any]) -> RenderableType:
         ("image size", sizes),
         ("task", f"{fp['task']} ({fp['classes']} classes)"),
         ("mask values", values),
+        ("ignore value", ignored),
+        ("rare values", rare or "-"),
         ("fringe", f"{fp['mask_fringe_share']:.3%} of mask pixels between class values"),
         ("masks decoded", f"{fp['masks_decoded']} of {fp['pairs']}"),
         ("on disk", _bytes(fp["total_bytes"])),

@@ -126,3 +126,41 @@ def nearest_class_lut(
     if ignore is not None and 0 <= ignore < depth:
         lut[ignore] = ignore
     return lut
+
+
+def parse_classes(text: str) -> dict[int, str | None]:
+    """`--classes`: `"0:background,1:mito"`, `"0,255"` (values) or `"3"` (values 0..2).
+
+    Returns:
+        raw value -> name (`None` where none was given), at least 2 entries.
+
+    Raises:
+        ValueError: the text does not parse; the message says what is expected.
+    """
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if len(items) == 1 and items[0].isdigit():
+        n = int(items[0])
+        if n < 2:
+            raise ValueError(f"{text!r}: at least 2 classes")
+        return dict.fromkeys(range(n))
+    out: dict[int, str | None] = {}
+    for item in items:
+        value, sep, name = item.partition(":")
+        if not value.strip().isdigit() or (sep and not name.strip()):
+            raise ValueError(
+                f"{item!r} in {text!r}: give VALUE or VALUE:NAME, e.g. 0:background,1:mito"
+            )
+        v = int(value)
+        if v in out:
+            raise ValueError(f"{text!r}: value {v} is listed twice")
+        out[v] = name.strip() or None
+    if len(out) < 2:
+        raise ValueError(f"{text!r}: at least 2 classes, e.g. 0:background,1:mito")
+    return dict(sorted(out.items()))
+
+
+def class_fields(classes: dict[int, str | None]) -> dict[str, object]:
+    """The plan's `data.mask_values` and `data.class_names` for parsed `--classes`."""
+    values = sorted(classes)
+    names = [classes[v] or f"class {i}" for i, v in enumerate(values)]
+    return {"mask_values": values, "class_names": names if any(classes.values()) else None}
