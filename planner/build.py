@@ -15,6 +15,7 @@ from planner.request import PlanContext, PlanRequest, overhead_estimate
 from planner.scan.labels import label_fields
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
+from planner.search.finetune import freeze_epochs
 from planner.search.memory_model import VerifyStep
 from trainer.errors import FitplanError
 from trainer.plan import Plan
@@ -65,6 +66,8 @@ def build_plan(
         "weights": req.weights,
         "normalization": choice.normalization,
         "epochs": int(choice.epochs),
+        # pretrained: decoder first on the frozen encoder, then fine-tune (search/finetune.py)
+        "freeze_encoder_epochs": freeze_epochs(req.weights, int(choice.epochs)),
         # counted from the start of planning under --auto
         "time_limit_s": float(req.budget_time_s) if req.budget_time_s is not None else None,
         "data": _data(req, ctx.fingerprint, cache),

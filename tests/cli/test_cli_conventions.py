@@ -135,20 +135,3 @@ def test_set_overrides_nested_fields_like_the_plan_file():
     assert changed.micro_batch == 4 and changed.augment.preset == "gentle"
     assert changed.input_size == (64, 64) and changed.data.val == "v"
     assert plan.micro_batch == 2  # the original is untouched
-
-
-def test_every_visible_option_is_documented_and_no_hidden_alias_is():
-    from typer.main import get_command
-
-    text = (REPO / "docs" / "cli.md").read_text()
-    root = get_command(app)
-    missing = []
-    for name, command in {"": root, **root.commands}.items():
-        for param in command.params:
-            for opt in param.opts:
-                if opt.startswith("--") and not param.hidden and opt not in text:
-                    missing.append(f"{name} {opt}")
-    assert missing == []
-    renamed = text.split("## Renamed options", 1)[1]
-    for old in ("--out-dir DIR` | `--runs-dir", "`--out RUN` | `--out-dir RUN"):
-        assert old in renamed

@@ -90,6 +90,7 @@ def test_missing_imagenet_weights_fail_before_anything(tmp_path, data_dir, monke
     from trainer.train.fit import train
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("FITPLAN_OFFLINE", "1")  # never the network (tests/trainer/test_weights.py)
     out = tmp_path / "run"
     with pytest.raises(WeightsError, match=r"\.h5"):
         train(_plan(data_dir, backbone="mobilenet_v3_small", weights="imagenet"), out)

@@ -45,6 +45,7 @@ def _batchnorms(model):
 @pytest.fixture
 def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    monkeypatch.setenv("FITPLAN_OFFLINE", "1")  # a missing file is never downloaded here
     return tmp_path / "kh" / "models"
 
 

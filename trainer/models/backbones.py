@@ -22,10 +22,14 @@ _DECODER = (256, 128, 64, 32, 16)
 # keras/src/applications/*.py: mobilenet_v3 `weights_mobilenet_v3_{model}_no_top_v2.h5`,
 # efficientnet(_v2) `{name}_notop.h5`, resnet `{name}_weights_tf_dim_ordering_tf_kernels_notop.h5`).
 # tests/trainer/test_models.py checks each against Keras by intercepting the download.
+# `pretrained_hash`: the MD5 Keras publishes for that file (the no-top entry of each
+# module's WEIGHTS_HASHES), checked by `keras.utils.get_file` when fitplan downloads it;
+# tests/trainer/test_weights.py checks them against Keras' tables.
 BACKBONE_INFO: dict[str, dict[str, Any]] = {
     "unet_small": {
         "application": None,
         "pretrained_file": None,
+        "pretrained_hash": None,
         "pretrained_url": None,
         "preprocess": "unit",
         "input_normalization": "[0, 1] -> [-1, 1]",
@@ -41,6 +45,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
     "mobilenet_v3_small": {
         "application": "MobileNetV3Small",
         "pretrained_file": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+        "pretrained_hash": "d3e8ec802a04aa4fc771ee12a9a9b836",
         "pretrained_url": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/",
         "preprocess": "0_255",
         "input_normalization": "x * 255, then the encoder's own Rescaling to [-1, 1]",
@@ -55,6 +60,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
     "mobilenet_v3_large": {
         "application": "MobileNetV3Large",
         "pretrained_file": "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+        "pretrained_hash": "07fb09a5933dd0c8eaafa16978110389",
         "pretrained_url": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/",
         "preprocess": "0_255",
         "input_normalization": "x * 255, then the encoder's own Rescaling to [-1, 1]",
@@ -69,6 +75,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
     "efficientnet_b0": {
         "application": "EfficientNetB0",
         "pretrained_file": "efficientnetb0_notop.h5",
+        "pretrained_hash": "50bc09e76180e00e4465e1a485ddc09d",
         "pretrained_url": "https://storage.googleapis.com/keras-applications/",
         "preprocess": "0_255",
         "input_normalization": "x * 255, then the encoder's own ImageNet mean/std",
@@ -83,6 +90,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
     "efficientnetv2_b0": {
         "application": "EfficientNetV2B0",
         "pretrained_file": "efficientnetv2-b0_notop.h5",
+        "pretrained_hash": "893217f2bb855e2983157299931e43ff",
         "pretrained_url": "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/",
         "preprocess": "0_255",
         "input_normalization": "x * 255, then the encoder's own ImageNet mean/std",
@@ -97,6 +105,7 @@ BACKBONE_INFO: dict[str, dict[str, Any]] = {
     "resnet50": {
         "application": "ResNet50",
         "pretrained_file": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "pretrained_hash": "4d473c1dd8becc155b73f8504c6f6626",
         "pretrained_url": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
         "preprocess": "caffe",
         "input_normalization": "x * 255, RGB -> BGR, minus the ImageNet mean (caffe)",

@@ -19,7 +19,9 @@ def encoder_of(model: keras.Model) -> keras.Model:
         ) from None
 
 
-def set_encoder_trainable(model: keras.Model, trainable: bool, normalization: str) -> None:
+def set_encoder_trainable(
+    model: keras.Model, trainable: bool, normalization: str, *, pretrained: bool = False
+) -> None:
     """Freeze or unfreeze the encoder, keeping BatchNorm as `normalization` says.
 
     Keras 3 propagates `trainable` to every nested layer, so unfreezing the encoder
@@ -28,6 +30,12 @@ def set_encoder_trainable(model: keras.Model, trainable: bool, normalization: st
     inference mode, because the micro-batches that asked for these modes give
     noisy batch statistics. A frozen layer runs in inference mode in Keras 3.
 
+    With a `pretrained` encoder its BatchNorm layers stay frozen under `"train"` too
+    (the decoder's train): Keras' transfer-learning guide keeps BatchNorm in inference
+    mode when the base model is unfrozen for fine-tuning, so that the ImageNet
+    statistics are not replaced by a few batches' and the pretrained features are not
+    wrecked (https://keras.io/guides/transfer_learning/, "Fine-tuning").
+
     Recompile the model afterwards: `compile` captures the trainable variables.
 
     Args:
@@ -35,8 +43,12 @@ def set_encoder_trainable(model: keras.Model, trainable: bool, normalization: st
         trainable: `False` freezes the whole encoder (the warm-up phase); `True`
             unfreezes it for fine-tuning.
         normalization: the model's normalisation: `"train"`, `"frozen"` or `"group"`.
+        pretrained: the encoder holds pretrained weights. Defaults to `False`.
     """
     check_normalization(normalization)
-    encoder_of(model).trainable = bool(trainable)
+    encoder = encoder_of(model)
+    encoder.trainable = bool(trainable)
     if normalization in ("frozen", "group"):
         freeze_batchnorm(model)
+    elif pretrained:
+        freeze_batchnorm(encoder)
