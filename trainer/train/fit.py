@@ -327,10 +327,13 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     state["adjustments"] = adjustments
     done = int(state.get("epochs_done", 0))
     phases = _phases(plan)
+    pretrained = plan.weights != "none"  # its encoder BatchNorm stays frozen (finetune.py)
 
     if done > 0:  # restore weights + optimizer in the configuration they were saved in
         saved_phase = state.get("phase", phases[-1][0])
-        set_encoder_trainable(model, saved_phase != "frozen", plan.resolved_normalization)
+        set_encoder_trainable(
+            model, saved_phase != "frozen", plan.resolved_normalization, pretrained=pretrained
+        )
         lr = next((p[3] for p in phases if p[0] == saved_phase), phases[-1][3])
         compile_model(model, plan, num_classes, lr)
         model.optimizer.build(model.trainable_variables)
@@ -349,7 +352,9 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
         if end <= done:
             continue
         resumed_here = done > start
-        set_encoder_trainable(model, name != "frozen", plan.resolved_normalization)
+        set_encoder_trainable(
+            model, name != "frozen", plan.resolved_normalization, pretrained=pretrained
+        )
         if not (resumed_here and state.get("phase") == name):
             compile_model(model, plan, num_classes, lr)  # a fresh optimizer for a new phase
         es, rlrop = stopping_callbacks(plan, monitor, mode, has_val, lr_deadline is not None)
