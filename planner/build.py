@@ -55,7 +55,7 @@ def build_plan(
     """
     req, budget = ctx.request, ctx.budget
     c = choice.candidate
-    cache, cache_bytes = cache_decision(ctx.fingerprint, choice)
+    cache, cache_bytes = cache_decision(ctx.fingerprint, choice, budget)
     raw = {
         "version": 1,
         "backbone": c.backbone,
@@ -76,6 +76,10 @@ def build_plan(
             "device_name": budget.get("device_name"),
             "budget_bytes": int(budget["bytes"]),
             "budget_source": budget["source"],
+            # GPU plans: the devices the runs are pinned to and the host RAM beside them.
+            "device_uuids": budget.get("device_uuids"),
+            "device_memory_bytes": budget.get("memory_total_bytes"),
+            "host_budget_bytes": budget.get("host_bytes") if budget["device"] == "gpu" else None,
         },
         "prediction": _prediction(
             choice, budget, cache_bytes, verify_steps, target_batch=req.effective_batch
@@ -134,7 +138,8 @@ def _prediction(
         run_peak = step + overhead_estimate(budget)
         source = "estimated (presets.TRAINING_OVERHEAD_BYTES)"
     growth = int(run_peak * presets.RUN_GROWTH)
-    peak = run_peak + growth + int(cache_bytes)
+    on_gpu = budget["device"] == "gpu"  # the cache is host RAM, not the GPU's
+    peak = run_peak + growth + (0 if on_gpu else int(cache_bytes))
     return {
         "peak_bytes": peak,
         "run_peak_bytes": run_peak,
@@ -154,7 +159,17 @@ def _prediction(
             choice, peak, budget, target_batch, run_peak - step, verify_steps
         ),
         "verified": run is not None,
+        **(_host_prediction(budget, run, cache_bytes) if on_gpu else {}),
     }
+
+
+def _host_prediction(budget: dict[str, Any], run: VerifyStep | None, cache: int) -> dict[str, Any]:
+    """A GPU plan's host side: the verification run's host peak (or the estimate) + cache."""
+    from planner.hardware.budget import GPU_HOST_PROCESS_BYTES
+
+    measured = (run.details or {}).get("host_peak_bytes") if run is not None else None
+    host = int(measured) if measured else GPU_HOST_PROCESS_BYTES
+    return {"host_peak_bytes": host + int(cache), "host_budget_bytes": budget.get("host_bytes")}
 
 
 # Below this share of the budget the plan says why it leaves the rest unused (the share
@@ -228,11 +243,22 @@ def _evidence(
     }
 
 
-def cache_decision(fp: dict[str, Any], choice: Choice) -> tuple[str, int]:
-    """Keep decoded pairs in RAM only when they fit in a small share of the headroom."""
+def cache_decision(
+    fp: dict[str, Any], choice: Choice, budget: dict[str, Any] | None = None
+) -> tuple[str, int]:
+    """Keep decoded pairs in RAM only when they fit in a small share of the headroom.
+
+    The cache is host RAM: on a CPU it shares the budget with the run; on a GPU it
+    comes out of the host budget beside the GPU (`host_spare_bytes`), never the GPU's.
+    """
     # The scan counts 8-bit channels; the trainer caches float32 images.
     decoded = int(fp.get("decoded_bytes") or 0) * presets.CACHE_BYTES_PER_DECODED_BYTE
-    spare = choice.allowed_bytes - choice.predicted_peak_bytes
+    if budget is not None and budget.get("device") == "gpu":
+        from planner.hardware.budget import host_spare_bytes
+
+        spare = host_spare_bytes(budget)
+    else:
+        spare = choice.allowed_bytes - choice.predicted_peak_bytes
     if decoded and decoded <= presets.CACHE_SHARE_OF_SPARE * spare:
         return "memory", decoded
     return "stream", 0

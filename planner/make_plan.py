@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from planner.verified_choice import choose_and_verify
 from trainer.data.pairs import Pair
 from trainer.data.splits import split_pairs
 from trainer.plan import DataSpec, Plan, save_plan
+from trainer.train.device import pin_env
 from trainer.units import gib
 
 __all__ = ["Log", "PlanRequest", "PlanResult", "make_plan", "plan_from_request"]
@@ -217,6 +219,9 @@ def _probe_budget(request: PlanRequest, say: Log) -> tuple[dict[str, Any], dict[
             )
         budget.update(bytes=int(user), source="user", derivation="--budget-memory")
     say(f"budget: {gib(budget['bytes'])} on {budget['device']} ({budget['derivation']})")
+    if budget["device"] == "gpu" and budget.get("device_uuids"):
+        # Every trial child (and `train --auto` here) sees only the budgeted GPUs (docs/gpu.md).
+        os.environ.update(pin_env(budget["device_uuids"]))
     return hw, budget
 
 
@@ -248,7 +253,7 @@ def _candidates(ctx: PlanContext) -> tuple[list[CandidateMeasurement], list[cand
         bf16=bf16,
         backbones=req.backbones,
         sides=req.sizes,
-        precisions=req.precisions,
+        precisions=req.precisions or _gpu_precision(ctx),
     )
     kept, pruned = cand.prune(
         cands,
@@ -391,6 +396,13 @@ def _train_count(fp: dict[str, Any], val: str | Path | None) -> int:
     pairs = [Pair(k, Path(k), Path(k)) for k in fp["pair_keys"]]
     train, _ = split_pairs(pairs, DataSpec(path=".").val_fraction)
     return len(train)
+
+
+def _gpu_precision(ctx: PlanContext) -> tuple[str, ...] | None:
+    """On a GPU, the one policy its compute capability calls for (the probe's advice:
+    below 7.0 float32, not mixed_float16); `None` elsewhere (the presets decide)."""
+    policy = (ctx.hardware.get("precision_advice") or {}).get("policy")
+    return (policy,) if ctx.device == "gpu" and policy else None
 
 
 def _gpu_bf16(hw: dict[str, Any]) -> bool:

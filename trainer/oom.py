@@ -33,6 +33,18 @@ What counts as out of memory, and why:
     allocate", `std::bad_alloc` (e.g. then SIGABRT)
         TF's, XLA's and CUDA's allocation-failure messages; bad_alloc is C++ `new`
         failing, after which `terminate` aborts the process.
+    GPU out of memory that TensorFlow reports as another      oom
+    error (UnknownError, InternalError) or only in the log:
+    "Failed to get convolution algorithm. This is probably
+    because cuDNN failed to initialize", "could not create
+    cudnn handle: CUDNN_STATUS_ALLOC_FAILED" (or
+    `CUDNN_STATUS_NOT_INITIALIZED`), `CUBLAS_STATUS_ALLOC_FAILED`,
+    "Dst tensor is not initialized."
+        cuDNN and cuBLAS allocate their handles and workspaces outside TF's allocator
+        and fail with these when the card is full; TF then reports them as errors of
+        other classes (sources below). `CUDNN_STATUS_NOT_INITIALIZED` can also mean a
+        cuDNN/driver mismatch; then every size fails and the step-down ends at
+        micro-batch 1 with the message quoted, which names it.
     TF's BFC warning "Allocator (...) ran out of memory trying  not oom
     to allocate X ... The caller indicates that this is not a
     failure, but this may mean that there could be performance
@@ -55,6 +67,18 @@ allocator (xla/tsl/framework/bfc_allocator.cc, formerly
 tensorflow/core/common_runtime/bfc_allocator.cc) when a caller allowed the allocation
 to fail; when an allocation really fails it logs "ran out of memory trying to allocate
 ... requested by op ..." instead and the op raises `ResourceExhaustedError`.
+
+GPU forms, as users reported them from TensorFlow: "UnknownError: Failed to get
+convolution algorithm. This is probably because cuDNN failed to initialize, so try
+looking to see if a warning log message was printed above." (tensorflow/tensorflow#24828,
+#38929, #43761; answered "GPU not having enough memory ... reducing the batch size" in
+Sentdex/pygta5#125); "Could not create cudnn handle: CUDNN_STATUS_ALLOC_FAILED"
+(tensorflow/tensorflow#39989, #38565, #30523); "could not create cudnn handle:
+CUDNN_STATUS_NOT_INITIALIZED" (logged by stream_executor/cuda/cuda_dnn.cc before the
+convolution fails); "InternalError: Dst tensor is not initialized." when a host-to-GPU
+copy finds no room ("really the problem is out of GPU memory", tensorflow/tensorflow#7025,
+#21775); "CUDA_ERROR_OUT_OF_MEMORY" and "failed to allocate ... from device" from the
+CUDA driver calls in stream_executor/cuda/cuda_driver.cc.
 
 API:
     is_oom_error(obj) -> bool
@@ -101,6 +125,13 @@ OOM_PATTERNS: tuple[str, ...] = (
     "std::bad_alloc",
     "memoryerror",
     "soft oom",
+    # GPU forms reported under other error classes (the table above, with sources).
+    "failed to get convolution algorithm",
+    "cudnn failed to initialize",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_initialized",
+    "cublas_status_alloc_failed",
+    "dst tensor is not initialized",
 )
 
 # TF's BFC allocator warning when a caller allowed the allocation to fail (the table

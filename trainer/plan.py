@@ -343,12 +343,25 @@ class TargetSpec:
         device_name: human-readable device name.
         budget_bytes: the memory budget the plan was fitted to.
         budget_source: where the budget came from (`"probe"` or `"user"`).
+        device_uuids: the GPUs' UUIDs (`GPU-...`, or `MIG-...` for a MIG instance),
+            one per local replica; trial children and training see only these
+            (docs/gpu.md). `None` on a CPU.
+        device_memory_bytes: the (first) GPU's total memory, for the record.
+        host_budget_bytes: host RAM a GPU plan may use (tf.data pipeline, in-RAM
+            cache, the process); the trainer's memory guard holds the run to it.
+            `None`: CPU plans (`budget_bytes` is host RAM) and older plans.
     """
 
     device: str = rule(choice(("cpu", "gpu")), default="cpu")
     device_name: str | None = rule(text("a non-empty string or null"), default=None)
     budget_bytes: int | None = rule(integer(1), default=None)
     budget_source: str | None = rule(text("a non-empty string or null"), default=None)
+    device_uuids: tuple[str, ...] | None = rule(
+        array(text("a device UUID"), "a list of device UUIDs or null", size=(1, None), unique=True),
+        default=None,
+    )
+    device_memory_bytes: int | None = rule(integer(1), default=None)
+    host_budget_bytes: int | None = rule(integer(1), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

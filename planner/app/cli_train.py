@@ -309,13 +309,14 @@ def _user_callbacks(specs: list[str]) -> list[Any]:
 @contextlib.contextmanager
 def _fresh_process_on_step_down(data: Path | None, val: Path | None, json_out: bool):
     """A GPU step-down (`trainer.train.stepdown`): go on as `train --resume RUN`, exec'd."""
-    from trainer.train.stepdown import RestartRequired, restart_argv
+    from trainer.train.stepdown import RestartRequired
 
     try:
         yield
     except RestartRequired as exc:
         extra = [*(["--data", str(data)] if data else []), *(["--val", str(val)] if val else [])]
-        argv = restart_argv(exc.run_path, extra + (["--json"] if json_out else []))
+        argv = [sys.executable, "-m", "planner", "train", "--resume", str(exc.run_path), *extra]
+        argv += ["--json"] if json_out else []
         err.print(f"{exc.message}; resuming {exc.run_path}", highlight=False, markup=False)
         sys.stdout.flush()
         sys.stderr.flush()

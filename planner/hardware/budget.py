@@ -6,8 +6,14 @@ saved report and tests can feed hand-written ones.
 
 from __future__ import annotations
 
-from planner.hardware.gpu import compute_capability, visible_indices
+from planner.hardware.gpu import compute_capability
 from trainer.train.cgroup import effective_memory, memory_headroom
+from trainer.train.device import (
+    CUDA_CONTEXT_BYTES,
+    PIN_ORDER,
+    precision_for_capability,
+    visible_uuids,
+)
 from trainer.units import fmt_bytes
 
 # Share of the effective host memory a CPU run may plan for. The rest absorbs what a
@@ -15,17 +21,23 @@ from trainer.units import fmt_bytes
 # other processes and the page cache move while training runs.
 CPU_FRACTION = 0.90
 
-# A CUDA 12 context with lazy module loading; it is created before TensorFlow asks
-# the driver for free memory, so it comes off NVML's free figure first. An estimate
-# from public reports (300-600 MiB on A100/H100), not measured on this project's
-# machines; the planner's verification run on the GPU catches a larger one.
-CUDA_CONTEXT_BYTES = 512 * 2**20
 
 # Below this a GPU is not worth planning for: the largest backbone's weights, gradients
 # and Adam state alone (ResNet50 U-Net, 32.6M parameters x 16 bytes) take 0.5 GiB.
 MIN_GPU_BUDGET_BYTES = 2**30
 
+# Host RAM a GPU training process holds besides its data: Python, TensorFlow and the
+# CUDA/cuDNN libraries loaded (public reports: 2-4 GiB RSS; not measured on this
+# project's machines). Until a verification run on the GPU measures it, a GPU plan's
+# host side is this plus the in-RAM cache.
+GPU_HOST_PROCESS_BYTES = 4 * 2**30
+
 _MIB = 2**20
+
+
+def host_spare_bytes(budget: dict) -> int:
+    """Host RAM a GPU plan can give an in-RAM cache: host budget minus the process."""
+    return max(0, int(budget.get("host_bytes") or 0) - GPU_HOST_PROCESS_BYTES)
 
 
 def tf_min_system_memory(free_bytes: int, cc_major: int | None, override_mb: str | None) -> int:
@@ -75,7 +87,10 @@ def default_budget(report: dict) -> dict:
 
     Returns:
         `{"device", "device_index", "device_name", "tf_device", "bytes", "source",
-        "derivation", "all_devices"}`; `all_devices` lists every GPU considered.
+        "derivation", "all_devices", "device_uuids", "memory_total_bytes",
+        "host_bytes"}`; `all_devices` lists every GPU considered, `device_uuids` the
+        chosen one's UUID (a `MIG-` UUID for a MIG instance: with MIG on, each instance
+        is a device of its own), `host_bytes` the host RAM budget beside the GPU.
     """
     env = report.get("env") or {}
     gpus, why_not = _usable_gpus(report, env)
@@ -93,13 +108,11 @@ def default_budget(report: dict) -> dict:
             f"TensorFlow's own {fmt_bytes(best['reserve'] - CUDA_CONTEXT_BYTES)})"
         )
         if best["bytes"] >= MIN_GPU_BUDGET_BYTES:
-            order = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
-            order = order if order is not None else [x["gpu"]["index"] for x in options]
             return {
                 "device": "gpu",
                 "device_index": g["index"],
                 "device_name": g.get("name"),
-                "tf_device": f"/GPU:{order.index(g['index'])}",
+                "tf_device": f"/GPU:{[o['gpu']['uuid'] for o in options].index(g['uuid'])}",
                 "bytes": best["bytes"],
                 "source": "probe",
                 "derivation": derivation,
@@ -112,20 +125,59 @@ def default_budget(report: dict) -> dict:
                     }
                     for o in options
                 ],
+                **gpu_identity([g]),
+                "host_bytes": _cpu_budget(report, None)["bytes"],
             }
         why_not = f"{derivation} leaves less than {fmt_bytes(MIN_GPU_BUDGET_BYTES)}"
     return _cpu_budget(report, why_not)
 
 
+def gpu_identity(used: list[dict]) -> dict:
+    """What a plan records of its GPUs: UUIDs (CUDA order) and the first one's total memory."""
+    uuids = [g["uuid"] for g in used if g.get("uuid")]
+    return {
+        "device_uuids": uuids if len(uuids) == len(used) else None,
+        "memory_total_bytes": used[0].get("memory_total_bytes") if used else None,
+    }
+
+
+def _devices(gpus: list[dict]) -> list[dict]:
+    """Each GPU as CUDA sees it: itself, or its MIG instances when MIG is on."""
+    out = []
+    for g in gpus:
+        migs = g.get("mig_devices") or []
+        if not migs:
+            out.append(g)
+        for m in migs:
+            out.append(
+                {
+                    **g,
+                    "uuid": m["uuid"],
+                    "name": f"{g.get('name')} MIG {m['uuid'][4:12]}",
+                    "memory_total_bytes": m["memory_total_bytes"],
+                    "memory_free_bytes": m["memory_free_bytes"],
+                    "mig_parent_uuid": g.get("uuid"),
+                }
+            )
+    return out
+
+
 def _usable_gpus(report: dict, env: dict) -> tuple[list[dict], str | None]:
-    gpus = [g for g in report.get("gpus") or [] if g.get("memory_free_bytes") is not None]
-    if not gpus:
+    """The devices TensorFlow will see, in CUDA order, with a readable free figure.
+
+    `CUDA_VISIBLE_DEVICES` is mapped by UUID (`trainer.train.device.visible_uuids`);
+    indices are read in NVML's (PCI bus) order, the order fitplan pins its processes to.
+    """
+    listed = report.get("gpus") or []
+    if not any(g.get("memory_free_bytes") is not None for g in listed):
         return [], None
-    visible = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
-    if visible is not None:
-        gpus = [g for g in gpus if g["index"] in visible]
-        if not gpus:
-            return [], "CUDA_VISIBLE_DEVICES hides every GPU"
+    devices = [{"uuid": g.get("uuid"), "mig": g.get("mig_devices") or []} for g in listed]
+    bus_env = {**env, "CUDA_DEVICE_ORDER": PIN_ORDER}
+    visible = visible_uuids(devices, {k: v for k, v in bus_env.items() if v is not None})
+    units = {d["uuid"]: d for d in _devices(listed) if d.get("memory_free_bytes") is not None}
+    gpus = [units[u] for u in visible or [] if u in units]
+    if not gpus:
+        return [], "CUDA_VISIBLE_DEVICES hides every GPU"
     tf = report.get("tensorflow")
     # Without the TensorFlow fields (--no-tf) assume TF will see what NVML sees.
     if tf and tf.get("version") and tf.get("gpu_count") == 0:
@@ -167,13 +219,15 @@ def precision_advice(report: dict, budget: dict) -> dict:
     """The Keras mixed-precision policy worth using on the budget's device, and why."""
     if budget["device"] == "gpu":
         gpu = next(g for g in report["gpus"] if g["index"] == budget["device_index"])
-        cc = compute_capability(gpu) or (0, 0)
-        name = f"compute capability {cc[0]}.{cc[1]}"
-        if cc >= (8, 0):
-            return _advice("mixed_bfloat16", f"{name}: bfloat16 tensor cores, no loss scaling")
-        if cc >= (7, 0):
-            return _advice("mixed_float16", f"{name}: float16 tensor cores (loss scaling on)")
-        return _advice("float32", f"{name}: no tensor cores, mixed precision gains nothing")
+        cc = compute_capability(gpu)
+        name = "compute capability " + ("unknown" if cc is None else f"{cc[0]}.{cc[1]}")
+        policy = precision_for_capability(cc)
+        why = {
+            "mixed_bfloat16": "bfloat16 tensor cores, no loss scaling",
+            "mixed_float16": "float16 tensor cores (loss scaling on)",
+            "float32": "no tensor cores, mixed precision gains nothing (float16 is slow there)",
+        }[policy]
+        return _advice(policy, f"{name}: {why}")
     cpu = report.get("cpu") or {}
     if cpu.get("bfloat16_fast"):
         # MEASURED.md reports 20-34% faster steps on an AVX512_BF16 CPU, but the planner's

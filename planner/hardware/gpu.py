@@ -11,6 +11,8 @@ import contextlib
 import os
 from typing import Any
 
+from trainer.train.device import PIN_ORDER, mig_devices, visible_uuids
+
 
 def probe_gpus(nvml: Any | None = None) -> tuple[list[dict], dict]:
     """List the NVIDIA GPUs and their memory.
@@ -73,43 +75,42 @@ def _device(nvml: Any, index: int, driver: str | None, cuda: str | None) -> dict
         "other_processes": None
         if others is None
         else [{"pid": int(p.pid), "used_bytes": int(p.usedGpuMemory)} for p in others],
+        # With MIG on, CUDA sees these instances instead of the GPU (docs/gpu.md).
+        "mig_devices": [
+            {k: v for k, v in m.items() if k != "handle"} for m in mig_devices(nvml, handle)
+        ],
     }
 
 
 def visible_indices(gpus: list[dict], cuda_visible_devices: str | None) -> list[int] | None:
     """The NVML indices CUDA (and so TensorFlow) will see, in CUDA's order.
 
-    Follows CUDA's rules: unset means all; entries are indices or `GPU-` UUID
-    prefixes; the list stops at the first entry naming no device (so `-1` or an
-    empty string hides every GPU).
+    Follows CUDA's rules (`trainer.train.device.visible_uuids`, indices read in PCI bus
+    order): unset means all; entries are indices, `GPU-` UUID prefixes or `MIG-` UUIDs;
+    the list stops at the first entry naming no device (so `-1` or an empty string hides
+    every GPU). A MIG instance counts as its GPU's index.
 
     Args:
         gpus: the GPU dicts from `probe_gpus`.
         cuda_visible_devices: the variable's value; `None` when unset.
 
     Returns:
-        The visible NVML indices, or `None` when the value cannot be mapped
-        (MIG instance UUIDs): then treat every GPU as visible.
+        The visible NVML indices, or `None` when an entry cannot be mapped (a MIG UUID
+        NVML did not list): then treat every GPU as visible.
     """
-    if cuda_visible_devices is None:
-        return [g["index"] for g in gpus]
-    visible: list[int] = []
-    for token in (t.strip() for t in cuda_visible_devices.split(",")):
-        if token.lstrip("-").isdigit():
-            index = int(token)
-            if not 0 <= index < len(gpus):
-                break
-            visible.append(gpus[index]["index"])
-        elif token.startswith("GPU-"):
-            match = [g["index"] for g in gpus if (g.get("uuid") or "").startswith(token)]
-            if len(match) != 1:
-                break
-            visible.append(match[0])
-        elif token.startswith("MIG-"):
-            return None
-        else:
-            break
-    return list(dict.fromkeys(visible))
+    env = {"CUDA_DEVICE_ORDER": PIN_ORDER}
+    if cuda_visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
+    keys = [g.get("uuid") or f"#{g['index']}" for g in gpus]
+    devices = [
+        {"uuid": k, "mig": g.get("mig_devices") or []} for k, g in zip(keys, gpus, strict=True)
+    ]
+    owner = {k: g["index"] for k, g in zip(keys, gpus, strict=True)}
+    owner.update({m["uuid"]: g["index"] for g in gpus for m in g.get("mig_devices") or []})
+    uuids = visible_uuids(devices, env) or []
+    if any(u not in owner for u in uuids):
+        return None
+    return list(dict.fromkeys(owner[u] for u in uuids))
 
 
 def compute_capability(gpu: dict) -> tuple[int, int] | None:

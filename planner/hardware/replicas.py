@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from planner.hardware.budget import (
     MIN_GPU_BUDGET_BYTES,
+    _cpu_budget,
     _usable_gpus,
     default_budget,
     fmt_bytes,
+    gpu_identity,
     gpu_reserve_bytes,
 )
-from planner.hardware.gpu import visible_indices
 from trainer.errors import HardwareError
 
 
@@ -55,7 +56,7 @@ def replica_budget(report: dict, devices: int | None = None, workers: int = 1) -
                 hint="on a CPU each worker is one replica: leave devices at 1",
             )
         return _with_replicas(default_budget(report), [], 1, workers)
-    ordered = _in_cuda_order(report, gpus, env)
+    ordered = gpus  # _usable_gpus lists them in CUDA order
     n = len(ordered) if devices is None else devices
     if n > len(ordered):
         raise HardwareError(
@@ -65,14 +66,8 @@ def replica_budget(report: dict, devices: int | None = None, workers: int = 1) -
         )
     used = ordered[:n]
     budget = _smallest_budget(used, env)
+    budget.update(gpu_identity(used), host_bytes=_cpu_budget(report, None)["bytes"])
     return _with_replicas(budget, [g["index"] for g in used], n, workers)
-
-
-def _in_cuda_order(report: dict, gpus: list[dict], env: dict) -> list[dict]:
-    """The usable GPUs in the order CUDA (and so TensorFlow) numbers them."""
-    order = visible_indices(report["gpus"], env.get("CUDA_VISIBLE_DEVICES"))
-    by_index = {g["index"]: g for g in gpus}
-    return [by_index[i] for i in (order or sorted(by_index)) if i in by_index]
 
 
 def _smallest_budget(used: list[dict], env: dict) -> dict:

@@ -30,6 +30,7 @@ from typing import Any
 
 from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
 from trainer.oom import SOFT_OOM_EXIT_CODE, is_oom_error
+from trainer.train.device import configure_gpus, nvml_query, process_uuids
 from trainer.train.memory import limit_malloc_arenas, peak_rss_bytes, reset_peak_rss
 from trainer.units import gib
 
@@ -150,13 +151,11 @@ def measure(spec: TrialSpec, ctx: ChildContext) -> None:
         y = rng.integers(0, spec.num_classes, size=(mb, h, w, 1)).astype(np.float32)
         before = traces[0]
         ctx.reset_peak()
-        if gpu:
-            tf.config.experimental.reset_memory_stats("GPU:0")
-        times = []
-        for _ in range(spec.warmup_steps + spec.measured_steps):
-            t = time.perf_counter()
-            model.train_on_batch(x, y)
-            times.append(time.perf_counter() - t)
+        times = run_steps(
+            lambda: model.train_on_batch(x, y),  # noqa: B023 - runs before x, y change
+            spec,
+            (lambda: tf.config.experimental.reset_memory_stats("GPU:0")) if gpu else None,
+        )
         host = ctx.host_peak()
         details: dict[str, Any] = {**host, "build_time_s": round(build_s, 3)}
         peak = host["peak_bytes"]
@@ -179,37 +178,51 @@ def measure(spec: TrialSpec, ctx: ChildContext) -> None:
         )
 
 
+def run_steps(step: Any, spec: TrialSpec, reset_gpu_peak: Any | None) -> list[float]:
+    """`spec.warmup_steps + spec.measured_steps` calls of `step`; their times in seconds.
+
+    `reset_gpu_peak` (GPU only) runs after the warm-up: the first step's cuDNN
+    autotuning takes scratch memory only when it is free (up to
+    `TF_CUDNN_WORKSPACE_LIMIT_IN_MB`), so counting it would make the peak depend on
+    the room left, not on the need (docs/planning.md, "Measuring memory"). Training
+    does the same after its first step (`trainer.train.memory.reset_gpu_peak`).
+    """
+    times = []
+    for i in range(spec.warmup_steps + spec.measured_steps):
+        if reset_gpu_peak is not None and i == spec.warmup_steps:
+            reset_gpu_peak()
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def configure_gpu(tf: Any, spec: TrialSpec, memory_limit_bytes: int | None) -> bool:
-    """On GPU: a hard device limit if given, else memory growth so NVML sees real use."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if spec.device != "gpu" or not gpus:
-        if spec.device == "gpu":
-            raise RuntimeError("trial asked for device 'gpu' but TensorFlow sees no GPU")
+    """On GPU: the plan's memory limit (or memory growth without one), as training sets it.
+
+    The parent pins the child to the planned GPU (`CUDA_VISIBLE_DEVICES` = its UUID,
+    `planner.make_plan`), so TensorFlow's `GPU:0` is that GPU.
+    """
+    if spec.device != "gpu":
         return False
-    if memory_limit_bytes is not None:
-        cfg = tf.config.LogicalDeviceConfiguration(memory_limit=memory_limit_bytes // 2**20)
-        tf.config.set_logical_device_configuration(gpus[0], [cfg])
-    else:
-        tf.config.experimental.set_memory_growth(gpus[0], True)
+    if not configure_gpus(tf, memory_limit_bytes):
+        raise RuntimeError("trial asked for device 'gpu' but TensorFlow sees no GPU")
     return True
 
 
-def _nvml_process_bytes() -> int | None:
-    """GPU memory NVML attributes to this process, or None where NVML cannot say."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if p.pid == os.getpid() and p.usedGpuMemory is not None:
-                    return int(p.usedGpuMemory)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - NVML is a cross-check; any failure means "unknown"
+def _nvml_process_bytes(nvml: Any | None = None) -> int | None:
+    """GPU memory NVML attributes to this process on its own GPU (found by UUID), or None."""
+    uuids = process_uuids(nvml)
+    if not uuids:
         return None
-    return None
+
+    def mine(lib: Any, handle: Any) -> int | None:
+        for p in lib.nvmlDeviceGetComputeRunningProcesses(handle):
+            if p.pid == os.getpid() and p.usedGpuMemory is not None:
+                return int(p.usedGpuMemory)
+        return None
+
+    return nvml_query(uuids[0], mine, nvml)
 
 
 def main() -> None:

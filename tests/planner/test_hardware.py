@@ -16,6 +16,7 @@ from planner.hardware import budget as budget_mod
 from planner.hardware import host as host_mod
 from planner.hardware.gpu import probe_gpus, visible_indices
 from planner.hardware.host import usable_cpus
+from tests.gpu.fake_nvml import FakeNVML as BaseFakeNVML
 from trainer.train.cgroup import V1_UNLIMITED, effective_memory, read_cgroup
 
 GiB = 2**30
@@ -38,58 +39,10 @@ def fake_gpu(
     )
 
 
-class FakeNVML:
-    """The pynvml functions the probe calls, over a list of fake GPUs."""
+class FakeNVML(BaseFakeNVML):
+    """The pynvml functions the probe calls, over a list of fake GPUs (tests/gpu/fake_nvml.py)."""
 
     NVMLError = FakeNVMLError
-
-    def __init__(self, gpus=(), init_error=None, fail=()):
-        self.gpus = list(gpus)
-        self.init_error = init_error
-        self.fail = set(fail)  # names of functions that raise NVMLError
-        self.shutdowns = 0
-
-    def _check(self, name):
-        if name in self.fail:
-            raise FakeNVMLError(f"{name}: Not Supported")
-
-    def nvmlInit(self):
-        if self.init_error:
-            raise FakeNVMLError(self.init_error)
-
-    def nvmlShutdown(self):
-        self.shutdowns += 1
-
-    def nvmlSystemGetDriverVersion(self):
-        return b"550.54.15"
-
-    def nvmlSystemGetCudaDriverVersion(self):
-        return 12040
-
-    def nvmlDeviceGetCount(self):
-        self._check("nvmlDeviceGetCount")
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        if self.gpus[i] is None:
-            raise FakeNVMLError("No Permission")
-        return self.gpus[i]
-
-    def nvmlDeviceGetName(self, h):
-        return h.name
-
-    def nvmlDeviceGetUUID(self, h):
-        return h.uuid
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return h.mem
-
-    def nvmlDeviceGetCudaComputeCapability(self, h):
-        return h.cc
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        self._check("nvmlDeviceGetComputeRunningProcesses")
-        return h.procs
 
 
 def write_tree(root: Path, files: dict[str, str]) -> None:

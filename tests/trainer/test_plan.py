@@ -204,7 +204,8 @@ def test_plans_written_by_the_code_validate_against_the_schema(tmp_path, minimal
         strategy="mirrored",
         replicas=2,
         target={"device": "gpu", "device_name": "H100", "budget_bytes": 2**34}
-        | {"budget_source": "probe"},
+        | {"budget_source": "probe", "device_uuids": ["GPU-a", "GPU-b"]}
+        | {"device_memory_bytes": 2**36, "host_budget_bytes": 2**35},
         prediction={"peak_bytes": 5},
         evidence={"candidates": []},
         **{"x-by": "hand", "_comment": "kept"},

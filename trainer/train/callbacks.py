@@ -207,26 +207,38 @@ class BudgetExceeded(MemoryError):
 
 
 class MemoryGuard(keras.callbacks.Callback):
-    """On a CPU, treat peak RSS above the plan's budget as out of memory.
+    """Treat a peak RSS above the plan's host budget as out of memory (CPU and GPU plans).
 
     A GPU reports its own out-of-memory errors; host RAM does not until the kernel
     kills the process (or the cgroup does), losing the epoch. Checking the peak after
-    each step turns "over budget" into an error the trainer can step down from.
+    each step turns "over budget" into an error the trainer can step down from. On a
+    GPU it also restarts the allocator's peak after the first step of each `fit`
+    (`trainer.train.memory.reset_gpu_peak`: cuDNN autotuning is not the run's need).
 
     Args:
-        budget_bytes: the plan's `target.budget_bytes`; `None` disables the guard.
+        budget_bytes: host RAM the run may use: a CPU plan's `target.budget_bytes`, a
+            GPU plan's `target.host_budget_bytes`; `None` disables the check.
+        tf: the `tensorflow` module (a fake in tests). Defaults to importing it.
     """
 
-    def __init__(self, budget_bytes: int | None):
+    def __init__(self, budget_bytes: int | None, tf: Any = None):
         super().__init__()
         self.budget_bytes = budget_bytes
+        self._tf = tf
+        self._first_step = True
 
     def on_train_begin(self, logs=None):
         from trainer.train.memory import reset_peak_rss
 
         reset_peak_rss()  # a step-down in this process must not see the old peak
+        self._first_step = True
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._first_step:
+            from trainer.train.memory import reset_gpu_peak
+
+            self._first_step = False
+            reset_gpu_peak(tf=self._tf)
         if self.budget_bytes is None:
             return
         peak = peak_rss_bytes()

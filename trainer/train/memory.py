@@ -92,3 +92,23 @@ def gpu_peak_bytes(device: str = "GPU:0") -> int | None:
     if not tf.config.list_physical_devices("GPU"):
         return None
     return int(tf.config.experimental.get_memory_info(device)["peak"])
+
+
+def reset_gpu_peak(device: str = "GPU:0", tf: object = None) -> bool:
+    """Restart TensorFlow's allocator peak on `device`; False without a GPU.
+
+    Training calls it after the first step of each `fit` (`callbacks.MemoryGuard`), the
+    trial children after their warm-up steps: the first step's cuDNN autotuning takes
+    scratch memory only when it is free (up to `TF_CUDNN_WORKSPACE_LIMIT_IN_MB`, 4 GiB
+    by default), so counting it would make the peak depend on the room left, not on
+    the need (docs/planning.md, "Measuring memory";
+    https://www.tensorflow.org/api_docs/python/tf/config/experimental/reset_memory_stats).
+    `tf`: the `tensorflow` module (a fake in tests); defaults to importing it.
+    """
+    if tf is None:
+        import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return False
+    tf.config.experimental.reset_memory_stats(device)
+    return True

@@ -13,30 +13,65 @@ from typing import Any
 
 import keras
 
+from trainer.errors import FitplanWarning
 from trainer.plan import Plan
+from trainer.train.device import precision_for_capability
 from trainer.train.losses import DiceCrossEntropy, segmentation_metrics
 
 
-def set_precision(plan: Plan) -> None:
-    """Set the global Keras dtype policy from the plan.
+def set_precision(plan: Plan, tf: Any = None) -> None:
+    """Set the global Keras dtype policy from the plan, warning where it runs slowly.
 
-    Call it after `keras.backend.clear_session()`, which resets the policy
-    (MEASURED.md).
+    The plan's precision is honoured; the warning names the policy this device's
+    compute capability calls for (`trainer.train.device.precision_for_capability`:
+    >= 8.0 `mixed_bfloat16`, 7.x `mixed_float16`, below `float32`). Under
+    `mixed_float16` Keras' `compile` wraps the optimizer in a `LossScaleOptimizer`
+    (https://keras.io/api/mixed_precision/loss_scale_optimizer/). Call it after
+    `keras.backend.clear_session()`, which resets the policy (MEASURED.md).
+
+    Args:
+        plan: the plan.
+        tf: the `tensorflow` module (a fake in tests). Defaults to importing it.
     """
-    if plan.precision == "mixed_float16" and not _has_gpu():
-        # Measured here: 5.7x slower than float32 on CPU. Honour the plan, but say so.
-        warnings.warn(
-            "precision mixed_float16 on a CPU is several times slower than float32; "
-            "use mixed_bfloat16 or float32",
-            stacklevel=2,
-        )
+    cc = gpu_capability(tf)
+    slow = precision_warning(plan.precision, cc)
+    if slow:
+        warnings.warn(slow, FitplanWarning, stacklevel=2)
     keras.mixed_precision.set_global_policy(plan.precision)
 
 
-def _has_gpu() -> bool:
-    import tensorflow as tf
+def gpu_capability(tf: Any = None) -> tuple[int, int] | None:
+    """Compute capability of TensorFlow's first GPU; `(0, 0)` unknown; `None` without one.
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    https://www.tensorflow.org/api_docs/python/tf/config/experimental/get_device_details
+    """
+    if tf is None:
+        import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    return (int(cc[0]), int(cc[1])) if cc else (0, 0)
+
+
+def precision_warning(precision: str, cc: tuple[int, int] | None) -> str | None:
+    """Why `precision` is slow on this device (`cc`: `None` for a CPU), or `None`."""
+    if cc is None:
+        if precision == "mixed_float16":  # measured here: 5.7x slower than float32 on CPU
+            return (
+                "precision mixed_float16 on a CPU is several times slower than float32; "
+                "use mixed_bfloat16 or float32"
+            )
+        return None
+    best = precision_for_capability(cc if cc != (0, 0) else None)
+    rank = {"float32": 0, "mixed_float16": 1, "mixed_bfloat16": 2}
+    if rank.get(precision, 0) > rank[best]:
+        return (
+            f"precision {precision} on a GPU of compute capability {cc[0]}.{cc[1]}, which "
+            f"has no fast path for it: {best} is the policy for this GPU (`fitplan plan` "
+            "here chooses it)"
+        )
+    return None
 
 
 def make_optimizer(plan: Plan, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
