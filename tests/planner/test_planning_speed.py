@@ -160,3 +160,16 @@ def test_auto_verification_timeout_follows_the_planning_time_left():
     assert late.verify_timeout_s() == presets.VERIFY_MIN_TIMEOUT_S  # never cut below
     plain = dataclasses.replace(ctx, request=dataclasses.replace(req, count_planning_time=False))
     assert plain.planning_left() is None and plain.verify_timeout_s() == presets.VERIFY_TIMEOUT_S
+
+
+@pytest.mark.slow
+def test_real_children_planning_again_starts_none(data_dir):
+    """Real trial and verification children (unet_small, 64x64): the second plan of the
+    same data on the same machine comes from the cache (--no-cache: tested with fakes)."""
+    kw = dict(budget_memory=4 * GIB, backbones=["unet_small"], sizes=[64])
+    cold = make_plan(data_dir, **kw)
+    warm = make_plan(data_dir, **kw)
+    assert cold.children >= 3 and warm.children == 0
+    assert warm.plan.evidence["planning"]["verification_cached"] is True
+    assert warm.plan.micro_batch == cold.plan.micro_batch
+    assert warm.plan.prediction["peak_bytes"] == cold.plan.prediction["peak_bytes"]
