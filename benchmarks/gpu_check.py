@@ -140,7 +140,7 @@ def check_trial_line(ctx: Context) -> tuple[bool, dict[str, Any]]:
     from planner.trials.trial import measure_each
 
     spec = TrialSpec(
-        "mobilenet_v3_small", (256, 256), (1, 4, 16), precision="mixed_float16", device="gpu"
+        "mobilenet_v3_small", (256, 256), (1, 4, 16), precision=_precision(ctx), device="gpu"
     )
     results = measure_each(spec, timeout_s=180)
     peaks = {r.micro_batch: r.peak_bytes for r in results if r.ok}
@@ -245,7 +245,7 @@ def check_step_down(ctx: Context) -> tuple[bool, dict[str, Any]]:
         "input_size": [256, 256],
         "micro_batch": 32,
         "accumulation_steps": 1,
-        "precision": "mixed_float16",
+        "precision": _precision(ctx),
         "data": {"path": str(data)},
         "epochs": 1,
         "steps_per_epoch": 2,
@@ -274,6 +274,16 @@ def check_smi_back(ctx: Context) -> tuple[bool, dict[str, Any]]:
     if start is None or now is None:
         return False, {"start": _mib(start), "now": _mib(now), "note": "nvidia-smi unavailable"}
     return abs(now - start) <= TOLERANCE_SMI, {"start": _mib(start), "now": _mib(now)}
+
+
+def _precision(ctx: Context) -> str:
+    """The policy fitplan would plan for this GPU (by its compute capability)."""
+    if "precision" not in ctx.figures:
+        from planner import hardware
+
+        report = hardware.probe(ctx.out, with_tensorflow=False, env=ctx.env)
+        ctx.figures["precision"] = report["precision_advice"]["policy"]
+    return ctx.figures["precision"]
 
 
 def _free_bytes(uuid: str) -> int | None:
@@ -326,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.train.device import pin_env
 
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args.out, uuid, {**os.environ, **pin_env([uuid])})
+    os.environ.update(pin_env([uuid]))  # trial children inherit it (this process has no TF)
+    ctx = Context(args.out, uuid, dict(os.environ))
     ctx.figures["smi_start"] = _smi_used(uuid)
     print(f"GPU {uuid}; output in {args.out}")
     results = []

@@ -196,3 +196,16 @@ def test_a_gpu_plan_without_a_gpu_here_warns(clean_env):
     install(clean_env, FakeNVML([]))
     setup = preflight.prepare_device(gpu_plan([B]), tf=FakeTF(gpus=0))
     assert any("TensorFlow sees none here" in w for w in setup.warnings)
+
+
+def test_the_trial_childs_nvml_cross_check_reads_its_own_gpu(clean_env):
+    from types import SimpleNamespace
+
+    from planner.trials.child import _nvml_process_bytes
+
+    nvml = two_gpus()
+    me = SimpleNamespace(pid=os.getpid(), usedGpuMemory=3 * GiB)
+    nvml.gpus[0].procs = [SimpleNamespace(pid=os.getpid(), usedGpuMemory=9 * GiB)]  # not ours
+    nvml.gpus[1].procs = [me]
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", B)  # as the planner pins a child
+    assert _nvml_process_bytes(nvml) == 3 * GiB
