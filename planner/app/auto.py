@@ -53,9 +53,10 @@ def auto_train(
     result = make_plan(data, val=val, count_planning_time=True, log=log, **plan_options)
     if log:
         cap = (result.plan.evidence or {}).get("planning", {}).get("cap_s")
-        of_cap = f" (cap {cap:.0f} s: {presets.AUTO_PLANNING_SHARE:.0%} of the time budget)"
+        share = presets.AUTO_PLANNING_SHARE
+        of_cap = f" (cap {cap:.0f} s: {share:.0%} of the time budget)" if cap else ""
         log(
-            f"planning took {result.planning_time_s:.0f} s{of_cap if cap else ''} "
+            f"planning took {result.planning_time_s:.0f} s{of_cap} "
             f"with {result.children} child processes"
         )
     planned = adjust(result.plan) if adjust is not None else result.plan

@@ -5,7 +5,7 @@ planner's predicted peak and the measured one, and the candidates the planner tr
 with their trials, from plan.json's `evidence`), and a few validation images with
 their ground truth and the model's prediction. Figures are PNGs embedded as base64,
 so the page is one file that can be mailed or archived. Presentation lives here,
-outside the trainer; matplotlib is the optional extra `fitplan[report]`.
+outside the trainer; matplotlib is the optional extra `report` (`pip install -e ".[report]"`).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def report(
         max_images: validation images shown. Defaults to `3`.
 
     Raises:
-        FitplanError: matplotlib is not installed (`pip install fitplan[report]`).
+        FitplanError: matplotlib is not installed (`pip install -e ".[report]"` in the checkout).
         RunDirError: the run folder is incomplete (names the missing file).
     """
     figs.require_matplotlib()

@@ -23,7 +23,7 @@ def _figure(width: float, height: float):
     except ImportError as exc:
         raise FitplanError(
             "`fitplan report` draws its figures with matplotlib, which is not installed",
-            hint="pip install fitplan[report]",
+            hint='from the fitplan checkout: pip install -e ".[report]" (or: pip install matplotlib)',
         ) from exc
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

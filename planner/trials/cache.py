@@ -42,8 +42,11 @@ FORMAT = 1
 ENV_VAR = "FITPLAN_CACHE_DIR"
 # The verification run (planner.verified_choice): the only target besides the default cached.
 VERIFY_TARGET = "planner.trials.verify_run:run"
-# Plan sections the verification run does not read: left out of its key.
-_PLAN_KEYS_IGNORED = ("prediction", "evidence")
+# Plan fields that do not change what the verification run measures, left out of its key:
+# the prediction and evidence it is not given to read, and the run's length (it stops
+# after `updates` optimizer updates and one validation pass whatever the plan's epochs
+# and time limit; under `--auto` both follow the planning time spent).
+_PLAN_KEYS_IGNORED = ("prediction", "evidence", "epochs", "time_limit_s")
 # Environment variables a child's memory or speed depends on.
 _ENV_VARS = (
     "CUDA_VISIBLE_DEVICES",
@@ -167,6 +170,11 @@ class TrialCache:
         if spec.target == VERIFY_TARGET:
             args = dict(fields.pop("target_args"))
             plan = {k: v for k, v in args.pop("plan", {}).items() if k not in _PLAN_KEYS_IGNORED}
+            # The budget is the run's memory guard (trainer.train.callbacks): the memory
+            # limit rule of `get` covers it, as for a trial's limit.
+            plan["target"] = {
+                k: v for k, v in (plan.get("target") or {}).items() if k != "budget_bytes"
+            }
             args["plan"] = plan
             args["val_files"] = _val_listing((plan.get("data") or {}).get("val"))
             fields["target_args"] = args

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from planner.app.cli import app
@@ -135,3 +136,77 @@ def test_set_overrides_nested_fields_like_the_plan_file():
     assert changed.micro_batch == 4 and changed.augment.preset == "gentle"
     assert changed.input_size == (64, 64) and changed.data.val == "v"
     assert plan.micro_batch == 2  # the original is untouched
+
+
+def test_every_visible_option_is_documented_and_no_hidden_alias_is():
+    from typer.main import get_command
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    root = get_command(app)
+    missing = []
+    for name, command in {"": root, **root.commands}.items():
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("--") and not param.hidden and opt not in text:
+                    missing.append(f"{name} {opt}")
+    assert missing == []
+    renamed = text.split("## Renamed options", 1)[1]
+    for old in ("--out-dir DIR` | `--runs-dir", "`--out RUN` | `--out-dir RUN"):
+        assert old in renamed
+
+
+def test_long_lines_are_not_wrapped_at_80_columns():
+    import logging
+
+    from planner.app.cli_app import ConsoleLines, err
+
+    line = "epoch 1/50  " + "  ".join(f"field{i} {i}.0000" for i in range(20))
+    assert len(line) > 200
+    record = logging.LogRecord("fitplan", logging.INFO, __file__, 1, line, (), None)
+    with err.capture() as captured:
+        ConsoleLines().emit(record)
+    assert captured.get() == line + "\n"
+
+
+@pytest.mark.slow
+def test_auto_takes_the_planners_options_and_honours_max_epochs_set_and_callbacks(
+    tmp_path, monkeypatch
+):
+    """`train --auto` passes planner options on and trains what --max-*/--set/--callbacks say."""
+    import planner.app.auto as auto
+    from planner.app.demo import make_demo_dataset
+    from tests.plans import minimal_plan
+
+    data = make_demo_dataset(tmp_path / "data", n=6, size=(48, 48), seed=4)
+    seen = {}
+
+    def fake_make_plan(data_root, **kwargs):
+        seen.update(kwargs)
+
+        class Result:  # what make_plan returns, for a plan of 5 epochs
+            plan = minimal_plan(data_root, data={"val_fraction": 0.34}, epochs=5)
+            planning_time_s, children = 0.0, 0
+
+        return Result()
+
+    monkeypatch.setattr(auto, "make_plan", fake_make_plan)
+    (tmp_path / "cbmod_auto.py").write_text(
+        "import keras, pathlib\n"
+        "class Mark(keras.callbacks.Callback):\n"
+        "    def on_epoch_end(self, epoch, logs=None):\n"
+        "        pathlib.Path('called').write_text(str(epoch))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--auto", str(data), "--out-dir", str(tmp_path / "run"), "--json"]
+    args += ["--backbones", "unet_small", "--sizes", "32", "--headroom", "0.2", "--weights", "none"]
+    args += ["--max-epochs", "1", "--max-steps", "1", "--set", "lr_schedule.patience=1"]
+    args += ["--callbacks", "cbmod_auto:Mark"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["backbones"] == ["unet_small"] and seen["sizes"] == [32]
+    assert seen["headroom"] == 0.2 and seen["weights"] == "none"
+    assert json.loads(result.stdout)["epochs"] == 1
+    ran = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert ran["epochs"] == 1 and ran["steps_per_epoch"] == 1
+    assert ran["lr_schedule"]["patience"] == 1
+    assert (tmp_path / "called").read_text() == "0"

@@ -105,14 +105,19 @@ def test_the_verification_key_follows_the_dataset_and_the_validation_files(tmp_p
     val = tmp_path / "val"
     val.mkdir()
     (val / "a.png").write_bytes(b"12")
-    plan = {"backbone": "unet_small", "data": {"fingerprint": "sha256:a", "val": str(val)}}
+    plan = {
+        "backbone": "unet_small",
+        "data": {"fingerprint": "sha256:a", "val": str(val)},
+        "target": {"device": "cpu", "budget_bytes": 4 * GIB},
+    }
     spec = dataclasses.replace(
         SPEC, target=tc.VERIFY_TARGET, target_args={"plan": plan, "updates": 2}
     )
     c = _cache(tmp_path / "cache")
     first = _path(c, spec)
-    # The plan's prediction and evidence are not read by the run: not in the key.
-    noted = {**plan, "evidence": {"planning_time_s": 3}}
+    # The plan's prediction, evidence and length do not change the run: not in the key.
+    noted = {**plan, "evidence": {"planning_time_s": 3}, "epochs": 7, "time_limit_s": 60.0}
+    noted["target"] = {"device": "cpu", "budget_bytes": 5 * GIB}  # the limit rule's part
     assert _path(c, dataclasses.replace(spec, target_args={"plan": noted, "updates": 2})) == first
     other = {**plan, "data": {**plan["data"], "fingerprint": "sha256:b"}}
     assert _path(c, dataclasses.replace(spec, target_args={"plan": other, "updates": 2})) != first

@@ -117,7 +117,7 @@ def test_missing_matplotlib_names_the_extra(run, monkeypatch):
 
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(FitplanError, match=r"pip install fitplan\[report\]"):
+    with pytest.raises(FitplanError, match=r"pip install -e \"\.\[report\]\""):
         report(run)
 
 
