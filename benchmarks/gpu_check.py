@@ -98,6 +98,12 @@ def _dataset(ctx: Context) -> Path:
     return path
 
 
+def _last_json(stdout: str) -> dict[str, Any]:
+    """The last JSON object `fitplan ... --json` printed (it starts on a line of its own)."""
+    start = 0 if stdout.startswith("{") else stdout.rindex("\n{") + 1
+    return json.loads(stdout[start:])
+
+
 def _mib(value: float | None) -> str:
     return "?" if value is None else f"{value / MIB:.0f} MiB"
 
@@ -199,7 +205,7 @@ def check_training_under_load(ctx: Context) -> tuple[bool, dict[str, Any]]:
         hog.wait()
     if trained.returncode != 0:
         return False, {"train": trained.stderr.strip()[-300:]}
-    metrics = json.loads(trained.stdout)
+    metrics = _last_json(trained.stdout)
     plan = json.loads(plan_path.read_text())
     peak, predicted = metrics["peak_memory_bytes"], plan["prediction"]["peak_bytes"]
     budget = plan["target"]["budget_bytes"]
@@ -257,7 +263,7 @@ def check_step_down(ctx: Context) -> tuple[bool, dict[str, Any]]:
     proc = _fitplan(["train", "--plan", str(plan_path), "--out", str(run), "--json"], ctx.env, 300)
     if proc.returncode != 0:
         return False, {"exit": proc.returncode, "stderr": proc.stderr.strip()[-300:]}
-    metrics = json.loads(proc.stdout)
+    metrics = _last_json(proc.stdout)
     kept = metrics["micro_batch"] * metrics["accumulation_steps"] == 32
     steps = [a["micro_batch"] for a in metrics["adjustments"]]
     return bool(steps) and kept, {
