@@ -1,7 +1,7 @@
 """Plan, then train, at several memory budgets: the prediction against the run's epoch peaks.
 
 For each dataset and budget: `fitplan plan DATA --budget-memory B --out PLAN` (timed, as a
-user runs it), then `fitplan train --plan PLAN --max-epochs E --out RUN` (validation
+user runs it), then `fitplan train --plan PLAN --max-epochs E --out-dir RUN` (validation
 included). The run's epoch peaks come from its `history.csv` (`peak_memory_bytes`: the
 process's peak RSS on CPU, the allocator's peak on GPU, per epoch). Prints and writes a
 table per dataset: the plan (backbone, input, micro-batch x accumulation), planning wall
@@ -108,7 +108,7 @@ def measure(data: str, masks: str | None, budget: str, out: Path, epochs: int, e
         str(plan_path),
         "--max-epochs",
         str(epochs),
-        "--out",
+        "--out-dir",
         str(run),
         log=out / "train.log",
     )
