@@ -148,6 +148,11 @@ def with_data(plan: Plan, fields: dict[str, Any]) -> Plan:
     """`plan` with these `data` fields set, validated like a plan file."""
     raw = plan.to_dict()
     raw["data"] = {**raw["data"], **fields}
+    data = raw["data"]
+    if data.get("normalization") == "dataset" and data.get("intensity_range") is None:
+        from trainer.data.intensity import range_for
+
+        data["intensity_range"] = range_for(data["path"], data["images"], data["masks"])
     return Plan.from_dict(raw)
 
 

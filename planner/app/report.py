@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from planner.app import report_figures as figs
 from trainer.atomic import write_text
+from trainer.data.masks import class_names, trained_ignore
 from trainer.errors import DataError
 from trainer.train.run_dir import SUMMARY_KEYS, read_history
 from trainer.units import gib
@@ -193,11 +196,16 @@ def _samples(run: LoadedRun, data_root: str | Path | None, max_images: int) -> s
             raise DataError("no image/mask pairs found")
         pairs = pairs[:max_images]
         values = run.mask_values or infer_run_mask_values(pairs, run.num_classes)
+        ignore = trained_ignore(run.plan.data.ignore_index, values)
         rows, dices = [], []
         for pair in pairs:
-            image, truth = read_image(pair.image), read_mask(pair.mask, values)
+            image = read_image(pair.image, run.plan.data)
+            truth = read_mask(pair.mask, values, ignore)
             pred = run.predict_classes(image)
-            fg = class_scores(confusion(truth, pred, run.num_classes))[1:]
+            keep = truth != ignore if ignore is not None else slice(None)
+            fg = class_scores(confusion(truth[keep], pred[keep], run.num_classes))[1:]
+            if ignore is not None:
+                truth = np.ma.masked_equal(truth, ignore)  # shown blank, scored nowhere
             dice = sum(s["dice"] for s in fg) / len(fg)
             rows.append((f"{pair.key} (Dice {dice:.3f})", image, truth, pred))
             dices.append((pair.key, dice))
@@ -205,7 +213,7 @@ def _samples(run: LoadedRun, data_root: str | Path | None, max_images: int) -> s
         return title + _note(
             f"Skipped: the data is not available ({exc}). Pass data_root / --data."
         )
-    png = figs.samples(rows, run.num_classes)
+    png = figs.samples(rows, class_names(run.plan.data.class_names, run.num_classes))
     scores = _table([(key, f"Dice {d:.3f}") for key, d in dices])
     note = _note(f"{len(rows)} images from the {source}, predicted with overlapping tiles.")
     return title + note + _img(png, "image, truth, prediction") + scores

@@ -130,12 +130,20 @@ def candidate_label(cand: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def samples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], num_classes: int) -> bytes:
-    """One row per image: the image, its ground truth and the prediction."""
-    fig = _figure(10, 2.7 * len(rows) + 0.3)
+def samples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], names: list[str]) -> bytes:
+    """One row per image: the image, its ground truth and the prediction; a legend names
+    the classes' colours (`names`: one per class, the plan's `data.class_names`)."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    num_classes = len(names)
+    fig = _figure(10, 2.7 * len(rows) + 0.6)
     axes = np.atleast_2d(fig.subplots(len(rows), 3))
+    vmax = max(1, num_classes - 1)
+    cmap = colormaps["viridis"]
+    handles = [Patch(color=cmap(i / vmax), label=f"{i}: {n}") for i, n in enumerate(names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, num_classes), fontsize=8)
     for (title, image, truth, pred), ax_row in zip(rows, axes, strict=True):
-        vmax = max(1, num_classes - 1)
         ax_row[0].imshow(image)
         ax_row[1].imshow(truth, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
         ax_row[2].imshow(pred, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")

@@ -52,7 +52,7 @@ def evaluation_table(result: dict[str, Any]) -> Table:
         table.add_column(col, justify="right")
     for c in result["per_class"]:
         table.add_row(
-            str(c["class"]),
+            f"{c['class']} {c['name']}" if c.get("name") else str(c["class"]),
             str(c["value"]),
             *(_f(c[k]) for k in ("dice", "iou", "precision", "recall")),
             f"{c['pixels']:,}",

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image
 
 from planner.scan.values import sparse_levels
 from trainer.data.integrity import (
     check_whole,
+    mask_histogram,
     open_header,
     os_problem,
     problem_of,
     stat_problem,
 )
-from trainer.data.masks import MAX_CLASSES, class_values_from_histogram
 
 # Files above this are hashed in chunks and opened from disk instead of from memory.
 _READ_WHOLE_LIMIT = 64 << 20
@@ -140,43 +140,6 @@ def _check(info: FileInfo, data: bytes | None, values: bool) -> None:
         hist, info.problem = mask_histogram(im)
         if hist is not None:
             info.levels = sparse_levels(hist)
-
-
-def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
-    """Count the values of a mask (index = value), or say why it is not a label map.
-
-    The label plane is: the grey band of L/LA/I;16 masks, the palette index of P
-    masks, 0/255 for 1-bit masks, and the red band of RGB/RGBA masks whose bands
-    are equal (epfl-em stores grey masks as RGBA). A colour mask, or one with more
-    than `MAX_CLASSES` well-populated levels (a photo), is not a label map.
-    """
-    mode = im.mode
-    if mode in ("RGB", "RGBA"):
-        r, g, b = im.getchannel(0), im.getchannel(1), im.getchannel(2)
-        if ImageChops.difference(r, g).getbbox() or ImageChops.difference(r, b).getbbox():
-            return None, (
-                "not a label map: a colour image (R, G, B differ), e.g. a photo or a "
-                "colour-coded mask; save one grey value per class (0/255, or 0, 1, 2...)"
-            )
-        hist = np.asarray(r.histogram(), dtype=np.int64)
-    elif mode in ("L", "LA", "P", "PA", "1"):
-        hist = np.asarray(im.getchannel(0).histogram()[:256], dtype=np.int64)
-    elif mode.startswith("I") or mode == "F":
-        arr = np.asarray(im)
-        if mode == "F" and not np.all(arr == np.floor(arr)):
-            return None, "not a label map: floating-point values that are not integers"
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            return None, "not a label map: values outside 0..65535"
-        hist = np.bincount(arr.astype(np.int64).ravel(), minlength=256)
-    else:
-        return None, f"not a label map: unsupported mode {mode}; save it as grey (L)"
-    levels = class_values_from_histogram(hist)
-    if len(levels) > MAX_CLASSES:
-        return None, (
-            f"not a label map: {len(levels)} well-populated grey levels (a photo, or a "
-            f"heavily compressed JPEG); save one value per class"
-        )
-    return hist, None
 
 
 def _bit_depth(im: Image.Image, data: bytes | None) -> int:

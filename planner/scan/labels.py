@@ -40,4 +40,8 @@ def label_fields(fp: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     for key in ("normalization", "palette"):
         if options.get(key) is not None:
             out[key] = options[key]
+    if out.get("normalization") == "dataset":
+        from trainer.data.intensity import range_for
+
+        out["intensity_range"] = range_for(fp["root"], fp["images"], fp["masks"])
     return out

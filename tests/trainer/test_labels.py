@@ -97,3 +97,21 @@ def test_class_names_must_match_the_class_count():
         minimal_plan("d", data={"mask_values": [0, 1], "class_names": ["a", "b", "c"]})
     plan = minimal_plan("d", data={"mask_values": [0, 1], "class_names": ["bg", "mito"]})
     assert plan.data.class_names == ("bg", "mito")
+
+
+def test_nnunet_naming_and_folders_pair(tmp_path):
+    from trainer.data.pairs import find_pairs
+
+    root = tmp_path / "Dataset001_Cells"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for case in ("cell_001", "cell_002"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "imagesTr" / f"{case}_0000.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "labelsTr" / f"{case}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "imagesTr" / "cell_001_0001.png")
+    found = find_pairs(root)  # the default names find imagesTr/labelsTr
+    assert [(p.image.name, p.mask.name) for p in found.pairs] == [
+        ("cell_001_0000.png", "cell_001.png"),
+        ("cell_002_0000.png", "cell_002.png"),
+    ]
+    assert [p.name for p in found.unpaired_images] == ["cell_001_0001.png"]  # named, not dropped

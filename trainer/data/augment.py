@@ -135,11 +135,16 @@ def warp(x: tf.Tensor, transform: tf.Tensor, out_hw: tuple[int, int], nearest: b
 
 
 def photometric(image: tf.Tensor, photo: tf.Tensor) -> tf.Tensor:
-    """Contrast `photo[0]` about the image mean, then brightness `photo[1]`, clipped to [0, 1].
+    """Contrast `photo[0]` about the image mean, then brightness `photo[1]` times the
+    image's range (max - min), clipped to [0, 1].
 
-    One factor and one offset for all channels, so a grey image stays grey.
+    One factor and one offset for all channels, so a grey image stays grey. The offset is
+    relative to the range, not absolute: 12-bit data left in [0, 0.06] (`normalization:
+    none`) shifts by a fraction of its own span instead of being pushed to 0 or to a flat
+    0.15. Images spanning [0, 1] (8-bit, or percentile-normalised) see the plain offset.
     """
-    offset = tf.reduce_mean(image) * (1.0 - photo[0]) + photo[1]  # (x - m) * f + m + d
+    span = tf.reduce_max(image) - tf.reduce_min(image)
+    offset = tf.reduce_mean(image) * (1.0 - photo[0]) + photo[1] * span  # (x - m) f + m + d r
     return tf.clip_by_value(image * photo[0] + offset, 0.0, 1.0)
 
 

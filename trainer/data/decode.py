@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from trainer.data.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, SAMPLE_PIXELS, is_deep
 from trainer.data.masks import (
     MAX_CLASSES,
     class_values_from_histogram,
@@ -50,11 +51,13 @@ _GREY_MODES = ("1", "L", "LA", "F", *_MODES_16)
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What the header says: size and which decoder the file needs."""
+    """What the header says: size, which decoder the file needs, and (images) whether it
+    holds more than 8 bits per sample (`deep`: normalised by `normalize`)."""
 
     height: int
     width: int
     route: int
+    deep: bool = False
 
 
 def inspect_image(path: str | os.PathLike, *, mask: bool = False) -> FileInfo:
@@ -66,9 +69,9 @@ def inspect_image(path: str | os.PathLike, *, mask: bool = False) -> FileInfo:
         raise DataError(f"{path}: cannot read image header ({exc})") from exc
     if not mask:
         if fmt not in _TF_FORMATS:
-            return FileInfo(height, width, IMAGE_PIL)
+            return FileInfo(height, width, IMAGE_PIL, is_deep(mode))
         grey = mode in _GREY_MODES and fmt in _TF_GREY_FORMATS
-        return FileInfo(height, width, IMAGE_GREY if grey else IMAGE_RGB)
+        return FileInfo(height, width, IMAGE_GREY if grey else IMAGE_RGB, is_deep(mode))
     if fmt == "PNG" and mode in _MODES_16:
         route = MASK_TF16
     elif fmt in _TF_GREY_FORMATS and mode in ("1", "L", "LA", "RGB", "RGBA"):
@@ -154,6 +157,43 @@ def decode_image(path: tf.Tensor, route: tf.Tensor, *, pillow: bool = True) -> t
     return tf.ensure_shape(out, [None, None, None])
 
 
+def normalize(
+    image: tf.Tensor,
+    deep: tf.Tensor | bool,
+    mode: str = "image",
+    intensity_range: tuple[float, float] | None = None,
+) -> tf.Tensor:
+    """Bring a decoded image deeper than 8 bits to [0, 1] (`trainer.data.intensity`).
+
+    Args:
+        image: float32 `[H, W, C]` as decoded (16-bit values divided by 65535).
+        deep: whether the file holds more than 8 bits per sample (`FileInfo.deep`);
+            8-bit images are returned unchanged.
+        mode: the plan's `data.normalization`: `"image"` (each image's 0.5th..99.5th
+            percentile to [0, 1]), `"dataset"` (`intensity_range`, raw values) or
+            `"none"`.
+        intensity_range: `(low, high)` raw values, for `"dataset"`.
+    """
+    if mode == "none":
+        return image
+    if mode == "dataset":
+        if intensity_range is None:
+            raise ValueError("normalization 'dataset' needs data.intensity_range")
+        lo = tf.constant(intensity_range[0] / 65535.0, tf.float32)
+        hi = tf.constant(intensity_range[1] / 65535.0, tf.float32)
+    else:
+        flat = tf.reshape(image, [-1])
+        step = tf.maximum(tf.size(flat) // SAMPLE_PIXELS, 1)
+        ordered = tf.sort(flat[::step])
+        last = tf.cast(tf.size(ordered) - 1, tf.float32)
+        lo = ordered[tf.cast(tf.round(last * LOW_PERCENTILE / 100.0), tf.int32)]
+        hi = ordered[tf.cast(tf.round(last * HIGH_PERCENTILE / 100.0), tf.int32)]
+    span = tf.maximum(hi - lo, 1e-7)
+    stretched = tf.clip_by_value((image - lo) / span, 0.0, 1.0)
+    out = tf.where(tf.cast(deep, tf.bool), stretched, image)
+    return tf.ensure_shape(out, [None, None, None])
+
+
 def as_rgb(image: tf.Tensor) -> tf.Tensor:
     """`[..., 1]` or `[..., 3]` -> `[..., 3]` (grey replicated)."""
     return tf.broadcast_to(image, tf.concat([tf.shape(image)[:-1], [3]], axis=0))
@@ -204,10 +244,20 @@ def to_classes(raw: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
 # -- eager helpers for evaluate / predict --------------------------------------------
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """One image as float32 `[H, W, 3]` in [0, 1], decoded exactly as in training."""
+def load_image(
+    path: str | os.PathLike,
+    normalization: str = "image",
+    intensity_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """One image as float32 `[H, W, 3]` in [0, 1], decoded and normalised as in training.
+
+    Args:
+        path: the image file.
+        normalization, intensity_range: the plan's `data` fields (`normalize`).
+    """
     info = inspect_image(path)
     out = decode_image(tf.constant(str(path)), tf.constant(info.route))
+    out = normalize(out, info.deep, normalization, intensity_range)
     return as_rgb(out).numpy()
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from trainer.data.filecache import DataCache, stat_key
 from trainer.data.pairs import find_pairs
 
 _CHUNK = 1 << 20
@@ -59,8 +60,16 @@ def hash_file(path: str | os.PathLike) -> tuple[int, str]:
     return st.st_size, h.hexdigest()
 
 
-def dataset_digest(root: str | os.PathLike, images: str = "images", masks: str = "masks") -> str:
-    """Recompute the scan's digest of the dataset at `root` (reads every file once).
+def dataset_digest(
+    root: str | os.PathLike, images: str = "images", masks: str = "masks", *, cache: bool = True
+) -> str:
+    """Recompute the scan's digest of the dataset at `root`.
+
+    Args:
+        root, images, masks: the dataset.
+        cache: reuse content hashes of files whose `stat` is unchanged since an earlier
+            call (`trainer.data.filecache`), so a resume or a step-down reads no file;
+            `False`: read every file.
 
     Raises:
         DataError: `root` or one of its folders does not exist.
@@ -69,9 +78,22 @@ def dataset_digest(root: str | os.PathLike, images: str = "images", masks: str =
     found = find_pairs(root, images, masks)
     files = [f for p in found.pairs for f in (p.image, p.mask)]
     files += found.unpaired_images + found.unpaired_masks + found.duplicates
+    known = DataCache.open(root, images, masks) if cache else DataCache.disabled()
+
+    def one(path: Path) -> tuple[int, str]:
+        key = stat_key(path)
+        sha = known.get(path, "sha256", key)
+        if sha is not None:
+            return key[0], sha
+        size, sha = hash_file(path)
+        if sha and stat_key(path) == key:
+            known.put(path, "sha256", key, sha)
+        return size, sha
+
     # hashlib releases the GIL on large buffers: threads overlap reading and hashing.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        sums = list(pool.map(hash_file, files))
+        sums = list(pool.map(one, files))
+    known.save()
     return digest_entries(
         (Path(os.path.relpath(f, root)).as_posix(), size, sha)
         for f, (size, sha) in zip(files, sums, strict=True)

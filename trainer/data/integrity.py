@@ -21,6 +21,7 @@ exactly as training does; the trainer calls it only after such a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -32,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageChops
 
+from trainer.data.filecache import DataCache, stat_key
+from trainer.data.masks import MAX_CLASSES, class_values_from_histogram
 from trainer.data.pairs import Pair
 from trainer.errors import DataError
 
@@ -129,6 +133,9 @@ def check_whole(im: Image.Image, src: Path | bytes) -> bool:
     width, height = im.size
     if width * height > MAX_PIXELS:
         raise ImageProblem(_too_large(f"{height}x{width} ({width * height / 1e6:.0f} Mpx)"))
+    problem = layout_problem(im)
+    if problem is not None:
+        raise ImageProblem(problem)
     if im.format == "PNG":
         im.verify()  # chunk CRCs up to IEND, no decompression
         return False
@@ -136,6 +143,36 @@ def check_whole(im: Image.Image, src: Path | bytes) -> bool:
         return False  # a full decode would cost about 10x more
     im.load()  # rarer formats (or a JPEG without its end marker): the decoder judges
     return True
+
+
+def layout_problem(im: Image.Image) -> str | None:
+    """Pages or channels fitplan would not read, or `None` (nothing is dropped silently).
+
+    Training reads one 2-D image per file with 1 (grey) or 3 (RGB) channels; an alpha
+    channel (PNG's LA/RGBA, a TIFF whose extra sample is marked as alpha) is dropped,
+    which is what alpha is for. Refused, naming what is there:
+    - more than one page or frame (multi-page TIFF, animated GIF/PNG): the decoders read
+      the first only;
+    - a TIFF with more samples per pixel than Pillow's mode holds: a 2-channel TIFF
+      whose second sample is not marked alpha is read by Pillow as grey (`L`), a
+      4-sample one as RGB, so a real channel would vanish.
+    """
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1 and im.format in ("TIFF", "GIF", "PNG"):
+        return (
+            f"{frames} pages/frames: fitplan trains on one 2-D image per file and would "
+            f"read only the first; save each page (or channel) as its own file"
+        )
+    if im.format == "TIFF":
+        samples = int(im.tag_v2.get(277, 1))  # SamplesPerPixel
+        bands = len(im.getbands())
+        if samples > bands:
+            return (
+                f"{samples} channels per pixel, read as {im.mode} ({bands}): "
+                f"{samples - bands} would be dropped (not marked as alpha); fitplan uses grey "
+                f"(1) or RGB (3) channels: save the channels to train on as grey or RGB"
+            )
+    return None
 
 
 def problem_of(exc: Exception) -> str:
@@ -185,19 +222,91 @@ def _too_large(what: str) -> str:
     )
 
 
-def _check_pair(pair: Pair) -> tuple[FileInfo, FileInfo] | Excluded:
+def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
+    """Count the values of a mask (index = value), or say why it is not a label map.
+
+    The label plane is: the grey band of L/LA/I;16 masks, the palette index of P
+    masks, 0/255 for 1-bit masks, and the red band of RGB/RGBA masks whose bands
+    are equal (epfl-em stores grey masks as RGBA). A colour mask, or one with more
+    than `MAX_CLASSES` well-populated levels (a photo), is not a label map.
+    """
+    mode = im.mode
+    if mode in ("RGB", "RGBA"):
+        r, g, b = im.getchannel(0), im.getchannel(1), im.getchannel(2)
+        if ImageChops.difference(r, g).getbbox() or ImageChops.difference(r, b).getbbox():
+            return None, (
+                "not a label map: a colour image (R, G, B differ), e.g. a photo or a "
+                "colour-coded mask; save one grey value per class (0/255, or 0, 1, 2...)"
+            )
+        hist = np.asarray(r.histogram(), dtype=np.int64)
+    elif mode in ("L", "LA", "P", "PA", "1"):
+        hist = np.asarray(im.getchannel(0).histogram()[:256], dtype=np.int64)
+    elif mode.startswith("I") or mode == "F":
+        arr = np.asarray(im)
+        if mode == "F" and not np.all(arr == np.floor(arr)):
+            return None, "not a label map: floating-point values that are not integers"
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            return None, "not a label map: values outside 0..65535"
+        hist = np.bincount(arr.astype(np.int64).ravel(), minlength=256)
+    else:
+        return None, f"not a label map: unsupported mode {mode}; save it as grey (L)"
+    levels = class_values_from_histogram(hist)
+    if len(levels) > MAX_CLASSES:
+        return None, (
+            f"not a label map: {len(levels)} well-populated grey levels (a photo, or a "
+            f"heavily compressed JPEG); save one value per class"
+        )
+    return hist, None
+
+
+def label_map_problem(path: Path) -> str | None:
+    """Why the mask at `path` is not a label map (`mask_histogram`), or `None`.
+
+    Decodes the mask (masks are small next to their images); training excludes such a
+    pair as `fitplan scan` does, with or without `data.mask_values` (a photo among the
+    masks used to be trained with its grey levels mapped to the nearest class).
+    """
+    try:
+        with open_header(path) as im:
+            im.load()
+            return mask_histogram(im)[1]
+    except Exception as exc:  # noqa: BLE001  (a hostile file: name it, go on)
+        return problem_of(exc)
+
+
+def _check_file(path: Path, mask: bool, cache: DataCache) -> FileInfo | str:
+    """`path`'s header facts, or why it cannot be trained on; cached by its `stat`."""
     # Imported here: `decode` imports TensorFlow, and the scan (in the planner's parent
     # process, which never loads TensorFlow) imports this module for the rule above.
-    from trainer.data.decode import inspect_image
+    from trainer.data.decode import FileInfo, inspect_image
 
-    for path in (pair.image, pair.mask):
-        problem = file_problem(path)
-        if problem is not None:
-            return Excluded(pair, path, problem)
-    try:
-        image, mask = inspect_image(pair.image), inspect_image(pair.mask, mask=True)
-    except DataError as exc:  # the file changed between the two opens
-        return Excluded(pair, pair.image, str(exc))
+    kind = "mask" if mask else "image"
+    key = stat_key(path)
+    hit = cache.get(path, kind, key)
+    if hit is not None:
+        return FileInfo(*hit["info"]) if "info" in hit else hit["problem"]
+    problem = file_problem(path)
+    info = None
+    if problem is None:
+        try:
+            info = inspect_image(path, mask=mask)
+        except DataError as exc:  # the file changed between the two opens
+            problem = str(exc)
+    if problem is None and mask:
+        problem = label_map_problem(path)
+    if stat_key(path) == key:  # unchanged while it was read: the verdict holds for `key`
+        entry = {"problem": problem} if problem else {"info": list(dataclasses.astuple(info))}
+        cache.put(path, kind, key, entry)
+    return problem if problem else info
+
+
+def _check_pair(pair: Pair, cache: DataCache) -> tuple[FileInfo, FileInfo] | Excluded:
+    image = _check_file(pair.image, False, cache)
+    if isinstance(image, str):
+        return Excluded(pair, pair.image, image)
+    mask = _check_file(pair.mask, True, cache)
+    if isinstance(mask, str):
+        return Excluded(pair, pair.mask, mask)
     if (image.height, image.width) != (mask.height, mask.width):
         return Excluded(
             pair,
@@ -209,16 +318,23 @@ def _check_pair(pair: Pair) -> tuple[FileInfo, FileInfo] | Excluded:
 
 
 def check_pairs(
-    pairs: list[Pair],
+    pairs: list[Pair], cache: DataCache | None = None
 ) -> tuple[list[Pair], dict[Pair, tuple[FileInfo, FileInfo]], list[Excluded]]:
-    """Check every pair's files.
+    """Check every pair's files (`file_problem`, the header, and for masks `label_map_problem`).
+
+    Args:
+        pairs: the pairs to check.
+        cache: verdicts kept from an earlier start (`trainer.data.filecache`); files
+            whose `stat` is unchanged are not read again. `None`: read everything.
 
     Returns:
         `(good pairs in input order, {pair: (image info, mask info)} for them, excluded)`.
     """
+    cache = cache or DataCache.disabled()
     # Opens and CRC walks wait on the disk with the GIL released: threads overlap them.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(_check_pair, pairs))
+        results = list(pool.map(lambda p: _check_pair(p, cache), pairs))
+    cache.save()
     good, infos, excluded = [], {}, []
     for pair, result in zip(pairs, results, strict=True):
         if isinstance(result, Excluded):
@@ -260,6 +376,9 @@ __all__ = [
     "check_whole",
     "file_problem",
     "find_undecodable",
+    "layout_problem",
+    "label_map_problem",
+    "mask_histogram",
     "open_header",
     "os_problem",
     "problem_of",

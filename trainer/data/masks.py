@@ -164,3 +164,25 @@ def class_fields(classes: dict[int, str | None]) -> dict[str, object]:
     values = sorted(classes)
     names = [classes[v] or f"class {i}" for i, v in enumerate(values)]
     return {"mask_values": values, "class_names": names if any(classes.values()) else None}
+
+
+def trained_ignore(setting: int | None, mask_values: list[int] | tuple[int, ...]) -> int | None:
+    """The ignore value a finished run trained with, from its plan and class values.
+
+    A plan from the planner states it (`-1`: none). A hand-written plan without one had
+    it inferred at start-up: 255 when it is not a class and the classes are a small
+    index set (`default_ignore_index` with 255 present), which is what this returns.
+    """
+    if setting is not None:
+        return None if setting < 0 else setting
+    values = list(mask_values)
+    if VOC_IGNORE in values:
+        return None
+    return default_ignore_index([*values, VOC_IGNORE])
+
+
+def class_names(names: list[str] | tuple[str, ...] | None, k: int) -> list[str]:
+    """The plan's class names, or `class 0` .. `class k-1` where it has none."""
+    if names is not None and len(names) == k:
+        return list(names)
+    return [f"class {i}" for i in range(k)]

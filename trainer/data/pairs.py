@@ -7,6 +7,12 @@ extension, equals the image's (``images/a/x.png`` with ``masks/a/x.png`` or
 and fitplan's own temporary files are skipped; symlinked files are followed,
 symlinked folders are not (no loops). When images and masks share one folder,
 files with a mask suffix are masks and the rest are images.
+
+nnU-Net's layout pairs too: an image named with its channel index, `case_0000.png`,
+pairs with the mask `case.png`, and a dataset root holding `imagesTr/` and `labelsTr/`
+(and no `images/`) uses them when the default folder names are asked for. Only the
+first channel (`_0000`) is an image: `case_0001.png` and up are further channels of
+a multi-channel case, which fitplan does not combine; they are listed as unpaired.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from trainer.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 MASK_SUFFIXES = ("_mask", "-mask", "_masks", "_seg", "_label", "_labels", "_gt")
+# nnU-Net: channel 0 of a case (`case_0000`) pairs with the mask `case`.
+NNUNET_CHANNEL = "_0000"
+NNUNET_FOLDERS = ("imagesTr", "labelsTr")
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,9 @@ def resolve_folders(root: str | os.PathLike, images: str, masks: str) -> tuple[P
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     img_dir, mask_dir = root / images, root / masks
+    nn_img, nn_mask = (root / f for f in NNUNET_FOLDERS)
+    if (images, masks) == ("images", "masks") and not img_dir.is_dir() and nn_img.is_dir():
+        img_dir, mask_dir = nn_img, nn_mask  # an nnU-Net raw dataset (docstring)
     if not img_dir.is_dir():
         subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DataError(
@@ -123,6 +135,8 @@ def find_pairs(root: str | os.PathLike, images: str = "images", masks: str = "ma
             continue
         seen_keys.add(key)
         m = masks_by_key.get(key)
+        if m is None and key.endswith(NNUNET_CHANNEL):
+            m = masks_by_key.get(key[: -len(NNUNET_CHANNEL)])
         if m is None:
             result.unpaired_images.append(img)
         else:

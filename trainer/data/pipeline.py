@@ -12,6 +12,7 @@ few decoded images at a time, so memory does not grow with the dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,12 @@ from trainer.data.decode import (
     load_image,
     load_mask,
     mask_lut,
+    normalize,
     to_classes,
 )
+from trainer.data.filecache import DataCache
 from trainer.data.integrity import check_pairs
+from trainer.data.intensity import dataset_range
 from trainer.data.pairs import Pair, find_pairs
 from trainer.data.splits import (
     crops_for,
@@ -106,6 +110,7 @@ class _Meta:
     pairs: list[Pair]
     image_route: list[int]
     mask_route: list[int]
+    deep: list[bool]  # image holds more than 8 bits per sample (normalised)
     height: list[int]  # size the pair is decoded to (image_scale, then any upsizing)
     width: list[int]
 
@@ -115,6 +120,7 @@ class _Meta:
             "mask": tf.constant([str(p.mask) for p in self.pairs]),
             "image_route": tf.constant(self.image_route, tf.int32),
             "mask_route": tf.constant(self.mask_route, tf.int32),
+            "deep": tf.constant(self.deep, tf.bool),
             "height": tf.constant(self.height, tf.int32),
             "width": tf.constant(self.width, tf.int32),
         }
@@ -124,7 +130,7 @@ def _inspect(
     pairs: list[Pair], infos: dict[Pair, tuple[FileInfo, FileInfo]], scale: float, tile
 ) -> _Meta:
     """Sizes at `scale` (from checked headers); with a `tile`, brought up to fit it (`work_size`)."""
-    meta = _Meta(pairs, [], [], [], [])
+    meta = _Meta(pairs, [], [], [], [], [])
     for p in pairs:
         img, mask = infos[p]
         if tile is None:
@@ -133,6 +139,7 @@ def _inspect(
             h, w = work_size(img.height, img.width, scale, tile)
         meta.image_route.append(img.route)
         meta.mask_route.append(mask.route)
+        meta.deep.append(img.deep)
         meta.height.append(h)
         meta.width.append(w)
     return meta
@@ -161,7 +168,9 @@ def _find(
             hint=f"{len(found.unpaired_images)} images and {len(found.unpaired_masks)} masks "
             f"without a partner in {data.masks}; masks must share the image's name",
         )
-    pairs, infos, excluded = check_pairs(found.pairs)
+    # Verdicts of files unchanged since the last start are reused: a resume or a
+    # step-down reads no file contents here (trainer.data.filecache).
+    pairs, infos, excluded = check_pairs(found.pairs, DataCache.open(root, data.images, data.masks))
     for bad in excluded:
         _warn(str(bad))
     if not pairs:
@@ -203,13 +212,15 @@ def _warn(message: str) -> None:
 # -- datasets ------------------------------------------------------------------------------
 
 
-def _loader(meta: _Meta, lut: tf.Tensor):
+def _loader(meta: _Meta, lut: tf.Tensor, data: DataSpec):
     t = meta.tensors()
+    mode = data.normalization if any(meta.deep) else "none"  # 8-bit sets: no graph ops
     pil_image = IMAGE_PIL in meta.image_route
     pil_mask = MASK_PIL in meta.mask_route
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = decode_image(t["image"][i], t["image_route"][i], pillow=pil_image)
+        image = normalize(image, t["deep"][i], mode, data.intensity_range)
         raw = decode_mask_raw(t["mask"][i], t["mask_route"][i], pillow=pil_mask)
         mask = to_classes(raw, lut)
         size = tf.stack([t["height"][i], t["width"][i]])
@@ -229,7 +240,7 @@ def _train_dataset(
     meta: _Meta, lut: tf.Tensor, crops: list[int], plan: Plan, steps: int, batch: int
 ) -> tf.data.Dataset:
     n, seed = len(meta.pairs), plan.seed
-    load = _loader(meta, lut)
+    load = _loader(meta, lut, plan.data)
     crops_t = tf.constant(crops, tf.int64)
     # One seed per decoded image, attached before any parallel step: a crop's content
     # then depends on the seed alone, never on which worker finished first.
@@ -295,7 +306,7 @@ def _val_dataset(
     batch: int,
 ) -> tf.data.Dataset:
     th, tw = plan.input_size
-    load = _loader(meta, lut)
+    load = _loader(meta, lut, plan.data)
     corners = tf.constant(tiles[0], tf.int32, shape=[len(tiles[0]), 4])
     first = tf.constant(tiles[1], tf.int32)
     ds = tf.data.Dataset.range(len(meta.pairs)).map(
@@ -358,6 +369,15 @@ def build_datasets(
     train_meta = _inspect(train_pairs, infos, data.image_scale, None)
     val_meta = _inspect(val_pairs, infos, data.image_scale, size) if val_pairs else None
     mask_values, ignore = _labels(data, train_pairs, root)
+    if data.normalization == "dataset" and data.intensity_range is None:
+        measured = dataset_range([p.image for p in train_pairs])
+        _warn(
+            f"data.normalization is 'dataset' without data.intensity_range: measured "
+            f"{measured} from the training images; write it into the plan so evaluation "
+            f"and prediction use the same range (fitplan plan --normalize dataset does)"
+        )
+        data = dataclasses.replace(data, intensity_range=measured)
+        plan = dataclasses.replace(plan, data=data)
     if data.classes is not None and data.classes != len(mask_values):
         raise DataError(
             f"{Path(root) / data.masks}: masks hold {len(mask_values)} class values "

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.data.masks import class_names, trained_ignore
 from trainer.data.pairs import find_pairs
 from trainer.errors import DataError
 from trainer.use.inference import LoadedRun, check_run_dir, load_run, read_image, read_mask
@@ -104,17 +105,22 @@ def evaluate(
     run = run or load_run(run_dir)
     k = run.num_classes
     mask_values = run.mask_values or infer_run_mask_values(found.pairs, k)
+    # Pixels at the ignore value (VOC's 255 border) count in no class, as in training.
+    ignore = trained_ignore(run.plan.data.ignore_index, mask_values)
+    names = class_names(run.plan.data.class_names, k)
     cm = np.zeros((k, k), np.int64)
     per_image: list[tuple[float, float]] = []
     for i, pair in enumerate(found.pairs):
-        image = read_image(pair.image)
-        true = read_mask(pair.mask, mask_values)
+        image = read_image(pair.image, run.plan.data)
+        true = read_mask(pair.mask, mask_values, ignore)
         if true.shape != image.shape[:2]:
             raise DataError(
                 f"{pair.mask}: mask is {true.shape[1]}x{true.shape[0]} but its image "
                 f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
             )
-        img_cm = confusion(true, run.predict_classes(image), k)
+        pred = run.predict_classes(image)
+        keep = true != ignore if ignore is not None else slice(None)
+        img_cm = confusion(true[keep], pred[keep], k)
         cm += img_cm
         scores = class_scores(img_cm)[1:]
         per_image.append((_mean([s["dice"] for s in scores]), _mean([s["iou"] for s in scores])))
@@ -123,7 +129,8 @@ def evaluate(
 
     scores = class_scores(cm)
     per_class = [
-        {"class": c, "value": int(mask_values[c]), **s, "pixels": int(cm[c].sum())}
+        {"class": c, "name": names[c], "value": int(mask_values[c]), **s}
+        | {"pixels": int(cm[c].sum())}
         for c, s in enumerate(scores)
     ]
     fg = per_class[1:]
@@ -140,6 +147,8 @@ def evaluate(
         "per_image_iou_mean": _mean([j for _, j in per_image]),
         "per_class": per_class,
         "mask_values": [int(v) for v in mask_values],
+        "class_names": names,
+        "ignore_index": ignore,
         "averaging": "pixels of the whole set; means over foreground classes 1..K-1",
         "seconds": round(time.monotonic() - t0, 2),
     }

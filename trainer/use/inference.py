@@ -24,7 +24,7 @@ import numpy as np
 from trainer.data.pairs import list_images
 from trainer.data.splits import work_size
 from trainer.errors import DataError, RunDirError
-from trainer.plan import Plan, load_plan
+from trainer.plan import DataSpec, Plan, load_plan
 from trainer.use.tiling import DEFAULT_OVERLAP, resize, sliding_window, to_classes
 
 
@@ -77,26 +77,36 @@ class LoadedRun:
         return to_classes(self.predict_proba(image, overlap=overlap))
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """`trainer.data.decode.load_image`, with a corrupt file as a `DataError` naming it."""
+def read_image(path: str | Path, data: DataSpec | None = None) -> np.ndarray:
+    """`trainer.data.decode.load_image`, with a corrupt file as a `DataError` naming it.
+
+    `data`: the run's plan `data`, whose `normalization` and `intensity_range` bring
+    images deeper than 8 bits to [0, 1] as in training; `None`: the default rule.
+    """
     import tensorflow as tf
 
     from trainer.data.decode import load_image
 
+    norm = (data.normalization, data.intensity_range) if data is not None else ("image", None)
     try:
-        return load_image(path)
+        return load_image(path, *norm)
     except tf.errors.OpError as exc:
         raise DataError(f"{path}: cannot decode image ({exc.message.splitlines()[0]})") from exc
 
 
-def read_mask(path: str | Path, mask_values: tuple[int, ...]) -> np.ndarray:
-    """`trainer.data.decode.load_mask`, with a corrupt file as a `DataError` naming it."""
+def read_mask(
+    path: str | Path, mask_values: tuple[int, ...], ignore: int | None = None
+) -> np.ndarray:
+    """`trainer.data.decode.load_mask`, with a corrupt file as a `DataError` naming it.
+
+    `ignore`: raw value kept as itself (pixels to leave out of the scores), or `None`.
+    """
     import tensorflow as tf
 
     from trainer.data.decode import load_mask
 
     try:
-        return load_mask(path, mask_values)
+        return load_mask(path, mask_values, ignore)
     except tf.errors.OpError as exc:
         raise DataError(f"{path}: cannot decode mask ({exc.message.splitlines()[0]})") from exc
 
@@ -217,7 +227,7 @@ def sample_crops(
     images = []
     for f in picks:
         try:
-            img = read_image(f)
+            img = read_image(f, run.plan.data)
         except DataError:
             continue  # a broken training image must not block an export
         h, w = img.shape[:2]

@@ -155,7 +155,7 @@ def predict(
         run = run or load_run(run_dir)
     for i, (src, name) in enumerate(items):
         try:
-            image = read_image(src)
+            image = read_image(src, run.plan.data)
             classes = run.predict_classes(image)
             target = out / f"{name}.png"
             write_bytes(target, encode_mask(classes, run.num_classes))
