@@ -245,7 +245,7 @@ def train(
     extra = _user_callbacks(callbacks or [])  # before any training: a bad module is a usage error
     if auto is not None:
         opts = planner_kwargs(*[planning[k] for k in _PLANNER_KEYS]) | {"data_options": labels}
-        budgets = (opts, not no_cache, max_epochs, max_steps, settings or [])
+        budgets = (opts, not no_cache, max_epochs, max_steps, settings or [], callbacks or [])
         _train_auto(auto, out, val, images or "images", masks or "masks", budgets, extra, json_out)
         return
 
@@ -261,7 +261,7 @@ def train(
         p = apply_settings(p, settings)
     steps = p.micro_batch * p.replicas
     progress = RichProgress(epochs=max_epochs or p.epochs, console=err, images_per_step=steps)
-    with _fresh_process_on_step_down(data, val, json_out):
+    with _fresh_process_on_step_down(data, val, json_out, callbacks or []):
         try:
             if resume is not None:
                 result = fit.resume(
@@ -307,7 +307,9 @@ def _user_callbacks(specs: list[str]) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _fresh_process_on_step_down(data: Path | None, val: Path | None, json_out: bool):
+def _fresh_process_on_step_down(
+    data: Path | None, val: Path | None, json_out: bool, callbacks: list[str] = ()
+):
     """A GPU step-down (`trainer.train.stepdown`): go on as `train --resume RUN`, exec'd."""
     from trainer.train.stepdown import RestartRequired
 
@@ -315,6 +317,7 @@ def _fresh_process_on_step_down(data: Path | None, val: Path | None, json_out: b
         yield
     except RestartRequired as exc:
         extra = [*(["--data", str(data)] if data else []), *(["--val", str(val)] if val else [])]
+        extra += [a for spec in callbacks for a in ("--callbacks", spec)]  # not in plan.json
         argv = [sys.executable, "-m", "planner", "train", "--resume", str(exc.run_path), *extra]
         argv += ["--json"] if json_out else []
         err.print(f"{exc.message}; resuming {exc.run_path}", highlight=False, markup=False)
@@ -328,13 +331,14 @@ def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None
     from planner.app.cli_options import apply_settings
     from trainer.train.progress import RichProgress
 
-    plan_options, use_cache, max_epochs, max_steps, settings = budgets
+    plan_options, use_cache, max_epochs, max_steps, settings, callback_specs = budgets
     progress = RichProgress(epochs=max_epochs or 0, console=err)  # epochs known once planned
 
     def log(line: str) -> None:
         err.print(line, highlight=False, markup=False)
 
-    with _fresh_process_on_step_down(None, None, json_out), contextlib.ExitStack() as stack:
+    restart = _fresh_process_on_step_down(None, None, json_out, callback_specs)
+    with restart, contextlib.ExitStack() as stack:
         stack.callback(progress.close)
         result, trained = auto_train(
             data,

@@ -90,6 +90,8 @@ def export(
     json_out: JsonOpt = False,
 ) -> None:
     """Export the best model; checks it predicts like the trained model and prints its size."""
+    if quantize is not None and fmt != "tflite":
+        raise typer.BadParameter(f"--quantize applies to --format tflite only (got {fmt})")
     from planner.app.use_views import export_line
     from trainer.use.export import export as export_run
 

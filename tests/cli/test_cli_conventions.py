@@ -66,6 +66,7 @@ _CASES = [
     ["train", "--plan", "{plan}", "--out-dir", "{tmp}/r", "--out", "{tmp}/r3"],
     ["export", "{tmp}/r", "--format", "onnx"],
     ["export", "{tmp}/r", "--format", "tflite", "--quantize", "int4"],
+    ["export", "{tmp}/r", "--quantize", "float16"],
     ["predict", "{tmp}/r", "{data}"],
 ]
 
@@ -210,3 +211,16 @@ def test_auto_takes_the_planners_options_and_honours_max_epochs_set_and_callback
     assert ran["epochs"] == 1 and ran["steps_per_epoch"] == 1
     assert ran["lr_schedule"]["patience"] == 1
     assert (tmp_path / "called").read_text() == "0"
+
+
+def test_every_visible_option_and_argument_has_help():
+    from typer.main import get_command
+
+    root = get_command(app)
+    bare = [
+        f"{name} {param.opts}"
+        for name, command in {"": root, **root.commands}.items()
+        for param in command.params
+        if not getattr(param, "hidden", False) and not getattr(param, "help", None)
+    ]
+    assert bare == []
