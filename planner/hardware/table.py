@@ -24,7 +24,9 @@ def probe_table(report: dict) -> RenderableType:
         Text.assemble(
             ("budget  ", "bold green"),
             f"{fmt_bytes(budget['bytes'])} on {budget['device']} "
-            f"({budget['device_name'] or '?'}, {budget['tf_device']})\n",
+            f"({budget['device_name'] or '?'}, {budget['tf_device']}"
+            + "".join(f", {u}" for u in budget.get("device_uuids") or ())
+            + ")\n",
             ("        ", ""),
             budget["derivation"],
             "\n",

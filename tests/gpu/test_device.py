@@ -209,3 +209,14 @@ def test_the_trial_childs_nvml_cross_check_reads_its_own_gpu(clean_env):
     nvml.gpus[1].procs = [me]
     clean_env.setenv("CUDA_VISIBLE_DEVICES", B)  # as the planner pins a child
     assert _nvml_process_bytes(nvml) == 3 * GiB
+
+
+def test_the_probe_table_names_the_budgeted_gpu_by_uuid(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    report = hardware.probe(tmp_path, with_tensorflow=False, nvml=two_gpus(), env={})
+    out = io.StringIO()
+    Console(width=200, file=out).print(hardware.probe_table(report))
+    assert f"/GPU:1, {B})" in out.getvalue()
