@@ -216,6 +216,8 @@ def test_train_on_messy_data_warns_by_name_and_trains(messy, tmp_path):
         "metrics.json",
         "plan.json",
         "state.json",
+        "tensorboard",
+        "train.log",
     ]
 
 
