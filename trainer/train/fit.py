@@ -10,9 +10,7 @@ runs out of memory (accumulation doubles, so the effective batch is kept).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,7 +30,6 @@ from trainer.train.callbacks import (
     RunCheckpointer,
     Throughput,
     WallClock,
-    peak_memory_bytes,
 )
 from trainer.train.distribute import (
     get_strategy,
@@ -49,12 +46,11 @@ from trainer.train.run_dir import RunDir
 from trainer.train.schedule import deadline_schedule, schedule_kind, stopping_callbacks
 from trainer.train.setup import build_model_for_plan, compile_model
 from trainer.train.tracking import (
-    TENSORBOARD_DIR,
-    TRAIN_LOG,
     EpochLog,
     print_progress,
     run_log,
-    software_versions,
+    run_summary,
+    start_line,
     tensorboard_callback,
 )
 from trainer.train.tracking import log as run_logger
@@ -117,12 +113,12 @@ def train(
         run = RunDir.create(folder, plan)
         try:
             with run_log(run.path), print_progress(progress):
-                run_logger.info(_start_line(plan, run.path, bundle))
+                run_logger.info(start_line(plan, run.path, bundle))
                 result = _train_with_stepdown(
                     run, plan, bundle, None, callbacks, started_at, step_down=step_down
                 )
         except BaseException:
-            _remove_if_no_epoch(run)
+            run.remove_if_no_epoch()
             raise
     result.run_dir = Path(out)
     return result
@@ -184,15 +180,6 @@ def _apply_overrides(plan, data_path, val_path, max_epochs, max_steps) -> Plan:
     if max_steps is not None:
         changes["steps_per_epoch"] = max_steps
     return plan.replace(**changes)
-
-
-def _start_line(plan: Plan, path: Path, bundle) -> str:
-    return (
-        f"training {plan.backbone} {plan.input_size[0]}x{plan.input_size[1]} into {path}: "
-        f"micro-batch {plan.micro_batch} x {plan.accumulation_steps} accumulation, "
-        f"{plan.precision}, {plan.epochs} epochs, {len(bundle.train_pairs)} training and "
-        f"{len(bundle.val_pairs)} validation pairs"
-    )
 
 
 def _prepare_device_for_run(out: str | Path) -> GpuSetup | None:
@@ -407,7 +394,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
         with warnings.catch_warnings():  # optimizer slots of another phase: irrelevant here
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(run.best_path))
-    metrics = _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor)
+    metrics = run_summary(plan, bundle, state, throughput, stopped_by, steps, monitor)
     metrics["lr_schedule"] = schedule_kind(plan)
     if lr_deadline is not None:  # when plateau early stopping would have ended it
         metrics["optimizer_updates"] = lr_deadline.updates
@@ -417,55 +404,3 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
 
     # Trained on logits (the loss takes them); callers get probabilities, as inference does.
     return TrainResult(run.path, metrics, with_probabilities(model), plan)
-
-
-def _metrics(plan, bundle, state, throughput, stopped_by, steps, monitor) -> dict[str, Any]:
-    history = state.get("history", [])
-    best_epoch = state.get("best_epoch")
-    best_row = next((r for r in history if r.get("epoch") == best_epoch), {})
-    val_dices = [r["val_dice"] for r in history if "val_dice" in r]
-    peak = max([peak_memory_bytes()] + [int(r.get("peak_memory_bytes", 0)) for r in history])
-    prediction = plan.prediction or {}
-    return {
-        "best_val_dice": best_row.get("val_dice"),
-        "max_val_dice": max(val_dices) if val_dices else None,
-        "best_val_iou": best_row.get("val_iou"),
-        "best_epoch": best_epoch,
-        "monitor": monitor,
-        "best_value": state.get("best_value"),
-        "epochs": int(state.get("epochs_done", 0)),
-        "stopped_by": stopped_by,
-        "wall_time_s": round(float(state.get("wall_time_s", 0.0)), 2),
-        "images_per_s": round(throughput.images_per_s, 3),
-        "peak_memory_bytes": int(peak),
-        "predicted_peak_bytes": prediction.get("peak_bytes"),
-        "steps_per_epoch": steps,
-        "train_pairs": len(bundle.train_pairs),
-        "val_pairs": len(bundle.val_pairs),
-        "num_classes": bundle.num_classes,
-        "mask_values": list(bundle.mask_values),  # evaluate maps masks as training did
-        "micro_batch": plan.micro_batch,
-        "accumulation_steps": plan.accumulation_steps,
-        "effective_batch": plan.effective_batch,
-        "strategy": plan.strategy,
-        "replicas": plan.replicas,
-        "precision": plan.precision,
-        "backbone": plan.backbone,
-        "input_size": list(plan.input_size),
-        "adjustments": state.get("adjustments", []),
-        "versions": software_versions(),
-    }
-
-
-def _remove_if_no_epoch(run: RunDir) -> None:
-    """A run that failed before its first epoch leaves nothing behind (no half-built folder)."""
-    if run.state_path.exists():
-        return
-    with contextlib.suppress(OSError):
-        run.plan_path.unlink(missing_ok=True)
-        (run.path / TRAIN_LOG).unlink(missing_ok=True)
-        shutil.rmtree(run.path / TENSORBOARD_DIR, ignore_errors=True)
-        for p in run.path.glob(".*.tmp*"):
-            p.unlink(missing_ok=True)
-        if run.path.exists() and not any(run.path.iterdir()):
-            shutil.rmtree(run.path)

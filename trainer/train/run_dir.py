@@ -7,7 +7,9 @@ Layout (docs/runs.md):
     RUN/history.csv            one row per epoch
     RUN/best.weights.h5        best weights by the plan's monitor
     RUN/last-eNNNN.weights.h5  weights + optimizer state after epoch NNNN (resume)
-    RUN/metrics.json           the final summary
+    RUN/metrics.json           the final summary (with the software versions)
+    RUN/train.log              every line training printed (`tracking.run_log`)
+    RUN/tensorboard/           TensorBoard event files, one point per epoch
 
 Protocol for `last`: write the new file under a new name (atomically), then
 `state.json` naming it (atomically), then delete the old one. A kill at any point
@@ -20,6 +22,7 @@ names and deletes any other, so the best file always matches `best_epoch`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -45,6 +48,8 @@ SUMMARY_KEYS = (
 )
 
 STATE_VERSION = 1
+TRAIN_LOG = "train.log"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class RunDir:
@@ -73,6 +78,14 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / TRAIN_LOG
+
+    @property
+    def tensorboard_path(self) -> Path:
+        return self.path / TENSORBOARD_DIR
 
     def next_best_path(self, epoch: int) -> Path:
         return self.path / f"best-next-e{epoch:04d}.weights.h5"
@@ -194,6 +207,19 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics_path, metrics)
 
+    def remove_if_no_epoch(self) -> None:
+        """A run that failed before its first epoch leaves nothing behind (no half-built folder)."""
+        if self.state_path.exists():
+            return
+        with contextlib.suppress(OSError):
+            self.plan_path.unlink(missing_ok=True)
+            self.log_path.unlink(missing_ok=True)
+            shutil.rmtree(self.tensorboard_path, ignore_errors=True)
+            for p in self.path.glob(".*.tmp*"):
+                p.unlink(missing_ok=True)
+            if self.path.exists() and not any(self.path.iterdir()):
+                shutil.rmtree(self.path)
+
 
 def _expected_bytes(model: Any, existing: list[Path]) -> int:
     """Bytes a new checkpoint of `model` will take, with a margin for HDF5's metadata.
@@ -247,4 +273,12 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["SUMMARY_KEYS", "RunDir", "history_csv", "read_history", "load_plan"]
+__all__ = [
+    "SUMMARY_KEYS",
+    "TENSORBOARD_DIR",
+    "TRAIN_LOG",
+    "RunDir",
+    "history_csv",
+    "load_plan",
+    "read_history",
+]

@@ -9,6 +9,8 @@
   epoch time and an ETA bounded by the time limit) to the `fitplan` logger.
 - `run_log(run_path)`: while training, everything the `fitplan` logger receives (and
   every `FitplanWarning`) is appended to `RUN/train.log`, flushed per line.
+- `start_line(...)` and `run_summary(...)`: the first line of `train.log` and the
+  summary in `metrics.json`.
 - `software_versions()`: fitplan, TensorFlow, Keras, Python, CUDA/cuDNN (the versions
   TensorFlow was built with) and the device, for `metrics.json`.
 """
@@ -31,11 +33,12 @@ from typing import Any
 import keras
 
 from trainer.errors import FitplanWarning
+from trainer.plan import Plan
+from trainer.train.callbacks import peak_memory_bytes
+from trainer.train.run_dir import TENSORBOARD_DIR, TRAIN_LOG
 from trainer.units import gib
 
 LOGGER_NAME = "fitplan"
-TENSORBOARD_DIR = "tensorboard"
-TRAIN_LOG = "train.log"
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -202,3 +205,60 @@ def _device(tf: Any) -> str:
             names.append(details.get("device_name") or gpu.name)
         return ", ".join(names)
     return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def start_line(plan: Plan, path: Path, bundle: Any) -> str:
+    """The first line of a run's log: what trains, where, at which batch, on how many pairs."""
+    return (
+        f"training {plan.backbone} {plan.input_size[0]}x{plan.input_size[1]} into {path}: "
+        f"micro-batch {plan.micro_batch} x {plan.accumulation_steps} accumulation, "
+        f"{plan.precision}, {plan.epochs} epochs, {len(bundle.train_pairs)} training and "
+        f"{len(bundle.val_pairs)} validation pairs"
+    )
+
+
+def run_summary(
+    plan: Plan,
+    bundle: Any,
+    state: dict[str, Any],
+    throughput: Any,
+    stopped_by: str,
+    steps: int,
+    monitor: str,
+) -> dict[str, Any]:
+    """`metrics.json`: how the run went (docs/runs.md), its batch settings and versions."""
+    history = state.get("history", [])
+    best_epoch = state.get("best_epoch")
+    best_row = next((r for r in history if r.get("epoch") == best_epoch), {})
+    val_dices = [r["val_dice"] for r in history if "val_dice" in r]
+    peak = max([peak_memory_bytes()] + [int(r.get("peak_memory_bytes", 0)) for r in history])
+    prediction = plan.prediction or {}
+    return {
+        "best_val_dice": best_row.get("val_dice"),
+        "max_val_dice": max(val_dices) if val_dices else None,
+        "best_val_iou": best_row.get("val_iou"),
+        "best_epoch": best_epoch,
+        "monitor": monitor,
+        "best_value": state.get("best_value"),
+        "epochs": int(state.get("epochs_done", 0)),
+        "stopped_by": stopped_by,
+        "wall_time_s": round(float(state.get("wall_time_s", 0.0)), 2),
+        "images_per_s": round(throughput.images_per_s, 3),
+        "peak_memory_bytes": int(peak),
+        "predicted_peak_bytes": prediction.get("peak_bytes"),
+        "steps_per_epoch": steps,
+        "train_pairs": len(bundle.train_pairs),
+        "val_pairs": len(bundle.val_pairs),
+        "num_classes": bundle.num_classes,
+        "mask_values": list(bundle.mask_values),  # evaluate maps masks as training did
+        "micro_batch": plan.micro_batch,
+        "accumulation_steps": plan.accumulation_steps,
+        "effective_batch": plan.effective_batch,
+        "strategy": plan.strategy,
+        "replicas": plan.replicas,
+        "precision": plan.precision,
+        "backbone": plan.backbone,
+        "input_size": list(plan.input_size),
+        "adjustments": state.get("adjustments", []),
+        "versions": software_versions(),
+    }
