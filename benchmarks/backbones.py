@@ -40,7 +40,7 @@ def candidates(args: argparse.Namespace) -> list[tuple[str, int]]:
     from planner.search import presets
 
     if args.quick:
-        return [(b, 64) for b in presets.DEFAULT_BACKBONES]
+        return [(b, 128) for b in presets.DEFAULT_BACKBONES]  # fewer test tiles than 64
     backbones = args.backbones.split(",") if args.backbones else presets.DEFAULT_BACKBONES
     sides = [int(s) for s in args.sides.split(",")] if args.sides else presets.DEFAULT_SIDES
     return [(b, s) for b in backbones for s in sides]

@@ -15,7 +15,7 @@ from planner.request import PlanContext, PlanRequest, overhead_estimate
 from planner.scan.labels import label_fields
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
-from planner.search.finetune import freeze_epochs
+from planner.search.finetune import freeze_epochs, plan_weights
 from planner.search.memory_model import VerifyStep
 from trainer.errors import FitplanError
 from trainer.plan import Plan
@@ -56,6 +56,10 @@ def build_plan(
     req, budget = ctx.request, ctx.budget
     c = choice.candidate
     cache, cache_bytes = cache_decision(ctx.fingerprint, choice, budget)
+    # offline without the ImageNet file: from scratch, with a notice (search/finetune.py)
+    weights, normalization, weights_notice = plan_weights(
+        c.backbone, req.weights, choice.micro_batch, choice.normalization
+    )
     raw = {
         "version": 1,
         "backbone": c.backbone,
@@ -63,11 +67,11 @@ def build_plan(
         "micro_batch": choice.micro_batch,
         "accumulation_steps": choice.accumulation_steps,
         "precision": c.precision,
-        "weights": req.weights,
-        "normalization": choice.normalization,
+        "weights": weights,
+        "normalization": normalization,
         "epochs": int(choice.epochs),
         # pretrained: decoder first on the frozen encoder, then fine-tune (search/finetune.py)
-        "freeze_encoder_epochs": freeze_epochs(req.weights, int(choice.epochs)),
+        "freeze_encoder_epochs": freeze_epochs(weights, int(choice.epochs)),
         # counted from the start of planning under --auto
         "time_limit_s": float(req.budget_time_s) if req.budget_time_s is not None else None,
         "data": _data(req, ctx.fingerprint, cache),
@@ -88,6 +92,8 @@ def build_plan(
             ctx, choice, verify_steps, measurements, planning_time_s, children, traces
         ),
     }
+    if weights_notice is not None:
+        raw["evidence"]["weights_notice"] = weights_notice
     if choice.replicas > 1:  # docs/distributed.md: the micro-batch is per replica
         raw["strategy"] = budget["strategy"]
         raw["replicas"] = int(choice.replicas)

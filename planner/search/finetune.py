@@ -34,3 +34,28 @@ def freeze_epochs(weights: str, epochs: int) -> int:
     if weights == "none" or epochs < 2:
         return 0
     return max(1, min(MAX_FREEZE_EPOCHS, round(FREEZE_SHARE * epochs), epochs - 1))
+
+
+def plan_weights(backbone: str, requested: str, micro_batch: int, normalization: str):
+    """The plan's weights and BatchNorm mode: pretrained when it can be had, else scratch.
+
+    `"imagenet"` whose file is neither cached nor downloadable (offline), or a backbone
+    without pretrained weights, plans from scratch with a one-line `FitplanWarning`
+    instead of a plan that fails when training starts; the BatchNorm mode is then the
+    from-scratch one (`normalization_for(micro_batch, "none")`: frozen BatchNorm
+    calibrated on noise collapsed from scratch, docs/models.md).
+
+    Returns:
+        `(weights, normalization, notice)`; `notice` is `None` when nothing changed.
+    """
+    import warnings
+
+    from trainer.errors import FitplanWarning
+    from trainer.models.weights import pretrained_or_none
+    from trainer.plan import normalization_for
+
+    weights, notice = pretrained_or_none(backbone, requested)
+    if notice is None:
+        return weights, normalization, None
+    warnings.warn(notice, FitplanWarning, stacklevel=2)
+    return weights, normalization_for(micro_batch, weights), notice

@@ -211,16 +211,22 @@ def _run_peak(plan):
 
 
 @pytest.mark.parametrize("trial_mode", ["frozen", "train", None])
-def test_the_verification_run_trains_in_the_plans_batchnorm_mode(monkeypatch, trial_mode):
+def test_the_verification_run_trains_in_the_plans_batchnorm_mode(monkeypatch, tmp_path, trial_mode):
     """Whatever mode the trials measured in, the run verifies the plan's own: frozen at 4."""
     from planner import verified_choice as vc
     from planner.request import PlanRequest
     from planner.search.candidates import Candidate
     from planner.search.choice import CandidateMeasurement
     from planner.trials.spec import TrialResult
+    from trainer.models import BACKBONE_INFO
 
+    # A pretrained plan needs the ImageNet file (else it plans from scratch): cached here.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("FITPLAN_OFFLINE", "1")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / BACKBONE_INFO["mobilenet_v3_small"]["pretrained_file"]).touch()
     gib = 2**30
-    c = Candidate("unet_small", (64, 64))
+    c = Candidate("mobilenet_v3_small", (64, 64))
     trials = (
         TrialResult("ok", 1, peak_bytes=int(1.0 * gib), step_time_s=0.1),
         TrialResult("ok", 4, peak_bytes=int(1.3 * gib), step_time_s=0.3),

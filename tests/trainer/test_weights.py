@@ -165,3 +165,17 @@ def test_planner_freezes_a_share_of_the_budgeted_epochs_only_when_pretrained():
 
     assert freeze_epochs("none", 40) == 0
     assert [freeze_epochs("imagenet", e) for e in (1, 2, 8, 20, 40, 100)] == [0, 1, 1, 2, 4, 5]
+
+
+def test_planner_plans_from_scratch_with_a_warning_when_offline(keras_home, monkeypatch):
+    from planner.search.finetune import plan_weights
+    from trainer.errors import FitplanWarning
+
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    with pytest.warns(FitplanWarning, match="from scratch"):
+        got = plan_weights(BACKBONE, "imagenet", 4, "frozen")
+    assert got[:2] == ("none", "train")  # frozen BatchNorm from scratch collapses
+    keras_home.mkdir(parents=True)
+    (keras_home / FNAME).touch()  # cached: the plan stays pretrained, its mode as chosen
+    assert plan_weights(BACKBONE, "imagenet", 4, "frozen") == ("imagenet", "frozen", None)
+    assert plan_weights("unet_small", "none", 4, "train") == ("none", "train", None)
