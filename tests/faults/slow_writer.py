@@ -2,10 +2,11 @@
 
     python -m tests.faults.slow_writer MARKER NAME fitplan-arguments...
 
-When Keras' `save_weights` writes a file whose name contains NAME, the complete
-file is cut to half its size (what a kill during the write leaves on disk), MARKER
-is written with the file's path, and the writer stalls until the test kills the
-process. Every other write is untouched.
+When a checkpoint's bytes (`trainer.train.run_dir`: HDF5 writes into memory, then one
+`Path.write_bytes` puts them on disk) go to a file whose name contains NAME, only the
+first half is written (what a kill during the write leaves on disk), MARKER is written
+with the file's path, and the writer stalls until the test kills the process. Every
+other write is untouched.
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ from pathlib import Path
 
 def main() -> None:
     marker, name, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    import keras
+    original = Path.write_bytes
 
-    original = keras.Model.save_weights
-
-    def save_weights(self, filepath, *a, **kw):
-        original(self, filepath, *a, **kw)
-        path = Path(filepath)
-        if name in path.name:
-            with open(path, "r+b") as fh:
-                fh.truncate(path.stat().st_size // 2)
-            Path(marker).write_text(str(path))
+    def write_bytes(self, data):
+        if name in self.name and self.name.endswith(".weights.h5"):
+            original(self, data[: len(data) // 2])
+            original(Path(marker), str(self).encode())
             time.sleep(3600)
+        return original(self, data)
 
-    keras.Model.save_weights = save_weights
+    Path.write_bytes = write_bytes
     from planner.app.cli import app
 
     sys.argv = ["fitplan", *args]

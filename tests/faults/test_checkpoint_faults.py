@@ -111,6 +111,38 @@ def test_a_really_full_disk_raises_disk_full_and_keeps_the_previous_checkpoint(t
     assert report["kept"] and report["files"] == ["best.weights.h5"]
 
 
+# The disk fills *during* the write: the free-space check above is fooled (another
+# process takes the space after it), so the 1 MiB of weights meets a full disk half-way.
+FILLED_DURING_WRITE_CHILD = FULL_DISK_CHILD.replace(
+    "run = RunDir(sys.argv[1])",
+    "import shutil, collections\n"
+    "usage = collections.namedtuple('usage', 'total used free')\n"
+    "shutil.disk_usage = lambda p: usage(2**40, 0, 2**40)\n"
+    "run = RunDir(sys.argv[1])",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs")
+def test_a_disk_filled_during_the_write_ends_with_a_clear_error_and_nothing_torn(tmp_path):
+    """Issue 16, the fault suite's open case: HDF5 met ENOSPC half-way and the process
+    crashed at exit (SIGSEGV, 139). HDF5 now writes into memory and the bytes go to disk
+    with a plain write, whose ENOSPC is an ordinary error."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(FILLED_DURING_WRITE_CHILD)
+    shell = f"mount -t tmpfs -o size=1536k tmpfs {mnt} && {sys.executable} {script} {mnt}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "best.weights.h5: disk full while writing" in (report["error"] or "")
+    assert report["kept"] and report["files"] == ["best.weights.h5"]
+
+
 def test_weights_bytes_estimate_covers_the_file(tmp_path, model):
     from trainer.train.run_dir import _expected_bytes
 

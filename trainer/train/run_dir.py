@@ -183,7 +183,11 @@ class RunDir:
         sizes: list[int] = []
 
         def write(tmp: Path) -> None:
-            model.save_weights(str(tmp))
+            # HDF5 writes into memory; the bytes reach the disk with a plain write. HDF5
+            # cannot recover from ENOSPC half-way through its own write (the process then
+            # crashed at exit with SIGSEGV, 139); a plain write's ENOSPC is an ordinary
+            # OSError, which `write_with` turns into DiskFullError (issue 16).
+            tmp.write_bytes(weights_bytes(model))
             size = tmp.stat().st_size
             if max_bytes is not None and size + others > max_bytes:
                 # Checked before the rename, so the previous file is still there.
@@ -219,6 +223,23 @@ class RunDir:
                 p.unlink(missing_ok=True)
             if self.path.exists() and not any(self.path.iterdir()):
                 shutil.rmtree(self.path)
+
+
+def weights_bytes(model: Any) -> bytes:
+    """`model.save_weights` as bytes: the `.weights.h5` file, written by HDF5 into memory.
+
+    Keras' `H5IOStore` takes an `io.BytesIO` (keras/src/saving/saving_lib.py); the name
+    only has to end in `.weights.h5`, which `save_weights` checks.
+    """
+    import io
+
+    class _Memory(io.BytesIO):
+        def __str__(self) -> str:
+            return "memory.weights.h5"
+
+    buf = _Memory()
+    model.save_weights(buf)
+    return buf.getvalue()
 
 
 def _expected_bytes(model: Any, existing: list[Path]) -> int:
