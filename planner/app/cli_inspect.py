@@ -21,6 +21,7 @@ from planner.app.cli_labels import (
     ClassesOpt,
     IgnoreIndexOpt,
     MergeRareOpt,
+    PaletteOpt,
     data_options,
     scan_options,
 )
@@ -70,11 +71,12 @@ def scan(
     classes: ClassesOpt = None,
     ignore_index: IgnoreIndexOpt = None,
     merge_rare: MergeRareOpt = False,
+    palette: PaletteOpt = None,
 ) -> None:
     """Pair images with masks, validate them and write a fingerprint."""
     from planner.scan import dataset
 
-    labels = scan_options(data_options(classes, ignore_index, merge_rare))
+    labels = scan_options(data_options(classes, ignore_index, merge_rare, palette=palette))
     fp = dataset.scan(data, images=images, masks=masks, **labels)
     if out is not None:
         dataset.save_fingerprint(fp, out)

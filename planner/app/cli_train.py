@@ -24,6 +24,7 @@ from planner.app.cli_labels import (
     IgnoreIndexOpt,
     MergeRareOpt,
     NormalizeOpt,
+    PaletteOpt,
     data_options,
     with_data,
 )
@@ -119,6 +120,7 @@ def plan_cmd(
     ignore_index: IgnoreIndexOpt = None,
     merge_rare: MergeRareOpt = False,
     normalize: NormalizeOpt = None,
+    palette: PaletteOpt = None,
 ) -> None:
     """Measure candidates in child processes and write the plan that fits the budgets."""
     from planner.app.plan_view import plan_table
@@ -143,7 +145,7 @@ def plan_cmd(
             workers,
         ),
         use_cache=not no_cache,
-        data_options=data_options(classes, ignore_index, merge_rare, normalize),
+        data_options=data_options(classes, ignore_index, merge_rare, normalize, palette),
         log=lambda line: err.print(line, highlight=False, markup=False),
     )
     err.print(
@@ -212,6 +214,7 @@ def train(
     ignore_index: IgnoreIndexOpt = None,
     merge_rare: MergeRareOpt = False,
     normalize: NormalizeOpt = None,
+    palette: PaletteOpt = None,
 ) -> None:
     """Train a plan (`--plan P --out-dir RUN`), continue a run (`--resume RUN`) or plan and
     train in one go (`--auto DATA --out-dir RUN`, which takes `fitplan plan`'s options)."""
@@ -229,7 +232,7 @@ def train(
     )  # fmt: skip
     if auto is None:
         refuse("without --auto: they set up planning (change a plan with --set)", **planning)
-    labels = data_options(classes, ignore_index, merge_rare, normalize)
+    labels = data_options(classes, ignore_index, merge_rare, normalize, palette)
     if resume is not None:
         refuse(
             "with --resume: a run continues in its folder with its plan", out_dir=out, set=settings
@@ -237,6 +240,7 @@ def train(
         refuse(
             "with --resume: the run's plan fixes its labels",
             classes=classes, ignore_index=ignore_index, merge_rare=merge_rare, normalize=normalize,
+            palette=palette,
         )  # fmt: skip
     elif out is None:
         raise typer.BadParameter(f"{modes[0]} needs --out-dir RUN (the run folder to create)")

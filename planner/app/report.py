@@ -200,7 +200,7 @@ def _samples(run: LoadedRun, data_root: str | Path | None, max_images: int) -> s
         rows, dices = [], []
         for pair in pairs:
             image = read_image(pair.image, run.plan.data)
-            truth = read_mask(pair.mask, values, ignore)
+            truth = read_mask(pair.mask, values, ignore, run.plan.data.palette)
             pred = run.predict_classes(image)
             keep = truth != ignore if ignore is not None else slice(None)
             fg = class_scores(confusion(truth[keep], pred[keep], run.num_classes))[1:]

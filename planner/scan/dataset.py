@@ -31,6 +31,7 @@ from planner.scan.imageinfo import FileInfo, decoded_bytes, inspect, read_and_ha
 from planner.scan.values import mask_summary
 from planner.scan.view import scan_table, warnings
 from trainer.data.digest import digest_entries
+from trainer.data.masks import palette_colours
 from trainer.data.pairs import IMAGE_EXTENSIONS, PairList, find_pairs, resolve_folders
 from trainer.errors import DataError
 
@@ -58,6 +59,7 @@ def scan(
     classes: dict[int, str | None] | None = None,
     ignore_index: int | None = None,
     merge_rare: bool = False,
+    palette: list[str] | None = None,
 ) -> dict[str, Any]:
     """Scan a dataset and return its fingerprint.
 
@@ -73,6 +75,7 @@ def scan(
         ignore_index: raw value left out of training (`-1`: none); `None`: 255 for a
             VOC-like label set (`trainer.data.masks.default_ignore_index`).
         merge_rare: map values under 0.05% of the pixels to the nearest class.
+        palette: class colours `"#rrggbb"` for colour-coded masks (class k is entry k).
 
     Returns:
         The fingerprint dict (see docs/scan.md).
@@ -86,7 +89,8 @@ def scan(
     root = Path(root)
     img_dir, mask_dir = resolve_folders(root, images, masks)
     found = find_pairs(root, images, masks)
-    checked, loose = _inspect_all(found, mask_sample)
+    colours = palette_colours(palette) if palette else None
+    checked, loose = _inspect_all(found, mask_sample, colours)
 
     def rel(p: Path) -> str:
         return Path(os.path.relpath(p, root)).as_posix()
@@ -134,7 +138,7 @@ def scan(
 
 
 def _inspect_all(
-    found: PairList, mask_sample: int | None
+    found: PairList, mask_sample: int | None, colours: np.ndarray | None = None
 ) -> tuple[list[tuple[FileInfo, FileInfo]], list[FileInfo]]:
     """Every pair's image and mask inspected (values for `mask_sample` masks), and the loose files."""
     n = len(found.pairs)
@@ -142,7 +146,7 @@ def _inspect_all(
 
     def check(i: int) -> tuple[FileInfo, FileInfo]:
         p = found.pairs[i]
-        return inspect(p.image), inspect(p.mask, values=i in decode)
+        return inspect(p.image), inspect(p.mask, values=i in decode, palette=colours)
 
     # Pillow's decoders and hashlib release the GIL: threads overlap I/O and decoding.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

@@ -75,13 +75,15 @@ def read_and_hash(path: Path) -> FileInfo:
     return info
 
 
-def inspect(path: Path, *, values: bool = False) -> FileInfo:
+def inspect(path: Path, *, values: bool = False, palette: np.ndarray | None = None) -> FileInfo:
     """Check `path`: header, integrity and, if `values`, the mask value histogram.
 
     Args:
         path: the file.
         values: decode the file as a mask and count its values (`FileInfo.levels`).
             Defaults to `False`: header and integrity only.
+        palette: class colours `[K, 3]` (`--palette`): a colour mask's values are the
+            indices of the nearest colours.
 
     Returns:
         A `FileInfo`; never raises for a bad file (the reason is in `problem`).
@@ -91,7 +93,7 @@ def inspect(path: Path, *, values: bool = False) -> FileInfo:
     if info.problem is not None:
         return info
     try:
-        _check(info, data, values)
+        _check(info, data, values, palette)
     # A decoder fed a hostile file may raise almost anything (OSError, SyntaxError,
     # struct.error, ValueError...): the scan must name the file and go on, never crash.
     except Exception as exc:  # noqa: BLE001
@@ -123,7 +125,7 @@ def _read(info: FileInfo) -> bytes | None:
     return data
 
 
-def _check(info: FileInfo, data: bytes | None, values: bool) -> None:
+def _check(info: FileInfo, data: bytes | None, values: bool, palette: np.ndarray | None) -> None:
     src = data if data is not None else info.path
     im = open_header(src)
     info.format, info.mode = im.format, im.mode
@@ -137,7 +139,7 @@ def _check(info: FileInfo, data: bytes | None, values: bool) -> None:
     if values:
         if not decoded:
             im = open_header(src)
-        hist, info.problem = mask_histogram(im)
+        hist, info.problem = mask_histogram(im, palette)
         if hist is not None:
             info.levels = sparse_levels(hist)
 

@@ -21,6 +21,8 @@ def scan_options(options: dict[str, Any]) -> dict[str, Any]:
         out["ignore_index"] = options["ignore_index"]
     if options.get("merge_rare"):
         out["merge_rare"] = True
+    if options.get("palette"):
+        out["palette"] = list(options["palette"])
     return out
 
 

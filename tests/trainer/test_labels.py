@@ -115,3 +115,48 @@ def test_nnunet_naming_and_folders_pair(tmp_path):
         ("cell_002_0000.png", "cell_002.png"),
     ]
     assert [p.name for p in found.unpaired_images] == ["cell_001_0001.png"]  # named, not dropped
+
+
+PALETTE = ["#000000", "#800000", "#008000"]
+
+
+def _colour_dataset(root: Path) -> Path:
+    """Colour-coded masks (black background, dark red and green objects, a blended edge)."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    colours = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 0]], np.uint8)
+    for i in range(4):
+        label = np.zeros((64, 64), np.int64)
+        label[8:30, 8:30], label[36:60, 30:60] = 1, 2
+        rgb = colours[label]
+        rgb[30, 8:30] = [100, 10, 0]  # an anti-aliased edge pixel row: nearest is class 1
+        Image.fromarray(rgb).save(root / "masks" / f"c{i}.png")
+        Image.fromarray((label * 80).astype(np.uint8)).save(root / "images" / f"c{i}.png")
+    return root
+
+
+def test_colour_masks_map_through_a_palette(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.app.cli import app
+    from planner.scan.dataset import scan
+    from trainer.data.decode import load_mask
+
+    root = _colour_dataset(tmp_path / "c")
+    assert scan(root)["pairs"] == 0  # without a palette: not label maps, excluded by name
+    fp = scan(root, palette=PALETTE)
+    assert (fp["pairs"], fp["classes"], fp["mask_values"]) == (4, 3, [0, 1, 2])
+    (tmp_path / "palette.json").write_text(json.dumps([[0, 0, 0], [128, 0, 0], "#008000"]))
+    result = CliRunner().invoke(
+        app, ["scan", str(root), "--palette", str(tmp_path / "palette.json"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["classes"] == 3
+    mask = load_mask(root / "masks" / "c0.png", [0, 1, 2], palette=PALETTE)
+    assert mask[20, 20] == 1 and mask[40, 40] == 2 and mask[30, 10] == 1 and mask[0, 0] == 0
+    plan = minimal_plan(root, data={"palette": PALETTE}, input_size=[32, 32], micro_batch=2)
+    bundle = build_datasets(plan)
+    assert bundle.mask_values == (0, 1, 2)
+    assert set(np.unique(_masks_of(bundle)).tolist()) <= {0, 1, 2}

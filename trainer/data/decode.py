@@ -33,6 +33,8 @@ from trainer.data.masks import (
     MAX_CLASSES,
     class_values_from_histogram,
     nearest_class_lut,
+    palette_colours,
+    palette_indices,
     resolve_ignore,
     split_values,
 )
@@ -199,6 +201,23 @@ def as_rgb(image: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(image, tf.concat([tf.shape(image)[:-1], [3]], axis=0))
 
 
+def _pil_palette_mask(path: np.ndarray | bytes | str, colours: np.ndarray) -> np.ndarray:
+    with Image.open(_as_str(path)) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return palette_indices(rgb, colours)[..., None]
+
+
+def decode_mask_palette(path: tf.Tensor, colours: np.ndarray) -> tf.Tensor:
+    """A colour mask's class indices, int32 `[H, W, 1]`: each pixel's nearest palette colour.
+
+    Through Pillow (`tf.numpy_function`): any format, and indexed PNGs by their colours.
+    """
+    out = tf.numpy_function(
+        lambda p: _pil_palette_mask(p, colours), [path], tf.int32, stateful=False
+    )
+    return tf.ensure_shape(out, [None, None, 1])
+
+
 def decode_mask_raw(path: tf.Tensor, route: tf.Tensor, *, pillow: bool = True) -> tf.Tensor:
     """Decode one mask file to its raw integer values, int32 `[H, W, 1]`, inside a graph.
 
@@ -268,7 +287,10 @@ def load_mask_raw(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_mask(
-    path: str | os.PathLike, mask_values: list[int] | tuple[int, ...], ignore: int | None = None
+    path: str | os.PathLike,
+    mask_values: list[int] | tuple[int, ...],
+    ignore: int | None = None,
+    palette: list[str] | tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """One mask as int32 class indices `[H, W]` (0 .. len(mask_values) - 1).
 
@@ -276,7 +298,10 @@ def load_mask(
         path: the mask file.
         mask_values: raw value of class 0, 1, ...; other values go to the nearest class.
         ignore: raw value kept as itself (left out of metrics), or `None`.
+        palette: the plan's `data.palette`: colour masks map to the nearest colour's index.
     """
+    if palette is not None:
+        return _pil_palette_mask(str(path), palette_colours(palette))[..., 0]
     lut = nearest_class_lut(list(mask_values), depth=MASK_DEPTH, ignore=ignore)
     return lut[load_mask_raw(path)].astype(np.int32)
 

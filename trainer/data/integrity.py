@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageChops
 
 from trainer.data.filecache import DataCache, stat_key
-from trainer.data.masks import MAX_CLASSES, class_values_from_histogram
+from trainer.data.masks import MAX_CLASSES, class_values_from_histogram, palette_indices
 from trainer.data.pairs import Pair
 from trainer.errors import DataError
 
@@ -222,7 +222,9 @@ def _too_large(what: str) -> str:
     )
 
 
-def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
+def mask_histogram(
+    im: Image.Image, palette: np.ndarray | None = None
+) -> tuple[np.ndarray | None, str | None]:
     """Count the values of a mask (index = value), or say why it is not a label map.
 
     The label plane is: the grey band of L/LA/I;16 masks, the palette index of P
@@ -231,6 +233,9 @@ def mask_histogram(im: Image.Image) -> tuple[np.ndarray | None, str | None]:
     than `MAX_CLASSES` well-populated levels (a photo), is not a label map.
     """
     mode = im.mode
+    if palette is not None:  # colour-coded masks (data.palette): count palette indices
+        idx = palette_indices(np.asarray(im.convert("RGB")), palette)
+        return np.bincount(idx.ravel(), minlength=256).astype(np.int64), None
     if mode in ("RGB", "RGBA"):
         r, g, b = im.getchannel(0), im.getchannel(1), im.getchannel(2)
         if ImageChops.difference(r, g).getbbox() or ImageChops.difference(r, b).getbbox():
@@ -274,13 +279,15 @@ def label_map_problem(path: Path) -> str | None:
         return problem_of(exc)
 
 
-def _check_file(path: Path, mask: bool, cache: DataCache) -> FileInfo | str:
-    """`path`'s header facts, or why it cannot be trained on; cached by its `stat`."""
+def _check_file(path: Path, mask: bool, cache: DataCache, colour: bool = False) -> FileInfo | str:
+    """`path`'s header facts, or why it cannot be trained on; cached by its `stat`.
+
+    `colour`: masks are colour-coded (`data.palette`), so not checked as label maps."""
     # Imported here: `decode` imports TensorFlow, and the scan (in the planner's parent
     # process, which never loads TensorFlow) imports this module for the rule above.
     from trainer.data.decode import FileInfo, inspect_image
 
-    kind = "mask" if mask else "image"
+    kind = ("colour-mask" if colour else "mask") if mask else "image"
     key = stat_key(path)
     hit = cache.get(path, kind, key)
     if hit is not None:
@@ -292,7 +299,7 @@ def _check_file(path: Path, mask: bool, cache: DataCache) -> FileInfo | str:
             info = inspect_image(path, mask=mask)
         except DataError as exc:  # the file changed between the two opens
             problem = str(exc)
-    if problem is None and mask:
+    if problem is None and mask and not colour:
         problem = label_map_problem(path)
     if stat_key(path) == key:  # unchanged while it was read: the verdict holds for `key`
         entry = {"problem": problem} if problem else {"info": list(dataclasses.astuple(info))}
@@ -300,11 +307,11 @@ def _check_file(path: Path, mask: bool, cache: DataCache) -> FileInfo | str:
     return problem if problem else info
 
 
-def _check_pair(pair: Pair, cache: DataCache) -> tuple[FileInfo, FileInfo] | Excluded:
+def _check_pair(pair: Pair, cache: DataCache, colour: bool) -> tuple[FileInfo, FileInfo] | Excluded:
     image = _check_file(pair.image, False, cache)
     if isinstance(image, str):
         return Excluded(pair, pair.image, image)
-    mask = _check_file(pair.mask, True, cache)
+    mask = _check_file(pair.mask, True, cache, colour)
     if isinstance(mask, str):
         return Excluded(pair, pair.mask, mask)
     if (image.height, image.width) != (mask.height, mask.width):
@@ -318,7 +325,7 @@ def _check_pair(pair: Pair, cache: DataCache) -> tuple[FileInfo, FileInfo] | Exc
 
 
 def check_pairs(
-    pairs: list[Pair], cache: DataCache | None = None
+    pairs: list[Pair], cache: DataCache | None = None, *, colour_masks: bool = False
 ) -> tuple[list[Pair], dict[Pair, tuple[FileInfo, FileInfo]], list[Excluded]]:
     """Check every pair's files (`file_problem`, the header, and for masks `label_map_problem`).
 
@@ -326,6 +333,7 @@ def check_pairs(
         pairs: the pairs to check.
         cache: verdicts kept from an earlier start (`trainer.data.filecache`); files
             whose `stat` is unchanged are not read again. `None`: read everything.
+        colour_masks: masks are colour-coded (`data.palette`), not label maps.
 
     Returns:
         `(good pairs in input order, {pair: (image info, mask info)} for them, excluded)`.
@@ -333,7 +341,7 @@ def check_pairs(
     cache = cache or DataCache.disabled()
     # Opens and CRC walks wait on the disk with the GIL released: threads overlap them.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda p: _check_pair(p, cache), pairs))
+        results = list(pool.map(lambda p: _check_pair(p, cache, colour_masks), pairs))
     cache.save()
     good, infos, excluded = [], {}, []
     for pair, result in zip(pairs, results, strict=True):

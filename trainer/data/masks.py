@@ -186,3 +186,23 @@ def class_names(names: list[str] | tuple[str, ...] | None, k: int) -> list[str]:
     if names is not None and len(names) == k:
         return list(names)
     return [f"class {i}" for i in range(k)]
+
+
+def palette_colours(palette: list[str] | tuple[str, ...]) -> np.ndarray:
+    """`["#rrggbb", ...]` -> int32 `[K, 3]`."""
+    return np.asarray([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in palette], np.int32)
+
+
+def palette_indices(rgb: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Class index (int32 `[H, W]`) of each pixel of an `[H, W, 3]` colour mask: the index
+    of the nearest palette colour (squared RGB distance), so anti-aliased edges land on a
+    neighbouring class rather than on none. Distances are computed once per distinct
+    colour, not per pixel.
+    """
+    rgb = np.asarray(rgb, np.int32)[..., :3]
+    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    uniq, inverse = np.unique(code.ravel(), return_inverse=True)
+    urgb = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1)
+    dist = ((urgb[:, None, :] - colours[None, :, :]) ** 2).sum(axis=2)
+    nearest = np.argmin(dist, axis=1)
+    return nearest[inverse].reshape(code.shape).astype(np.int32)

@@ -26,6 +26,7 @@ from trainer.data.decode import (
     FileInfo,
     as_rgb,
     decode_image,
+    decode_mask_palette,
     decode_mask_raw,
     infer_labels,
     load_image,
@@ -37,6 +38,7 @@ from trainer.data.decode import (
 from trainer.data.filecache import DataCache
 from trainer.data.integrity import check_pairs
 from trainer.data.intensity import dataset_range
+from trainer.data.masks import palette_colours
 from trainer.data.pairs import Pair, find_pairs
 from trainer.data.splits import (
     crops_for,
@@ -170,7 +172,8 @@ def _find(
         )
     # Verdicts of files unchanged since the last start are reused: a resume or a
     # step-down reads no file contents here (trainer.data.filecache).
-    pairs, infos, excluded = check_pairs(found.pairs, DataCache.open(root, data.images, data.masks))
+    cache = DataCache.open(root, data.images, data.masks)
+    pairs, infos, excluded = check_pairs(found.pairs, cache, colour_masks=bool(data.palette))
     for bad in excluded:
         _warn(str(bad))
     if not pairs:
@@ -188,7 +191,10 @@ def _labels(data: DataSpec, pairs: list[Pair], root) -> tuple[tuple[int, ...], i
     With `data.mask_values` set, the ignore value is `data.ignore_index` as written
     (the planner writes the scan's); else both are inferred from a sample of masks.
     """
-    if data.mask_values is not None:
+    if data.palette is not None:  # colour masks: the class is the palette index
+        values = tuple(data.mask_values or range(len(data.palette)))
+        ignore = None if data.ignore_index is None or data.ignore_index < 0 else data.ignore_index
+    elif data.mask_values is not None:
         values = tuple(data.mask_values)
         ignore = None if data.ignore_index is None or data.ignore_index < 0 else data.ignore_index
     else:
@@ -215,13 +221,17 @@ def _warn(message: str) -> None:
 def _loader(meta: _Meta, lut: tf.Tensor, data: DataSpec):
     t = meta.tensors()
     mode = data.normalization if any(meta.deep) else "none"  # 8-bit sets: no graph ops
+    colours = palette_colours(data.palette) if data.palette is not None else None
     pil_image = IMAGE_PIL in meta.image_route
     pil_mask = MASK_PIL in meta.mask_route
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = decode_image(t["image"][i], t["image_route"][i], pillow=pil_image)
         image = normalize(image, t["deep"][i], mode, data.intensity_range)
-        raw = decode_mask_raw(t["mask"][i], t["mask_route"][i], pillow=pil_mask)
+        if colours is not None:
+            raw = decode_mask_palette(t["mask"][i], colours)
+        else:
+            raw = decode_mask_raw(t["mask"][i], t["mask_route"][i], pillow=pil_mask)
         mask = to_classes(raw, lut)
         size = tf.stack([t["height"][i], t["width"][i]])
         same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))

@@ -112,7 +112,7 @@ def evaluate(
     per_image: list[tuple[float, float]] = []
     for i, pair in enumerate(found.pairs):
         image = read_image(pair.image, run.plan.data)
-        true = read_mask(pair.mask, mask_values, ignore)
+        true = read_mask(pair.mask, mask_values, ignore, run.plan.data.palette)
         if true.shape != image.shape[:2]:
             raise DataError(
                 f"{pair.mask}: mask is {true.shape[1]}x{true.shape[0]} but its image "

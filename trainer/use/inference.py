@@ -95,18 +95,22 @@ def read_image(path: str | Path, data: DataSpec | None = None) -> np.ndarray:
 
 
 def read_mask(
-    path: str | Path, mask_values: tuple[int, ...], ignore: int | None = None
+    path: str | Path,
+    mask_values: tuple[int, ...],
+    ignore: int | None = None,
+    palette: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """`trainer.data.decode.load_mask`, with a corrupt file as a `DataError` naming it.
 
-    `ignore`: raw value kept as itself (pixels to leave out of the scores), or `None`.
+    `ignore`: raw value kept as itself (pixels to leave out of the scores), or `None`;
+    `palette`: the run's `data.palette` for colour-coded masks.
     """
     import tensorflow as tf
 
     from trainer.data.decode import load_mask
 
     try:
-        return load_mask(path, mask_values, ignore)
+        return load_mask(path, mask_values, ignore, palette)
     except tf.errors.OpError as exc:
         raise DataError(f"{path}: cannot decode mask ({exc.message.splitlines()[0]})") from exc
 
