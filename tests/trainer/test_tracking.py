@@ -74,13 +74,21 @@ def test_the_eta_is_bounded_by_the_time_limit(monkeypatch):
     clock = {"t": 1000.0}
     monkeypatch.setattr(tracking.time, "monotonic", lambda: clock["t"])
     cb = tracking.EpochLog(epochs=10, deadline=1000.0 + 130.0)
-    cb._times = [60.0]  # one epoch of 60 s done: 9 left would be 9 min
+    cb._times, cb._done = [60.0], 1  # one epoch of 60 s done: 9 left would be 9 min
     clock["t"] = 1070.0
     seconds, by_limit = cb._eta()
     assert (seconds, by_limit) == (60.0, True)
     unbounded = tracking.EpochLog(epochs=10, deadline=None)
-    unbounded._times = [60.0]
+    unbounded._times, unbounded._done = [60.0], 1
     assert unbounded._eta() == (540.0, False)
+    from types import SimpleNamespace
+
+    resumed = tracking.EpochLog(epochs=10, deadline=None)  # a resumed run: 7 epochs done before
+    resumed.set_model(SimpleNamespace(optimizer=SimpleNamespace(learning_rate=1e-3)))
+    resumed.on_epoch_begin(7)
+    clock["t"] += 60.0
+    resumed.on_epoch_end(7, {"loss": 0.5})  # epoch 8 of 10 took 60 s: 2 left
+    assert resumed._eta() == (120.0, False)
     line = tracking.epoch_line(2, 10, {"loss": 0.5, "images_per_s": 12.0}, 1e-3, 60.0, (60.0, True))
     assert "ETA 1.0 min (time limit)" in line and "12.0 img/s" in line
 

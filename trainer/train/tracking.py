@@ -76,6 +76,7 @@ class EpochLog(keras.callbacks.Callback):
         self.epochs, self.deadline = epochs, deadline
         self._epoch_start = 0.0
         self._times: list[float] = []
+        self._done = 0  # epochs finished, counting those before a resume or an earlier phase
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.monotonic()
@@ -83,13 +84,14 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         took = time.monotonic() - self._epoch_start
         self._times.append(took)
+        self._done = epoch + 1
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         log.info(epoch_line(epoch + 1, self.epochs, dict(logs or {}), lr, took, self._eta()))
 
     def _eta(self) -> tuple[float, bool]:
         """Seconds left and whether the time limit (not the epochs) bounds them."""
         recent = self._times[-3:]
-        left = (self.epochs - len(self._times)) * sum(recent) / len(recent)
+        left = max(0, self.epochs - self._done) * sum(recent) / len(recent)
         if self.deadline is not None:
             remaining = max(0.0, self.deadline - time.monotonic())
             if remaining < left:
