@@ -140,7 +140,7 @@ WeightsOpt = Annotated[
     str,
     typer.Option(
         "--weights",
-        help="Encoder weights: none, imagenet (offline, docs/models.md) or a weights file.",
+        help="Encoder weights: none, imagenet (Keras cache, downloaded once if absent; docs/models.md) or a weights file.",
         callback=_check_weights,
     ),
 ]
@@ -164,7 +164,7 @@ SetOpt = Annotated[
         "--set",
         metavar="KEY=VALUE",
         help="Override a plan field, dotted for nested ones (repeatable): "
-        "--set micro_batch=4 --set data.augment=medical. Checked like the plan file.",
+        "--set micro_batch=4 --set augment.preset=gentle. Checked like the plan file.",
         callback=_check_settings,
     ),
 ]
