@@ -63,8 +63,9 @@ TRIAL_TIMEOUT_S = 300.0
 WATCHDOG_FACTOR = 1.5
 MEMO_NOTE = (
     "trials and training runs are memoized within this invocation: the same trial spec, "
-    "micro-batch and memory limit give the same result without a new child, and the same "
-    "training plan the same run; a reused trial still counts its own measured wall time"
+    "micro-batch and memory limit give the same result without a new child (an ok trial "
+    "also under a larger limit its peak fits), and the same training plan the same run; "
+    "a reused trial still counts its own measured wall time"
 )
 
 
@@ -100,6 +101,11 @@ def parse_strategies(text: str) -> list[str]:
 class TrialMemo:
     """Peers' trials: one fresh child per (spec, micro-batch, limit), reused within the run.
 
+    Also reused: an `ok` result under a larger limit when its peak is within the new one
+    (the limit only decides when the child is stopped, so the same child would have run
+    the same way; the rule fitplan's measurement cache uses). An `oom` or any other
+    failure is reused only under the same limit: its wall time depends on the limit.
+
     Args:
         measure_one: `planner.trials.trial.measure_one` or a fake with its signature.
         timeout_s: each child's time limit.
@@ -108,7 +114,7 @@ class TrialMemo:
 
     def __init__(self, measure_one: Callable[..., Any], timeout_s: float, log=print):
         self._measure_one, self.timeout_s, self.log = measure_one, timeout_s, log
-        self._memo: dict[str, Probe] = {}
+        self._memo: dict[str, list[tuple[int, Probe]]] = {}
         self.children = 0
         self.reused = 0
 
@@ -126,14 +132,16 @@ class TrialMemo:
                 warmup_steps=steps[0],
                 measured_steps=steps[1],
             )
-            key = json.dumps([spec.to_dict(), limit], sort_keys=True)
-            if key in self._memo:
-                self.reused += 1
-                return dataclasses.replace(self._memo[key], reused=True)
+            key = json.dumps(spec.to_dict(), sort_keys=True)
+            seen = self._memo.setdefault(key, [])
+            for at, p in seen:
+                if at == limit or (p.ok and p.peak_bytes is not None and p.peak_bytes <= limit):
+                    self.reused += 1
+                    return dataclasses.replace(p, reused=True)
             t0 = time.monotonic()
             r = self._measure_one(spec, mb, timeout_s=self.timeout_s, memory_limit_bytes=limit)
             p = Probe(mb, r.status, r.peak_bytes, time.monotonic() - t0)
-            self._memo[key] = p
+            seen.append((limit, p))
             self.children += 1
             peak = f"{p.peak_bytes / 2**20:.0f} MiB" if p.peak_bytes else "-"
             self.log(

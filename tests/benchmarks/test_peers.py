@@ -158,16 +158,27 @@ def test_trial_memo_starts_one_child_per_spec_size_and_limit():
 
     def measure_one(spec, mb, *, timeout_s, memory_limit_bytes):
         calls.append((spec.warmup_steps, spec.measured_steps, mb, memory_limit_bytes))
-        return _Result("ok", 1000 * MIB)
+        peak = (A + B * mb) * MIB
+        return _Result("oom" if peak > memory_limit_bytes else "ok", peak)
 
     memo = TrialMemo(measure_one, 60.0, log=lambda s: None)
     cand = parse_candidates("mobilenet_v3_small:128")[0]
     m = memo.measure(cand, (1, 2), 2, BUDGET)
     first, again = m(4), m(4)
     memo.measure(cand, (1, 4), 2, BUDGET)(4)  # other steps: a new child
-    memo.measure(cand, (1, 2), 2, 2 * BUDGET)(4)  # other limit: a new child
-    assert calls == [(1, 2, 4, BUDGET), (1, 4, 4, BUDGET), (1, 2, 4, 2 * BUDGET)]
-    assert (memo.children, memo.reused) == (3, 1)
+    bigger = memo.measure(cand, (1, 2), 2, 2 * BUDGET)
+    assert bigger(4).reused  # ok at 3100 MiB with a 1400 MiB peak: ok under 6200 too
+    assert m(32).status == "oom" and bigger(32).status == "ok"  # an OOM is not reused
+    smaller = memo.measure(cand, (1, 2), 2, 1200 * MIB)
+    assert smaller(4).status == "oom"  # 1400 MiB is over 1200: measured again
+    assert calls == [
+        (1, 2, 4, BUDGET),
+        (1, 4, 4, BUDGET),
+        (1, 2, 32, BUDGET),
+        (1, 2, 32, 2 * BUDGET),
+        (1, 2, 4, 1200 * MIB),
+    ]
+    assert (memo.children, memo.reused) == (5, 2)
     assert again.reused and not first.reused and again.wall_s == first.wall_s
 
 
