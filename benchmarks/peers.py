@@ -267,7 +267,7 @@ class TrainingMemo:
             "train",
             "--plan",
             str(plan_path),
-            "--out",
+            "--out-dir",
             str(run),
         ]
         cmd += ["--max-epochs", "1"] + (
