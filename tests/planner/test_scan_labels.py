@@ -69,8 +69,26 @@ def test_rare_values_are_named_and_merged_only_when_asked(tmp_path):
         Image.fromarray(mask).save(tmp_path / "masks" / f"{i}.png")
     fp = scan(tmp_path)
     assert fp["mask_values"] == [0, 1, 2]
-    assert fp["rare_values"] == [{"value": 2, "share": pytest.approx(3 / 12288, rel=1e-3), "class": True}]
+    assert fp["rare_values"] == [
+        {"value": 2, "share": pytest.approx(3 / 12288, rel=1e-3), "class": True}
+    ]
     assert any("--merge-rare" in s for s in fp["suggestions"])
     merged = scan(tmp_path, merge_rare=True)
     assert merged["mask_values"] == [0, 1] and merged["rare_values"][0]["class"] is False
     assert label_fields(merged, {})["merge_rare"] is True
+
+
+def test_train_options_override_the_plan_and_resume_refuses_them(voc, tmp_path):
+    from benchmarks.make_datasets import make_grey16
+    from planner.app.cli_labels import data_options, with_data
+    from tests.plans import minimal_plan
+
+    plan = with_data(minimal_plan(voc), data_options("0:bg,1:a,2:b,3:c,4:d", "255", True))
+    assert plan.data.class_names == ("bg", "a", "b", "c", "d")
+    assert (plan.data.ignore_index, plan.data.merge_rare) == (255, True)
+    grey = make_grey16(tmp_path / "g", n=3, size=32)
+    plan = with_data(minimal_plan(grey), data_options(normalize="dataset"))
+    low, high = plan.data.intensity_range  # measured for the plan: evaluate uses it too
+    assert 0 <= low < high <= 4095
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--classes", "3"])
+    assert result.exit_code == 2 and "--classes cannot be used with --resume" in result.output
