@@ -49,7 +49,7 @@ def test_on_a_gpu_the_step_down_is_recorded_and_the_run_restarts_fresh(tmp_path,
     assert state["epochs_done"] == 0
     assert state["adjustments"][0]["micro_batch"] == [4, 2]
     assert "OOM when allocating" in state["adjustments"][0]["reason"]
-    fit._remove_if_no_epoch(run)  # what train() does on an exception: the folder stays
+    run.remove_if_no_epoch()  # what train() does on an exception: the folder stays
     assert run.plan_path.exists()
 
 
