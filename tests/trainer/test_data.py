@@ -216,7 +216,8 @@ def test_images_smaller_than_the_crop_and_image_scale(tmp_path):
     # Smaller than a tile: resized up to 32x39 (aspect kept) -> 2 overlapping tiles.
     assert bundle.val_steps == 1
     ((x, y),) = list(bundle.val)
-    assert x.shape == (2, 32, 32, 3) and set(np.unique(y.numpy())) == {1.0}
+    assert x.shape == (2, 32, 32, 3) and set(np.unique(y.numpy())) == {-1.0, 1.0}
+    assert int((y.numpy() >= 0).sum()) == 32 * 39  # the overlap scored once (-1: ignored)
 
 
 # -- decoding ------------------------------------------------------------------------------
