@@ -142,7 +142,7 @@ def samples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], names: l
     vmax = max(1, num_classes - 1)
     cmap = colormaps["viridis"]
     handles = [Patch(color=cmap(i / vmax), label=f"{i}: {n}") for i, n in enumerate(names)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, num_classes), fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(6, num_classes), fontsize=8)
     for (title, image, truth, pred), ax_row in zip(rows, axes, strict=True):
         ax_row[0].imshow(image)
         ax_row[1].imshow(truth, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
