@@ -269,3 +269,28 @@ def test_fitplan_cache_command(tmp_path, monkeypatch):
     cleared = CliRunner().invoke(app, ["cache", "--clear"])
     assert cleared.exit_code == 0 and "removed 1 entries" in cleared.stdout
     assert tc.info(tmp_path)["entries"] == 0
+
+
+def test_no_cache_reaches_the_planner_from_plan_and_train_auto(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import planner.app.auto as auto
+    import planner.make_plan as mp
+    from planner.app.cli import app
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(*args, **kw):
+        seen.append(kw.get("use_cache"))
+        raise Stop
+
+    monkeypatch.setattr(mp, "make_plan", fake)
+    monkeypatch.setattr(auto, "auto_train", fake)
+    runner = CliRunner()
+    for args in (["plan", str(tmp_path)], ["train", "--auto", str(tmp_path), "--out-dir", "r"]):
+        runner.invoke(app, args)
+        runner.invoke(app, [*args, "--no-cache"])
+    assert seen == [True, False, True, False]
