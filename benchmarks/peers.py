@@ -35,8 +35,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,15 +48,15 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks`, `planner`, 
 
 from benchmarks.peers_report import lscpu, render_markdown  # noqa: E402
 from benchmarks.peers_search import DEFAULT_STRATEGIES, STRATEGIES, Measure, Probe  # noqa: E402
+from benchmarks.peers_train import EFFECTIVE_BATCH, TrainingMemo, judge, training_plan  # noqa: E402
 from planner.search.candidates import Candidate, trial_spec  # noqa: E402
 from trainer.atomic import write_text  # noqa: E402
 from trainer.errors import FitplanError  # noqa: E402
-from trainer.plan import Plan, accumulation_for, save_plan  # noqa: E402
+from trainer.plan import Plan, accumulation_for  # noqa: E402
 
 EPFL = ROOT.parent / "shared" / "datasets" / "epfl-em" / "train"
 DEFAULT_CANDIDATES = "mobilenet_v3_small:256,efficientnet_b0:384"
 DEFAULT_BUDGETS = "3GiB,4GiB,6GiB"
-EFFECTIVE_BATCH = 16
 TRIAL_TIMEOUT_S = 300.0
 WATCHDOG_FACTOR = 1.5
 MEMO_NOTE = (
@@ -209,128 +207,6 @@ def run_fitplan(candidate: Candidate, budget: int, args, out: Path, log=print) -
     }
 
 
-def training_plan(base: Plan, micro_batch: int, effective_batch: int = EFFECTIVE_BATCH) -> Plan:
-    """`base` (fitplan's plan for the candidate) at `micro_batch`, accumulating to `effective_batch`.
-
-    The prediction and evidence belong to fitplan's choice and go; the budget goes so that
-    the trainer's memory guard does not step down and the run's true peak is measured.
-    """
-    return base.replace(
-        micro_batch=micro_batch,
-        accumulation_steps=accumulation_for(micro_batch, effective_batch, base.replicas),
-        prediction=None,
-        evidence=None,
-        target=dataclasses.replace(base.target, budget_bytes=None),
-    )
-
-
-class TrainingMemo:
-    """One `fitplan train --max-epochs 1` per distinct training plan, with a memory watchdog."""
-
-    def __init__(
-        self, out: Path, *, max_steps: int | None, cap_bytes: int, timeout_s: float, log=print
-    ):
-        self.out, self.max_steps, self.cap, self.timeout_s, self.log = (
-            out,
-            max_steps,
-            cap_bytes,
-            timeout_s,
-            log,
-        )
-        self._memo: dict[str, dict[str, Any]] = {}
-        self.runs = 0
-        self.reused = 0
-
-    def run(self, plan: Plan) -> dict[str, Any]:
-        key = json.dumps(plan.to_dict(), sort_keys=True)
-        if key in self._memo:
-            self.reused += 1
-            return self._memo[key]
-        self.runs += 1
-        name = f"train-{plan.backbone}-{plan.input_size[0]}-mb{plan.micro_batch}x{plan.accumulation_steps}-{self.runs}"
-        result = self._train(plan, self.out / name)
-        self._memo[key] = result
-        return result
-
-    def _train(self, plan: Plan, run: Path) -> dict[str, Any]:
-        import psutil
-
-        from trainer.train.run_dir import read_history
-
-        shutil.rmtree(run, ignore_errors=True)
-        plan_path = run.with_suffix(".plan.json")
-        save_plan(plan, plan_path)
-        cmd = [
-            sys.executable,
-            "-m",
-            "planner",
-            "train",
-            "--plan",
-            str(plan_path),
-            "--out-dir",
-            str(run),
-        ]
-        cmd += ["--max-epochs", "1"] + (
-            ["--max-steps", str(self.max_steps)] if self.max_steps else []
-        )
-        self.log(f"  train {run.name}: {' '.join(cmd[2:])}")
-        t0, highest, killed = time.monotonic(), 0, None
-        with open(run.with_suffix(".log"), "w") as log_file:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            ps = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                try:
-                    rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-                except psutil.Error:
-                    rss = 0
-                highest = max(highest, rss)
-                if rss > self.cap or time.monotonic() - t0 > self.timeout_s:
-                    killed = (
-                        f"RSS {rss / 2**30:.2f} GiB over the watchdog's {self.cap / 2**30:.2f} GiB"
-                        if rss > self.cap
-                        else f"over {self.timeout_s:.0f} s"
-                    )
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    break
-                time.sleep(0.25)
-        history = read_history(run / "history.csv")
-        metrics_path = run / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        epoch_peaks = [int(r["peak_memory_bytes"]) for r in history if "peak_memory_bytes" in r]
-        return {
-            "run": str(run),
-            "micro_batch": plan.micro_batch,
-            "accumulation_steps": plan.accumulation_steps,
-            "returncode": proc.returncode,
-            "killed": killed,
-            "wall_s": round(time.monotonic() - t0, 1),
-            "epoch_peaks_bytes": epoch_peaks,
-            "peak_bytes": max(epoch_peaks) if epoch_peaks else None,
-            "metrics_peak_bytes": metrics.get("peak_memory_bytes"),
-            "watchdog_max_rss_bytes": highest,
-            "steps_per_epoch": metrics.get("steps_per_epoch"),
-            "adjustments": metrics.get("adjustments"),
-        }
-
-
-def judge(training: dict[str, Any], budget: int) -> dict[str, Any]:
-    """The training run against one budget: share used and whether it went over."""
-    peak = training.get("peak_bytes")
-    if training.get("killed") and "RSS" in training["killed"]:
-        return {"peak_bytes": None, "share": None, "over": True, "why": training["killed"]}
-    if peak is None:
-        return {
-            "peak_bytes": None,
-            "share": None,
-            "over": None,
-            "why": "the run failed (see its log)",
-        }
-    return {"peak_bytes": peak, "share": round(peak / budget, 4), "over": peak > budget, "why": ""}
-
-
 def run(args, log=print) -> dict[str, Any]:
     """Everything for one invocation; returns the results document."""
     from planner.trials.trial import measure_one
@@ -424,10 +300,10 @@ def run(args, log=print) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=EPFL, help="dataset root (default: epfl-em train)")
-    p.add_argument("--masks", default="mitochondria", help="mask folder under --data")
-    p.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="backbone:side,...")
-    p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="e.g. 3GiB,4GiB,6GiB")
+    p.add_argument("--data", type=Path, help="dataset root (default: epfl-em train)")
+    p.add_argument("--masks", help="mask folder under --data (default: mitochondria)")
+    p.add_argument("--candidates", help=f"backbone:side,... (default: {DEFAULT_CANDIDATES})")
+    p.add_argument("--budgets", help=f"e.g. {DEFAULT_BUDGETS} (the default)")
     p.add_argument(
         "--strategies",
         default=",".join(DEFAULT_STRATEGIES),
@@ -443,15 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="mobilenet_v3_small 128x128, 3GiB, a 24-pair demo set, 3 updates",
+        help="defaults become mobilenet_v3_small:128, 3GiB, a 24-pair demo set, 3 updates",
     )
     args = p.parse_args(argv)
-    if args.quick:
+    if args.quick:  # options given explicitly still win
         from planner.app.demo import make_demo_dataset
 
-        args.data = make_demo_dataset(args.out / "demo-data", n=24, size=(128, 128))
-        args.masks, args.candidates, args.budgets = "masks", "mobilenet_v3_small:128", "3GiB"
+        if args.data is None:
+            args.data = make_demo_dataset(args.out / "demo-data", n=24, size=(128, 128))
+            args.masks = args.masks or "masks"
+        args.candidates = args.candidates or "mobilenet_v3_small:128"
+        args.budgets = args.budgets or "3GiB"
         args.max_steps = args.max_steps or 3
+    args.data = args.data or EPFL
+    args.masks = args.masks or "mitochondria"
+    args.candidates = args.candidates or DEFAULT_CANDIDATES
+    args.budgets = args.budgets or DEFAULT_BUDGETS
     try:
         doc = run(args, log=lambda s: print(s, flush=True))
     except FitplanError as exc:

@@ -10,15 +10,9 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import peers_search as ps
-from benchmarks.peers import (
-    TrialMemo,
-    fitplan_ooms,
-    judge,
-    parse_candidates,
-    parse_strategies,
-    training_plan,
-)
+from benchmarks.peers import TrialMemo, fitplan_ooms, parse_candidates, parse_strategies
 from benchmarks.peers_report import render_markdown
+from benchmarks.peers_train import judge, training_plan
 from trainer.errors import FitplanError
 from trainer.plan import Plan
 
