@@ -12,7 +12,7 @@ from benchmarks.make_datasets import make_voc
 from tests.plans import minimal_plan
 from trainer.data.masks import default_ignore_index, nearest_class_lut, split_values
 from trainer.data.pipeline import build_datasets
-from trainer.errors import DataError, PlanError
+from trainer.errors import DataError, FitplanWarning, PlanError
 
 
 def _masks_of(bundle) -> np.ndarray:
@@ -160,3 +160,26 @@ def test_colour_masks_map_through_a_palette(tmp_path):
     bundle = build_datasets(plan)
     assert bundle.mask_values == (0, 1, 2)
     assert set(np.unique(_masks_of(bundle)).tolist()) <= {0, 1, 2}
+
+
+def test_labels_come_from_every_mask_and_unlisted_values_are_named(tmp_path):
+    """A value in one mask that a 32-mask sample skips is still found (the start-up check
+    counts every mask's values); with data.mask_values set, values beyond them are named."""
+    root = tmp_path / "many"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    sampled = set(np.linspace(0, 69, 32).round().astype(int).tolist())
+    odd = min(set(range(70)) - sampled)
+    for i in range(70):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[:16] = 1
+        if i == odd:
+            mask[20:23, 20:26] = 2  # 18 pixels: a rare class, in one mask only
+        Image.fromarray(mask).save(root / "masks" / f"m{i:03d}.png")
+        Image.fromarray(mask * 100).save(root / "images" / f"m{i:03d}.png")
+    plan = minimal_plan(root, data={"val_fraction": 0.0}, input_size=[32, 32], micro_batch=2)
+    assert build_datasets(plan).mask_values == (0, 1, 2)
+    data = {"val_fraction": 0.0, "mask_values": [0, 1]}
+    plan = minimal_plan(root, data=data, input_size=[32, 32], micro_batch=2)
+    with pytest.warns(FitplanWarning, match=r"masks hold values \[2\] that are not in"):
+        build_datasets(plan)

@@ -21,7 +21,7 @@ without decoding pixels), together with its size.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,8 @@ class FileInfo:
     width: int
     route: int
     deep: bool = False
+    # Masks checked at start-up: `(value, pixel count)` of each value present, or `None`.
+    levels: tuple[tuple[int, int], ...] | None = field(default=None, compare=False)
 
 
 def inspect_image(path: str | os.PathLike, *, mask: bool = False) -> FileInfo:
@@ -341,19 +343,43 @@ def infer_labels(
         if len(class_values_from_histogram(one)) > MAX_CLASSES:
             photos.append(str(masks[i]))
         hist += one
+    return labels_from_histogram(
+        hist, masks[0].parent, f"{len(idx)} sampled masks", ignore, merge_rare, photos
+    )
+
+
+def labels_from_histogram(
+    hist: np.ndarray,
+    folder: Path,
+    source: str,
+    ignore: int | None = None,
+    merge_rare: bool = False,
+    photos: list[str] | None = None,
+) -> tuple[list[int], int | None]:
+    """`(class values, ignore value or None)` from the pixel counts of a set of masks.
+
+    Args:
+        hist: pixel count per raw value over the masks.
+        folder: the mask folder (named in errors).
+        source: which masks were counted, e.g. `"27 masks"` (named in errors).
+        ignore, merge_rare: the plan's `data.ignore_index` and `data.merge_rare`.
+        photos: masks that alone hold too many values (named in the error).
+
+    Raises:
+        DataError: fewer than 2 classes, or more than `MAX_CLASSES`.
+    """
+    photos = photos or []
     ignore_value = resolve_ignore(ignore, class_values_from_histogram(hist))
     values, _ = split_values(hist, ignore=ignore_value, merge_rare=merge_rare)
     if len(values) < 2:
-        folder = masks[0].parent
         raise DataError(
-            f"{folder}: masks hold fewer than 2 classes (values found: {values}, "
-            f"in {len(idx)} sampled masks)",
+            f"{folder}: masks hold fewer than 2 classes (values found: {values}, in {source})",
             hint="check the mask folder, or set data.mask_values in the plan",
         )
     if len(values) > MAX_CLASSES:
         which = f" ({', '.join(photos[:3])}{', ...' if len(photos) > 3 else ''})" if photos else ""
         raise DataError(
-            f"{masks[0].parent}: masks hold {len(values)} well-populated values, more than "
+            f"{folder}: masks hold {len(values)} well-populated values, more than "
             f"{MAX_CLASSES}: these look like images, not label maps{which}",
             hint="check the mask folder, or set data.mask_values in the plan",
         )

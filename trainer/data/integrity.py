@@ -271,12 +271,20 @@ def label_map_problem(path: Path) -> str | None:
     pair as `fitplan scan` does, with or without `data.mask_values` (a photo among the
     masks used to be trained with its grey levels mapped to the nearest class).
     """
+    return mask_levels(path)[1]
+
+
+def mask_levels(path: Path) -> tuple[list[list[int]] | None, str | None]:
+    """`([[value, pixel count], ...], None)` for a label map, `(None, why not)` otherwise."""
     try:
         with open_header(path) as im:
             im.load()
-            return mask_histogram(im)[1]
+            hist, problem = mask_histogram(im)
     except Exception as exc:  # noqa: BLE001  (a hostile file: name it, go on)
-        return problem_of(exc)
+        return None, problem_of(exc)
+    if problem is not None:
+        return None, problem
+    return [[int(v), int(hist[v])] for v in np.nonzero(hist)[0]], None
 
 
 def _check_file(path: Path, mask: bool, cache: DataCache, colour: bool = False) -> FileInfo | str:
@@ -291,7 +299,10 @@ def _check_file(path: Path, mask: bool, cache: DataCache, colour: bool = False) 
     key = stat_key(path)
     hit = cache.get(path, kind, key)
     if hit is not None:
-        return FileInfo(*hit["info"]) if "info" in hit else hit["problem"]
+        if "info" not in hit:
+            return hit["problem"]
+        levels = hit.get("levels")
+        return FileInfo(*hit["info"], levels=tuple(map(tuple, levels)) if levels else None)
     problem = file_problem(path)
     info = None
     if problem is None:
@@ -299,12 +310,18 @@ def _check_file(path: Path, mask: bool, cache: DataCache, colour: bool = False) 
             info = inspect_image(path, mask=mask)
         except DataError as exc:  # the file changed between the two opens
             problem = str(exc)
+    levels = None
     if problem is None and mask and not colour:
-        problem = label_map_problem(path)
+        levels, problem = mask_levels(path)
     if stat_key(path) == key:  # unchanged while it was read: the verdict holds for `key`
-        entry = {"problem": problem} if problem else {"info": list(dataclasses.astuple(info))}
+        facts = [info.height, info.width, info.route, info.deep] if info else None
+        entry = {"problem": problem} if problem else {"info": facts}
+        if levels is not None and not problem:
+            entry["levels"] = levels
         cache.put(path, kind, key, entry)
-    return problem if problem else info
+    if problem:
+        return problem
+    return dataclasses.replace(info, levels=tuple(map(tuple, levels))) if levels else info
 
 
 def _check_pair(pair: Pair, cache: DataCache, colour: bool) -> tuple[FileInfo, FileInfo] | Excluded:

@@ -73,6 +73,14 @@ def split_values(
     return sorted(common + keep), [v for v in rare if v not in set(keep)]
 
 
+def unlisted_values(hist: np.ndarray, values: list[int], ignore: int | None) -> list[int]:
+    """Values present in `hist` that are neither classes, the ignore value, nor fringe
+    between widely spaced classes: what the lookup table would merge without a word."""
+    present = [int(v) for v in np.nonzero(np.asarray(hist))[0]]
+    listed = set(values) | {ignore}
+    return [v for v in present if v not in listed and not _between_wide(v, sorted(values))]
+
+
 def _between_wide(v: int, common: list[int]) -> bool:
     """Whether `v` lies between two widely spaced class values (a fringe level)."""
     below = [c for c in common if c < v]
