@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from trainer.data.augment import AugmentSettings, apply_augment, random_params
@@ -29,8 +28,6 @@ from trainer.data.decode import (
     decode_image,
     decode_mask_palette,
     decode_mask_raw,
-    infer_labels,
-    labels_from_histogram,
     load_image,
     load_mask,
     mask_lut,
@@ -40,7 +37,8 @@ from trainer.data.decode import (
 from trainer.data.filecache import DataCache
 from trainer.data.integrity import check_pairs
 from trainer.data.intensity import dataset_range
-from trainer.data.masks import palette_colours, unlisted_values
+from trainer.data.labels import resolve_labels
+from trainer.data.masks import palette_colours
 from trainer.data.pairs import Pair, find_pairs
 from trainer.data.splits import (
     crops_for,
@@ -185,64 +183,6 @@ def _find(
             hint="`fitplan scan` lists every file and its problem",
         )
     return pairs, infos
-
-
-def _labels(
-    data: DataSpec, pairs: list[Pair], root, infos: dict[Pair, tuple[FileInfo, FileInfo]]
-) -> tuple[tuple[int, ...], int | None]:
-    """The class values and the ignore value in effect (`None`: none).
-
-    With `data.mask_values` set, the ignore value is `data.ignore_index` as written
-    (the planner writes the scan's), and values the masks hold beyond them are named in a
-    warning (never merged silently). Else both are inferred from the value counts of
-    every training mask, which the start-up check read (`FileInfo.levels`; a sample of
-    32 masks when those are missing).
-    """
-    hist = _value_counts([infos[p][1] for p in pairs])
-    folder = Path(root) / data.masks
-    if data.palette is not None:  # colour masks: the class is the palette index
-        values = tuple(data.mask_values or range(len(data.palette)))
-        ignore = None if data.ignore_index is None or data.ignore_index < 0 else data.ignore_index
-    elif data.mask_values is not None:
-        values = tuple(data.mask_values)
-        ignore = None if data.ignore_index is None or data.ignore_index < 0 else data.ignore_index
-        extra = unlisted_values(hist, list(values), ignore) if hist is not None else []
-        if extra and not data.merge_rare:
-            shown = extra[:10] + (["..."] if len(extra) > 10 else [])
-            _warn(
-                f"{folder}: masks hold values {shown} that are not in data.mask_values "
-                f"{list(values)}; they are mapped to the nearest class (list them in "
-                f"data.mask_values / --classes, or set data.merge_rare to silence this)"
-            )
-    elif hist is not None:
-        found, ignore = labels_from_histogram(
-            hist, folder, f"{len(pairs)} masks", data.ignore_index, data.merge_rare
-        )
-        values = tuple(found)
-    else:
-        found, ignore = infer_labels(
-            [p.mask for p in pairs], ignore=data.ignore_index, merge_rare=data.merge_rare
-        )
-        values = tuple(found)
-    if ignore is not None and ignore < len(values):
-        raise DataError(
-            f"{Path(root) / data.masks}: data.ignore_index={ignore} is also a class index "
-            f"(0 .. {len(values) - 1}); masks keep ignored pixels at that value",
-            hint="choose an ignore value >= the number of classes (255 as in VOC)",
-        )
-    return values, ignore
-
-
-def _value_counts(masks: list[FileInfo]) -> np.ndarray | None:
-    """Pixel count per raw value over masks whose checks counted them, or `None` if any did not."""
-    if not masks or any(m.levels is None for m in masks):
-        return None
-    top = max((v for m in masks for v, _ in m.levels), default=0)
-    hist = np.zeros(max(top + 1, 256), np.int64)
-    for m in masks:
-        for v, c in m.levels:
-            hist[v] += c
-    return hist
 
 
 def _warn(message: str) -> None:
@@ -412,7 +352,7 @@ def build_datasets(
     size = tuple(plan.input_size)
     train_meta = _inspect(train_pairs, infos, data.image_scale, None)
     val_meta = _inspect(val_pairs, infos, data.image_scale, size) if val_pairs else None
-    mask_values, ignore = _labels(data, train_pairs, root, infos)
+    mask_values, ignore = resolve_labels(data, train_pairs, root, infos)
     if data.normalization == "dataset" and data.intensity_range is None:
         measured = dataset_range([p.image for p in train_pairs])
         _warn(
