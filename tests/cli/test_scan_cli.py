@@ -63,7 +63,7 @@ def test_missing_folder_exits_3(tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "text"),
-    [(["--size", "12"], "--size"), (["--classes", "5"], "--classes"), (["--n", "0"], "--n")],
+    [(["--size", "12"], "--size"), (["--classes", "13"], "--classes"), (["--n", "0"], "--n")],
 )
 def test_demo_data_bad_options_exit_1(tmp_path, args, text):
     result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), *args])
