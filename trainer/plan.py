@@ -240,8 +240,8 @@ class LRScheduleSpec:
     """The learning-rate schedule (`trainer.train.schedule`).
 
     Args:
-        kind: `"auto"` (default): `"deadline"` when the plan has `time_limit_s`, else
-            `"plateau"`. `"deadline"`: linear warm-up over `warmup` of the time budget,
+        kind: `"auto"` (default): `"deadline"` when the plan has `time_limit_s` (and is
+            not multi-worker), else `"plateau"`. `"deadline"`: linear warm-up over `warmup` of the time budget,
             then linear decay to zero at the deadline (less the measured time of the
             final validation and checkpoint); early stopping then never ends the run
             (the best epoch is still kept). `"plateau"`: ReduceLROnPlateau on the
@@ -491,6 +491,10 @@ def _check_combinations(plan: Plan) -> None:
         raise field_error("replicas", "1 when strategy is 'default'", plan.replicas)
     if plan.lr_schedule.kind == "deadline" and plan.time_limit_s is None:
         expected = "'auto' or 'plateau' without time_limit_s (a deadline needs a time limit)"
+        raise field_error("lr_schedule.kind", expected, "deadline")
+    if plan.lr_schedule.kind == "deadline" and plan.strategy == "multi_worker":
+        # Each worker would follow its own clock (trainer.train.schedule.schedule_kind).
+        expected = "'auto' or 'plateau' with strategy 'multi_worker' (workers' clocks differ)"
         raise field_error("lr_schedule.kind", expected, "deadline")
 
 

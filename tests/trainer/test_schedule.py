@@ -141,6 +141,14 @@ def test_auto_schedule_is_deadline_only_with_a_time_limit():
         minimal_plan(lr_schedule={"kind": "deadline"})
 
 
+def test_multi_worker_plans_stay_on_plateau():
+    """Each worker's own clock would give each replica its own learning rate."""
+    mw = dict(strategy="multi_worker", replicas=2, time_limit_s=600)
+    assert schedule_kind(minimal_plan(**mw)) == "plateau"
+    with pytest.raises(PlanError, match="workers' clocks differ"):
+        minimal_plan(**mw, lr_schedule={"kind": "deadline"})
+
+
 def test_budgeted_early_stopping_observes_but_never_stops():
     plain, _ = stopping_callbacks(minimal_plan(), "val_loss", "min", True, budgeted=False)
     es, _ = stopping_callbacks(
