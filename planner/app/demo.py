@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,23 +156,9 @@ def _sample(
         return _sample_many(rng, classes, h, w)
     label = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(label)
-    side = min(h, w)
     for _ in range(int(rng.integers(2, 6))):
-        kind = int(rng.integers(0, 3))  # 0 disc, 1 rectangle, 2 triangle
-        r = float(rng.uniform(side / 14, side / 6))
-        cy, cx = float(rng.uniform(r, h - r)), float(rng.uniform(r, w - r))
-        cls = 1 if classes == 2 or kind == 0 else 2
-        if kind == 0:
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=cls)
-        elif kind == 1:
-            a = float(rng.uniform(0.5, 1.0))
-            draw.rectangle([cx - r, cy - r * a, cx + r, cy + r * a], fill=cls)
-        else:
-            t = float(rng.uniform(0, 2 * np.pi))
-            pts = [
-                (cx + r * np.cos(t + k * 2.094), cy + r * np.sin(t + k * 2.094)) for k in range(3)
-            ]
-            draw.polygon(pts, fill=cls)
+        # Discs are class 1; with three classes, rectangles and triangles are class 2.
+        _draw_shape(draw, rng, h, w, lambda kind: 1 if classes == 2 or kind == 0 else 2, (14, 6))
     lab = np.asarray(label)
 
     grain = rng.standard_normal((h, w)).astype(np.float32)
@@ -186,12 +173,27 @@ def _sample(
     return rgb, mask
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int, cls: int):
-    """One disc, rectangle or triangle of class `cls` at a random place."""
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    cls_of: Callable[[int], int],
+    radius_div: tuple[int, int],
+) -> None:
+    """One disc, rectangle or triangle at a random place.
+
+    Args:
+        cls_of: the class to fill with, given the shape's kind (0 disc, 1 rectangle,
+            2 triangle).
+        radius_div: the radius is drawn between min(h, w) / radius_div[0] and
+            min(h, w) / radius_div[1].
+    """
     side = min(h, w)
     kind = int(rng.integers(0, 3))
-    r = float(rng.uniform(side / 16, side / 7))
+    r = float(rng.uniform(side / radius_div[0], side / radius_div[1]))
     cy, cx = float(rng.uniform(r, h - r)), float(rng.uniform(r, w - r))
+    cls = cls_of(kind)
     if kind == 0:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=cls)
     elif kind == 1:
@@ -210,7 +212,8 @@ def _sample_many(
     label = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(label)
     for _ in range(int(rng.integers(4, 4 + classes))):
-        _draw_shape(draw, rng, h, w, int(rng.integers(1, classes)))
+        cls = int(rng.integers(1, classes))
+        _draw_shape(draw, rng, h, w, lambda _kind, cls=cls: cls, (16, 7))
     lab = np.asarray(label)
     grain = rng.standard_normal((h, w)).astype(np.float32)
     base = 95 + 25 * _smooth_noise(rng, h, w, 8) + 10 * grain
