@@ -267,25 +267,17 @@ def train(
     progress = RichProgress(epochs=max_epochs or p.epochs, console=err, images_per_step=steps)
     with _fresh_process_on_step_down(data, val, json_out, callbacks or []):
         try:
+            common = dict(
+                data_path=_s(data),
+                val_path=_s(val),
+                max_epochs=max_epochs,
+                max_steps=max_steps,
+                callbacks=[progress, *extra],
+            )
             if resume is not None:
-                result = fit.resume(
-                    resume,
-                    data_path=_s(data),
-                    val_path=_s(val),
-                    max_epochs=max_epochs,
-                    max_steps=max_steps,
-                    callbacks=[progress, *extra],
-                )
+                result = fit.resume(resume, **common)
             else:
-                result = fit.train(
-                    p,
-                    out,
-                    data_path=_s(data),
-                    val_path=_s(val),
-                    max_epochs=max_epochs,
-                    max_steps=max_steps,
-                    callbacks=[progress, *extra],
-                )
+                result = fit.train(p, out, **common)
         finally:
             progress.close()
     _render_train_result(result.metrics, result.run_dir, json_out)

@@ -91,18 +91,23 @@ print(json.dumps({"error": error, "kept": kept, "files": sorted(p.name for p in 
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs")
-def test_a_really_full_disk_raises_disk_full_and_keeps_the_previous_checkpoint(tmp_path):
+def _run_on_small_tmpfs(tmp_path, child_source: str) -> subprocess.CompletedProcess:
+    """Run `child_source` with a 1.5 MiB tmpfs mounted (user namespace) as its argument."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     script = tmp_path / "child.py"
-    script.write_text(FULL_DISK_CHILD)
+    script.write_text(child_source)
     shell = f"mount -t tmpfs -o size=1536k tmpfs {mnt} && {sys.executable} {script} {mnt}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
+    return subprocess.run(
         ["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=300
     )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs")
+def test_a_really_full_disk_raises_disk_full_and_keeps_the_previous_checkpoint(tmp_path):
+    done = _run_on_small_tmpfs(tmp_path, FULL_DISK_CHILD)
     # 0, not 139: HDF5 never started a write it could not finish (it crashes at exit then).
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -128,15 +133,7 @@ def test_a_disk_filled_during_the_write_ends_with_a_clear_error_and_nothing_torn
     """Issue 16, the fault suite's open case: HDF5 met ENOSPC half-way and the process
     crashed at exit (SIGSEGV, 139). HDF5 now writes into memory and the bytes go to disk
     with a plain write, whose ENOSPC is an ordinary error."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    script = tmp_path / "child.py"
-    script.write_text(FILLED_DURING_WRITE_CHILD)
-    shell = f"mount -t tmpfs -o size=1536k tmpfs {mnt} && {sys.executable} {script} {mnt}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=300
-    )
+    done = _run_on_small_tmpfs(tmp_path, FILLED_DURING_WRITE_CHILD)
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert "best.weights.h5: disk full while writing" in (report["error"] or "")
