@@ -86,7 +86,7 @@ def build_plan(
             "host_budget_bytes": budget.get("host_bytes") if budget["device"] == "gpu" else None,
         },
         "prediction": _prediction(
-            choice, budget, cache_bytes, verify_steps, target_batch=req.effective_batch
+            choice, budget, cache_bytes, verify_steps, target_batch=_target(choice, req)
         ),
         "evidence": _evidence(
             ctx, choice, verify_steps, measurements, planning_time_s, children, traces
@@ -97,13 +97,21 @@ def build_plan(
     if choice.replicas > 1:  # docs/distributed.md: the micro-batch is per replica
         raw["strategy"] = budget["strategy"]
         raw["replicas"] = int(choice.replicas)
-        # The learning rate is for the target effective batch, which replicas can pass;
-        # Adam (the plan's default) follows the square-root rule.
-        raw["optimizer"] = {"lr_scaling": "sqrt", "reference_batch": int(req.effective_batch)}
+    if choice.replicas > 1 or choice.lowered:
+        # The learning rate is for the requested effective batch, which replicas can pass
+        # and a short time budget can lower (search/updates.py); Adam (the plan's default)
+        # follows the square-root rule (Malladi et al. 2022, arXiv:2205.10287).
+        reference = choice.requested_batch or req.target_batch
+        raw["optimizer"] = {"lr_scaling": "sqrt", "reference_batch": int(reference)}
     try:
         return Plan.from_dict(raw)
     except FitplanError as exc:  # a planner bug, not a user mistake: keep the details
         raise FitplanError(f"the planner produced an invalid plan: {exc}") from exc
+
+
+def _target(choice: Choice, req: PlanRequest) -> int:
+    """The effective batch the choice accumulates to (lowered for updates, or the request's)."""
+    return choice.target_batch or req.target_batch
 
 
 def _data(req: PlanRequest, fp: dict[str, Any], cache: str) -> dict[str, Any]:
@@ -129,7 +137,8 @@ def _prediction(
     target_batch: int,
 ) -> dict[str, Any]:
     """The whole run's predicted peak: the verification run's measured peak, what a long
-    run adds to it (`presets.RUN_GROWTH`), and the cache.
+    run is expected to add to it (`presets.RUN_GROWTH`), and the cache; `bound_bytes`
+    adds the highest growth measured instead (`presets.RUN_GROWTH_BOUND`).
 
     The verification run (`planner.trials.verify_run`) streams, so an in-RAM cache's
     bytes come on top. Without an accepted verification run (a provisional plan, built
@@ -145,9 +154,11 @@ def _prediction(
         source = "estimated (presets.TRAINING_OVERHEAD_BYTES)"
     growth = int(run_peak * presets.RUN_GROWTH)
     on_gpu = budget["device"] == "gpu"  # the cache is host RAM, not the GPU's
-    peak = run_peak + growth + (0 if on_gpu else int(cache_bytes))
+    cache = 0 if on_gpu else int(cache_bytes)
+    peak = run_peak + growth + cache
     return {
         "peak_bytes": peak,
+        "bound_bytes": run_peak + int(run_peak * presets.RUN_GROWTH_BOUND) + cache,
         "run_peak_bytes": run_peak,
         "run_growth_bytes": growth,
         "train_step_peak_bytes": step,
@@ -230,6 +241,8 @@ def _evidence(
         "traces": traces,
         "budget": ctx.budget,
         "choice": choice.to_dict(),
+        # e.g. "the time budget buys 72 updates at effective batch 16; 8 buys 144 (wanted 300)"
+        "effective_batch_reason": choice.effective_batch_reason or None,
         "verification": [s.to_dict() for s in verify_steps],
         # Every trial child's raw results, with the BatchNorm mode it measured in.
         "trials": [

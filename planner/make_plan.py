@@ -68,7 +68,7 @@ def make_plan(
     backbones: Sequence[str] | None = None,
     sizes: Sequence[int] | None = None,
     precisions: Sequence[str] | None = None,
-    effective_batch: int = presets.TARGET_EFFECTIVE_BATCH,
+    effective_batch: int | None = None,
     devices: int | None = 1,
     workers: int = 1,
     headroom: float = presets.HEADROOM,
@@ -89,7 +89,9 @@ def make_plan(
         budget_memory: bytes the run may use; `None` (default): the probe's budget.
         budget_time_s: wall time for training; `None` (default): no limit.
         backbones, sizes, precisions: restrict the candidates; `None`: the presets.
-        effective_batch: micro-batch x replicas x accumulation to reach. Defaults to `16`.
+        effective_batch: micro-batch x replicas x accumulation to reach, kept exactly.
+            `None` (default): the planner decides: 16, lower when a short time budget
+            buys too few optimizer updates (docs/planning.md, "The objective").
         devices: GPUs per worker for data-parallel training (docs/distributed.md); the
             micro-batch is per device and fits the smallest one. `None`: every visible
             GPU. Defaults to `1`: one device, the probe's budget.
@@ -332,7 +334,7 @@ def _measure(
 def _trial_spec(c: cand.Candidate, ctx: PlanContext) -> tuple[TrialSpec, str]:
     """The candidate's trial spec at the preset sizes, in the BatchNorm mode of its plan."""
     req = ctx.request
-    max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(req.effective_batch / ctx.replicas))
+    max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(req.target_batch / ctx.replicas))
     norm = cand.trial_normalization(
         c,
         allowed_bytes=ctx.step_allowed_bytes,

@@ -81,7 +81,8 @@ def best_measured(measured: Sequence[CandidateMeasurement], ctx: PlanContext) ->
             time_budget_s=ctx.time_left(),
             n_train_samples=ctx.n_train,
             native_hw=ctx.native_hw,
-            target_effective_batch=req.effective_batch,
+            target_effective_batch=req.target_batch,
+            fixed_effective_batch=req.batch_fixed,
             replicas=ctx.replicas,
             weights=req.weights,
         )

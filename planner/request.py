@@ -34,7 +34,10 @@ class PlanRequest:
         budget_memory: bytes the run may use; `None` (default): the probe's budget.
         budget_time_s: wall time for training; `None` (default): no limit.
         backbones, sizes, precisions: restrict the candidates; `None`: the presets.
-        effective_batch: micro-batch x replicas x accumulation to reach.
+        effective_batch: micro-batch x replicas x accumulation to reach, as the user set
+            it (`--effective-batch`: kept exactly). `None` (default): the planner decides,
+            from `presets.TARGET_EFFECTIVE_BATCH` (16), lower when a short time budget
+            buys too few updates (`planner.search.updates`).
         devices: GPUs per worker for data-parallel training (docs/distributed.md); `None`:
             every visible GPU.
         workers: hosts of a multi-worker run (assumed to match this one).
@@ -57,7 +60,7 @@ class PlanRequest:
     backbones: Sequence[str] | None = None
     sizes: Sequence[int] | None = None
     precisions: Sequence[str] | None = None
-    effective_batch: int = presets.TARGET_EFFECTIVE_BATCH
+    effective_batch: int | None = None
     devices: int | None = 1
     workers: int = 1
     headroom: float = presets.HEADROOM
@@ -67,6 +70,16 @@ class PlanRequest:
     trial_timeout_s: float = presets.TRIAL_TIMEOUT_S
     use_cache: bool = True
     data_options: dict[str, Any] | None = None
+
+    @property
+    def target_batch(self) -> int:
+        """The effective batch to aim at: the user's, or `presets.TARGET_EFFECTIVE_BATCH`."""
+        return self.effective_batch or presets.TARGET_EFFECTIVE_BATCH
+
+    @property
+    def batch_fixed(self) -> bool:
+        """Whether the user set the effective batch (then it is never lowered)."""
+        return self.effective_batch is not None
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,8 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
         count_planning_time=req.count_planning_time,
         n_train_samples=ctx.n_train,
         native_hw=ctx.native_hw,
-        target_effective_batch=req.effective_batch,
+        target_effective_batch=req.target_batch,
+        fixed_effective_batch=req.batch_fixed,
         replicas=ctx.replicas,
         weights=req.weights,
         say=ctx.say,
@@ -161,7 +162,7 @@ def _verify(
     if got >= 1:
         # The trials' slope through the verified point: the refitted run line mixes the
         # estimated points with the measured one and can pass below the latter's slope.
-        got, steps = _step_up(step_line, got, steps, measure, ctx)
+        got, steps = _step_up(step_line, got, steps, measure, ctx, _target(choice, ctx))
     for s in steps:
         ctx.say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
     if got < 1:
@@ -175,6 +176,7 @@ def _step_up(
     steps: list[VerifyStep],
     measure: Callable[[int], TrialResult],
     ctx: PlanContext,
+    target: int,
 ) -> tuple[int, list[VerifyStep]]:
     """One larger size when the verified run left budget unused (`memory_model.step_up`).
 
@@ -182,14 +184,15 @@ def _step_up(
     with, so the headroom is now what the measured run needs: the long-run growth
     (`presets.RUN_GROWTH`) and `request.headroom`. Skipped under `train --auto` once
     planning has used its share of the time budget: a larger micro-batch is not worth
-    training time.
+    training time. `target`: the chosen effective batch, which caps the micro-batch
+    (lowered for updates, it stays lowered).
     """
     req = ctx.request
     if req.count_planning_time and req.budget_time_s is not None:
         if ctx.elapsed() > presets.PLANNING_SHARE * req.budget_time_s:
             return got, steps
     peak = steps[-1].peak_bytes or 0
-    cap = min(presets.MAX_MICRO_BATCH, math.ceil(req.effective_batch / ctx.replicas))
+    cap = min(presets.MAX_MICRO_BATCH, math.ceil(target / ctx.replicas))
     size, _, step = step_up(
         line,
         got,
@@ -208,10 +211,15 @@ def _step_up(
     return size, [*steps, step]
 
 
+def _target(choice: Choice, ctx: PlanContext) -> int:
+    """The effective batch `choice` accumulates to: its own (maybe lowered for updates)."""
+    return choice.target_batch or ctx.request.target_batch
+
+
 def _at_size(choice: Choice, size: int, ctx: PlanContext) -> Choice:
     """`choice` at micro-batch `size`: its accumulation, BatchNorm mode and step peak there."""
     req = ctx.request
-    accum = accumulation_for(size, req.effective_batch, ctx.replicas)
+    accum = accumulation_for(size, _target(choice, ctx), ctx.replicas)
     step_peak = (
         choice.predicted_peak_bytes
         if size == choice.micro_batch or choice.line is None
@@ -268,7 +276,10 @@ def _fastest_for_one_epoch(
     fits = [e for e in untimed.evaluations if e.verdict in ("chosen", "feasible")]
     fastest = min(fits, key=lambda e: e.epoch_time_s).candidate
     only = [m for m in measurements if m.candidate == fastest]
-    choice = choose(only, time_budget_s=None, **kw)
+    # Its updates are counted in the time left: a partial epoch buys few, so the
+    # effective batch may be lowered (planner.search.updates).
+    choice = choose(only, time_budget_s=None, updates_time_s=left, **kw)
+    mine = next(e for e in choice.evaluations if e.verdict == "chosen")
     note = (
         f"no candidate trains one epoch in the {left:.0f} s left after planning; "
         f"training the fastest, {fastest.label} ({choice.epoch_time_s:.0f} s per epoch), "
@@ -278,7 +289,7 @@ def _fastest_for_one_epoch(
     evals = []
     for e in untimed.evaluations:
         if e.candidate == fastest:
-            e = dataclasses.replace(e, verdict="chosen", reason="the shortest epoch: " + note)
+            e = dataclasses.replace(mine, reason="the shortest epoch: " + note)
         elif e.verdict in ("chosen", "feasible"):
             why = f"too slow: {e.epoch_time_s:.0f} s per epoch, {left:.0f} s left"
             e = dataclasses.replace(e, verdict="rejected", reason=why)

@@ -73,6 +73,8 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
         f" = effective {plan_dict['micro_batch'] * plan_dict['accumulation_steps']}"
         f", BatchNorm {plan_dict['normalization']}",
     )
+    if ev.get("effective_batch_reason"):
+        summary.add_row("", ev["effective_batch_reason"] + _lr_scaling(plan_dict))
     summary.add_row("data", f"{plan_dict['data']['cache']}")
     target = plan_dict.get("target") or {}
     summary.add_row(
@@ -99,6 +101,17 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
         f"{ev.get('traces', 0)} graph traces" + _reused(ev.get("planning") or {}),
     )
     return summary
+
+
+def _lr_scaling(plan_dict: dict[str, Any]) -> str:
+    """ "; learning rate x sqrt(8/16)" when the plan scales its rate with the batch."""
+    opt = plan_dict.get("optimizer") or {}
+    if opt.get("lr_scaling", "none") == "none" or not opt.get("reference_batch"):
+        return ""
+    replicas = plan_dict.get("replicas", 1)
+    batch = plan_dict["micro_batch"] * replicas * plan_dict["accumulation_steps"]
+    rule = "sqrt" if opt["lr_scaling"] == "sqrt" else ""
+    return f"; learning rate x {rule}({batch}/{opt['reference_batch']})"
 
 
 def _reused(planning: dict[str, Any]) -> str:

@@ -43,6 +43,10 @@ class Evaluation:
     line: MemoryLine | None = None
     need_bytes: int | None = None  # its smallest memory need, for BudgetError
     need_at: str = ""  # where that need comes from, e.g. "micro-batch 1"
+    target_batch: int = 0  # the effective batch it accumulates to (lowered for updates)
+    updates_possible: int | None = None  # optimizer updates in the time budget
+    time_bound: bool = False  # the time budget, not max_epochs, limits those updates
+    batch_reason: str = ""  # why the effective batch is `target_batch` (search/updates.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("candidate", "line")}
@@ -68,6 +72,13 @@ class Choice:
         warnings: e.g. the fit's points were too close, or nothing was fast enough.
         replicas: data-parallel replicas the micro-batch is per (docs/distributed.md);
             `effective_batch` = micro_batch x replicas x accumulation_steps.
+        target_batch: the effective batch accumulation aims at: the request's, or lower
+            when a short time budget buys too few updates (`planner.search.updates`).
+            `0`: the request's (a `Choice` made before this field).
+        requested_batch: the effective batch the request aimed at (the learning rate's
+            reference when `target_batch` is lower). `0`: `target_batch`.
+        updates: optimizer updates the time budget buys (`None`: no time budget).
+        effective_batch_reason: why the effective batch is what it is, for people.
     """
 
     candidate: Candidate
@@ -88,6 +99,15 @@ class Choice:
     evaluations: tuple[Evaluation, ...]
     warnings: tuple[str, ...] = ()
     replicas: int = 1
+    target_batch: int = 0
+    requested_batch: int = 0
+    updates: int | None = None
+    effective_batch_reason: str = ""
+
+    @property
+    def lowered(self) -> bool:
+        """Whether the effective batch was lowered below the request's for more updates."""
+        return 0 < self.target_batch < self.requested_batch
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

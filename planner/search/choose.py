@@ -4,14 +4,16 @@ For each candidate: fit the memory line to its ok trials, take the largest micro
 whose predicted peak stays under budget x (1 - headroom) (never above a size that
 failed, the target effective batch or `presets.MAX_MICRO_BATCH`), accumulate to the
 target effective batch, pick the BatchNorm mode (`trainer.plan.normalization_for`), and
-estimate the epoch time from the measured step time. Then score what is feasible
-(`presets.Objective`, docs/planning.md) and pick the best; every other candidate gets
-its verdict and reason.
+estimate the epoch time from the measured step time. Under a time budget that buys
+too few optimizer updates, lower the effective batch (`planner.search.updates`). Then
+score what is feasible (`presets.Objective`, docs/planning.md) and pick the best; every
+other candidate gets its verdict and reason.
 
 API for `planner.make_plan`:
     CandidateMeasurement(candidate, trials=(), pruned_reason=None, estimate_bytes=None)
     choose(measurements, *, budget_bytes, headroom, time_budget_s, n_train_samples,
-           native_hw=None, target_effective_batch=16, min_epochs=None, objective=...) -> Choice
+           native_hw=None, target_effective_batch=16, fixed_effective_batch=False,
+           min_epochs=None, objective=...) -> Choice
         raises `trainer.errors.BudgetError` when nothing fits, naming the smallest need.
     Choice.to_dict(), Choice.evaluations (one `Evaluation` per candidate)
 """
@@ -23,13 +25,12 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
-from planner.search import presets
+from planner.search import no_fit, presets, updates
 from planner.search.candidates import Candidate
 from planner.search.choice import CandidateMeasurement, Choice, Evaluation
 from planner.search.memory_model import allowed_bytes, fit_line, largest_fitting
 from planner.trials.spec import TrialResult
 from trainer.data.splits import crops_for, epoch_steps
-from trainer.errors import BudgetError, FitplanError
 from trainer.plan import accumulation_for, normalization_for
 
 __all__ = [
@@ -131,6 +132,7 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
         line=line,
         need_bytes=need,
         need_at=at,
+        target_batch=target,
     )
 
 
@@ -159,12 +161,14 @@ def choose(
     n_train_samples: int,
     native_hw: tuple[int, int] | None = None,
     target_effective_batch: int = presets.TARGET_EFFECTIVE_BATCH,
+    fixed_effective_batch: bool = False,
     min_epochs: int | None = None,
     objective: presets.Objective = presets.DEFAULT_OBJECTIVE,
     max_micro_batch: int = presets.MAX_MICRO_BATCH,
     replicas: int = 1,
     weights: str = "none",
     budget_for: Callable[[int], float] | None = None,
+    updates_time_s: float | None = None,
 ) -> Choice:
     """Pick the candidate that should reach the best validation quality within the budgets.
 
@@ -178,6 +182,10 @@ def choose(
         native_hw: their (height, width) at `data.image_scale`, to count crops per epoch
             like the trainer. `None` (default): one sample per image.
         target_effective_batch: micro-batch x accumulation to reach. Defaults to `16`.
+            Under a time budget that buys fewer than `objective.updates_wanted` updates
+            at it, halved per candidate (`planner.search.updates`).
+        fixed_effective_batch: the user set `target_effective_batch`: never lowered.
+            Defaults to `False`.
         min_epochs: fewer possible epochs rejects a candidate as too slow (unless no
             candidate reaches it). `None` (default): `objective.min_epochs`.
         objective: the scoring constants. Defaults to `presets.DEFAULT_OBJECTIVE`.
@@ -190,6 +198,8 @@ def choose(
         budget_for: the budget that would hold a train step needing `n` bytes, for the
             "raise --budget-memory" hint (the planner adds its training-overhead
             estimate as bytes). `None` (default): `n` / (1 - `headroom`).
+        updates_time_s: without a time budget, the seconds to count updates in (the
+            `--auto` fallback's partial epoch). `None` (default): `time_budget_s`.
 
     Raises:
         BudgetError: no candidate fits the memory budget (names the smallest need), or
@@ -201,23 +211,41 @@ def choose(
         )
     allowed = allowed_bytes(budget_bytes, headroom)
     want = objective.min_epochs if min_epochs is None else min_epochs
-    evals = []
-    for m in measurements:
+    count_s = time_budget_s if time_budget_s is not None else updates_time_s
+
+    def at_batch(m: CandidateMeasurement, target: int) -> Evaluation:
         e = _evaluate(
             m,
             budget=budget_bytes,
             headroom=headroom,
             allowed=allowed,
-            target=target_effective_batch,
+            target=target,
             max_mb=max_micro_batch,
             replicas=replicas,
         )
+        if e.verdict != "feasible":
+            return e
+        return _with_time(
+            e, objective, time_budget_s, count_s, n_train_samples, native_hw, replicas
+        )
+
+    evals = []
+    floor = max(objective.min_effective_batch, replicas)
+    for m in measurements:
+        e = at_batch(m, target_effective_batch)
         if e.verdict == "feasible":
-            e = _with_time(e, objective, time_budget_s, n_train_samples, native_hw, replicas)
+            e = updates.settle(
+                e,
+                lambda t, m=m: at_batch(m, t),
+                objective,
+                fixed=fixed_effective_batch,
+                floor=floor,
+                min_epochs=want,
+            )
         evals.append(e)
     feasible = [e for e in evals if e.verdict == "feasible" and (e.epochs_possible or 0) >= 1]
     if not feasible:
-        _raise_budget(evals, budget_bytes, allowed, time_budget_s, budget_for)
+        no_fit.raise_budget(evals, budget_bytes, allowed, time_budget_s, budget_for)
     best, final, notes = _rank(evals, feasible, want, time_budget_s)
     return _choice(
         best,
@@ -230,6 +258,7 @@ def choose(
         native_hw=native_hw,
         replicas=replicas,
         weights=weights,
+        requested_batch=target_effective_batch,
     )
 
 
@@ -250,7 +279,7 @@ def _rank(
     if not good:
         pool = feasible
         notes.append(
-            f"no candidate reaches {want} epochs in {_dur(time_budget_s)}; chose the best score anyway"
+            f"no candidate reaches {want} epochs in {no_fit.dur(time_budget_s)}; chose the best score anyway"
         )
     ranked = sorted(
         pool, key=lambda e: (-e.score, -e.epochs_possible, e.predicted_peak_bytes, e.candidate)
@@ -264,7 +293,7 @@ def _rank(
         elif id(e) in in_pool:
             e = dataclasses.replace(e, reason=f"score {e.score:.3f} < {best.score:.3f}")
         elif e.verdict == "feasible":
-            why = f"too slow: {e.epochs_possible} epochs in {_dur(time_budget_s)} (needs {want})"
+            why = f"too slow: {e.epochs_possible} epochs in {no_fit.dur(time_budget_s)} (needs {want})"
             e = dataclasses.replace(e, verdict="rejected", reason=why)
         final.append(e)
     return best, final, notes
@@ -282,6 +311,7 @@ def _choice(
     native_hw: tuple[int, int] | None,
     replicas: int,
     weights: str,
+    requested_batch: int,
 ) -> Choice:
     """The `Choice` for the best evaluation: plan fields, prediction and every verdict."""
     mb, accum = best.micro_batch, best.accumulation_steps
@@ -314,10 +344,15 @@ def _choice(
         evaluations=tuple(evaluations),
         warnings=tuple(notes + list(best.line.warnings if best.line else ())),
         replicas=replicas,
+        target_batch=best.target_batch,
+        requested_batch=requested_batch,
+        updates=best.updates_possible,
+        effective_batch_reason=best.batch_reason,
     )
 
 
-def _with_time(e, obj, time_budget_s, n, native_hw, replicas=1) -> Evaluation:
+def _with_time(e, obj, time_budget_s, count_s, n, native_hw, replicas=1) -> Evaluation:
+    """Epoch time, epochs and updates in the time budget (`count_s`), and the score."""
     c = e.candidate
     # Each step takes one micro-batch on every replica at once: a global batch of mb x replicas.
     steps = epoch_steps(
@@ -329,42 +364,18 @@ def _with_time(e, obj, time_budget_s, n, native_hw, replicas=1) -> Evaluation:
     else:
         possible = math.floor(time_budget_s / epoch_s) if epoch_s > 0 else obj.max_epochs
         factor = min(1.0, possible / obj.epochs_wanted) ** obj.time_exponent
+    bought, bound = None, False
+    if count_s is not None:
+        per_epoch = steps // e.accumulation_steps
+        bought = updates.updates_in(count_s, epoch_s, per_epoch, obj.max_epochs)
+        bound = bought < obj.max_epochs * per_epoch  # else max_epochs limits them, as untimed
+        factor *= updates.updates_factor(bought if bound else None, obj)
     score = score_bound(c, obj) * factor
     return dataclasses.replace(
-        e, epoch_time_s=epoch_s, epochs_possible=possible, score=round(score, 6)
+        e,
+        epoch_time_s=epoch_s,
+        epochs_possible=possible,
+        score=round(score, 6),
+        updates_possible=bought,
+        time_bound=bound,
     )
-
-
-def _raise_budget(evals, budget, allowed, time_budget_s, budget_for=None) -> None:
-    slow = [e for e in evals if e.verdict == "feasible"]
-    if slow:
-        fastest = min(slow, key=lambda e: e.epoch_time_s)
-        raise BudgetError(
-            f"no candidate trains one epoch within the time budget {_dur(time_budget_s)}: the fastest, "
-            f"{fastest.candidate.label}, needs {_dur(fastest.epoch_time_s)} per epoch",
-            hint="raise --budget-time or try smaller --sizes",
-        )
-    needs = [e for e in evals if e.need_bytes is not None]
-    measured = [e for e in needs if e.verdict != "pruned"]
-    pool = measured or needs
-    if not pool:
-        first = next((e.reason for e in evals), "no candidates")
-        raise FitplanError(
-            f"no candidate could be measured: {first}",
-            hint="see each candidate's reason in the evidence",
-        )
-    small = min(pool, key=lambda e: e.need_bytes)
-    kind = "measured" if measured else "estimated"
-    needed = budget_for(small.need_bytes) if budget_for else small.need_bytes / (allowed / budget)
-    raise BudgetError(
-        f"no candidate fits the memory budget {budget / GIB:.2f} GiB (allowed {allowed / GIB:.2f} GiB "
-        f"after headroom): the smallest {kind} need is {small.need_bytes / GIB:.2f} GiB "
-        f"({small.candidate.label}, {small.need_at})",
-        hint=f"raise --budget-memory to at least {needed / GIB:.2f} GiB",
-    )
-
-
-def _dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "unlimited time"
-    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"

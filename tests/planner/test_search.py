@@ -120,9 +120,15 @@ def test_larger_input_wins_when_time_allows():
 
 def test_without_a_candidate_reaching_min_epochs_the_best_score_is_taken_with_a_warning():
     slow = measured(sec_per_sample=1.0)
-    c = pick([slow], budget_bytes=budget_for(40), time_budget_s=600, n_train_samples=100)
+    kw = dict(budget_bytes=budget_for(40), time_budget_s=600, n_train_samples=100)
+    c = pick([slow], fixed_effective_batch=True, **kw)
     # 100 samples / 16 = 7 steps x 16 s x 1.15 = 128.8 s -> 4 epochs
     assert c.epochs == 4
+    assert any("no candidate reaches 15 epochs" in w for w in c.warnings)
+    # The planner's own batch: 28 updates at 16 are too few, 4 x 1 makes 25 steps of 4 s
+    # (115 s per epoch): 5 epochs, still under 15.
+    c = pick([slow], **kw)
+    assert (c.effective_batch, c.epochs) == (4, 5)
     assert any("no candidate reaches 15 epochs" in w for w in c.warnings)
 
 
