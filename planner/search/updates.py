@@ -99,16 +99,10 @@ def settle(
     cur, tried = e, []
     while cur.updates_possible < wanted and cur.target_batch > floor:
         nxt = at_batch(max(floor, cur.target_batch // 2))
-        worse = (
-            nxt.verdict != "feasible"
-            or nxt.updates_possible is None
-            or nxt.updates_possible <= cur.updates_possible
-            or nxt.score < cur.score
-            or (cur.epochs_possible or 0) >= min_epochs > (nxt.epochs_possible or 0)
-        )
         tried.append(f"{nxt.target_batch} buys {nxt.updates_possible}")
+        worse = _worse(cur, nxt, min_epochs)
         if worse:
-            tried[-1] += " (not taken)"
+            tried[-1] += f" (not taken: {worse})"
             break
         cur = nxt
     why = f"{bought}; " + ", ".join(tried) if tried else bought
@@ -116,3 +110,19 @@ def settle(
     if cur.updates_possible < wanted and cur.target_batch <= floor:
         why += f"; floor {floor}"
     return dataclasses.replace(cur, batch_reason=why + ")")
+
+
+def _worse(cur: Evaluation, nxt: Evaluation, min_epochs: int) -> str:
+    """Why the halved evaluation `nxt` is not taken over `cur`, or "" when it is better."""
+    if nxt.verdict != "feasible" or nxt.updates_possible is None:
+        return nxt.reason or nxt.verdict
+    if nxt.updates_possible <= cur.updates_possible:
+        return "no more updates"
+    if (cur.epochs_possible or 0) >= min_epochs > (nxt.epochs_possible or 0):
+        return f"{nxt.epochs_possible} epochs, under {min_epochs}"
+    if nxt.score < cur.score:
+        return (
+            f"{nxt.epochs_possible} epochs instead of {cur.epochs_possible}, "
+            f"score {nxt.score:.3f} < {cur.score:.3f}"
+        )
+    return ""

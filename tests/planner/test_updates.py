@@ -118,8 +118,8 @@ def test_a_halving_that_makes_the_candidate_too_slow_is_not_taken():
     # -> 13 epochs (under min_epochs 15), 169 updates: more updates, but too slow.
     assert (c.effective_batch, c.epochs) == (16, 15)
     assert c.effective_batch_reason == (
-        "the time budget buys 105 updates at effective batch 16; 8 buys 169 (not taken) "
-        "(wanted 300)"
+        "the time budget buys 105 updates at effective batch 16; 8 buys 169 (not taken: "
+        "13 epochs, under 15) (wanted 300)"
     )
 
 
