@@ -22,13 +22,16 @@ def auto_train(
     max_steps: int | None = None,
     adjust: Callable[[Any], Any] | None = None,
     progress: bool = False,
+    started_at: float | None = None,
     **plan_options: Any,
 ) -> tuple[PlanResult, Any]:
     """Make a plan for `data` and train it into the run folder `out`.
 
-    The time budget (`budget_time_s`) counts from the start of planning: the plan's
-    `time_limit_s` is the whole budget and training's clock starts when planning did,
-    so planning time is taken out of training time. Planning is capped at
+    The time budget (`budget_time_s`) counts from `started_at` (the command line passes
+    the process's start, so imports count too; from Python it defaults to this call):
+    the plan's `time_limit_s` is the whole budget and training's clock starts there, so
+    planning time is taken out of training time, and the run's `metrics.json`
+    `time_account` says where the time went (`trainer.train.time_account`). Planning is capped at
     `presets.AUTO_PLANNING_SHARE` of it (10 minutes -> 60 s; `planner.measure_order`
     says what it skipped to stay inside). The plan is saved in the run folder.
 
@@ -42,6 +45,7 @@ def auto_train(
             the run's plan.json).
         adjust: changes the made plan before training (`--set KEY=VALUE`), or `None`.
         progress: print the epoch lines on stdout (`trainer.train.fit.train`).
+        started_at: `time.monotonic()` value the budget counts from, or `None` (now).
         **plan_options: passed to `planner.make_plan.make_plan`.
 
     Returns:
@@ -49,7 +53,8 @@ def auto_train(
     """
     from trainer.train.fit import train
 
-    started = time.monotonic()
+    called = time.monotonic()
+    started = called if started_at is None else min(started_at, called)
     result = make_plan(data, val=val, count_planning_time=True, log=log, **plan_options)
     if log:
         cap = (result.plan.evidence or {}).get("planning", {}).get("cap_s")
@@ -68,5 +73,7 @@ def auto_train(
         max_epochs=max_epochs,
         max_steps=max_steps,
         progress=progress,
+        spent_before={"startup_s": called - started, "planning_s": result.planning_time_s},
+        origin="command start" if started_at is not None else "auto_train call",
     )
     return result, trained

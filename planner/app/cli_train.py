@@ -325,6 +325,7 @@ def _fresh_process_on_step_down(
 def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None:
     from planner.app.auto import auto_train
     from planner.app.cli_options import apply_settings
+    from trainer.clock import process_start_monotonic
     from trainer.train.progress import RichProgress
 
     plan_options, use_cache, max_epochs, max_steps, settings, callback_specs = budgets
@@ -339,6 +340,7 @@ def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None
         result, trained = auto_train(
             data,
             out,
+            started_at=process_start_monotonic(),  # the user's clock: imports count too
             val=val,
             images=images,
             masks=masks,

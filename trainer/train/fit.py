@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from trainer.train.preflight import GpuSetup, prepare_device, warn_plan_mismatch
 from trainer.train.run_dir import RunDir
 from trainer.train.schedule import deadline_schedule, schedule_kind, stopping_callbacks
 from trainer.train.setup import build_model_for_plan, compile_model
+from trainer.train.time_account import TimeAccount
 from trainer.train.tracking import (
     EpochLog,
     print_progress,
@@ -81,6 +82,8 @@ def train(
     started_at: float | None = None,
     step_down: bool = True,
     progress: bool = False,
+    spent_before: Mapping[str, float] | None = None,
+    origin: str | None = None,
 ) -> TrainResult:
     """Train `plan` into the new run folder `out`.
 
@@ -97,11 +100,19 @@ def train(
             re-raises it (the planner's verification run measures one size).
         progress: print each epoch's line on stdout (notebooks). Defaults to `False`:
             the lines go to `RUN/train.log` and the `fitplan` logger only.
+        spent_before: seconds spent before this call inside the time budget, by name
+            (`--auto`: `{"startup_s": ..., "planning_s": ...}`), for `time_account`.
+        origin: what `started_at` is ("command start"); defaults to "train call", or
+            "given" when `started_at` is given.
 
     Every run folder also gets TensorBoard event files (`RUN/tensorboard`) and the
     software versions in `metrics.json` (`trainer.train.tracking`, docs/runs.md).
     """
-    started_at = time.monotonic() if started_at is None else started_at
+    called_at = time.monotonic()
+    origin = origin or ("train call" if started_at is None else "given")
+    started_at = called_at if started_at is None else started_at
+    account = TimeAccount(started_at, called_at, spent_before, origin)
+    callbacks = [*callbacks, account]  # metrics.json `time_account` (_fit_phases)
     limit_malloc_arenas()  # no-op if the command line or a child already did (docs/runs.md)
     plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
     gpu = prepare_device(plan)  # pin the GPU, read its free memory, limit it: before TF maps it
@@ -154,6 +165,8 @@ def resume(
         warn_plan_mismatch(plan, gpu)
         elapsed = float(state.get("wall_time_s", 0.0)) if state else 0.0
         started_at = time.monotonic() - elapsed
+        account = TimeAccount(started_at, time.monotonic(), None, "resumed run's first start")
+        callbacks = [*callbacks, account]
         if max_epochs is not None or max_steps is not None:
             run.save_plan(plan)  # the run's plan.json says what it now runs to
         with run_log(run.path), print_progress(progress):
@@ -399,6 +412,9 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     if lr_deadline is not None:  # when plateau early stopping would have ended it
         metrics["optimizer_updates"] = lr_deadline.updates
         metrics["early_stopping_would_stop_epoch"] = would_stop
+    account = next((c for c in callbacks if isinstance(c, TimeAccount)), None)
+    if account is not None:  # where the budget's time went (time_account.py)
+        metrics["time_account"] = account.summary(plan.time_limit_s)
     run.write_metrics(metrics)
     from trainer.models import with_probabilities
 
