@@ -8,7 +8,10 @@ mobilenet_v3_small 256x256, micro-batch 8 x 2) with `time_limit_s = minutes x 60
 `lr_schedule.kind` set to `"plateau"` (ReduceLROnPlateau and early stopping, what runs
 without a time budget) or `"deadline"` (warm-up, linear decay to zero at the deadline,
 early stopping only observing). Every seed trains both arms, one after the other; each
-is scored on the test split (`--test`, never seen in training). Writes
+is scored on the test split (`--test`, never seen in training). `--arms plateau` (or
+`deadline`) runs one arm only: two such processes started together run the arms side by
+side, sharing the CPU equally (a fair A/B on a machine with nothing else to do; each
+then writes `DIR/schedule_ab-<arm>.json`). Writes
 `DIR/schedule_ab.json`: per arm and seed the test Dice, epochs, why it stopped, the
 epoch plateau early stopping stopped (or, under the deadline schedule, would have
 stopped) and the learning rate per epoch; and per arm the mean and spread.
@@ -40,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_args(parser)
     parser.add_argument("--plan", type=Path, help="plan to run (default: see the docstring)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="plateau,deadline (default both)")
     args = parser.parse_args(argv)
+    arms = [a for a in ARMS if a in args.arms.split(",")]
     from trainer.atomic import write_json
     from trainer.plan import load_plan
 
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.monotonic()
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
             if args.plan is not None:
                 base = load_plan(args.plan)
                 base = base.replace(seed=seed, time_limit_s=seconds, epochs=max(base.epochs, 500))
@@ -88,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "wall_s": round(time.monotonic() - t0, 1),
         "test_dice": {
-            arm: summary([r["test_dice"] for r in rows if r["arm"] == arm]) for arm in ARMS
+            arm: summary([r["test_dice"] for r in rows if r["arm"] == arm]) for arm in arms
         },
         "runs": rows,
     }
-    write_json(args.out / "schedule_ab.json", doc)
-    for arm in ARMS:
+    name = "schedule_ab.json" if len(arms) == len(ARMS) else f"schedule_ab-{'-'.join(arms)}.json"
+    write_json(args.out / name, doc)
+    for arm in arms:
         s = doc["test_dice"][arm]
         print(f"{arm:9s} test Dice {s['mean']:.4f} (std {s['std']}, n {s['n']})")
     return 0
