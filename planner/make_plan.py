@@ -14,8 +14,6 @@ building the plan document in `planner.build`.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,15 +23,12 @@ from typing import Any
 
 from planner import measure_order as order
 from planner.build import build_plan
+from planner.measure import measure_candidates
 from planner.request import Log, PlanContext, PlanRequest, quiet, step_headroom
 from planner.search import candidates as cand
 from planner.search import presets
-from planner.search.choice import CandidateMeasurement, Choice, Evaluation
-from planner.search.choose import score_bound
+from planner.search.choice import CandidateMeasurement, Choice
 from planner.trials import cache as trial_cache
-from planner.trials.cache import TrialCache
-from planner.trials.spec import TrialResult, TrialSpec
-from planner.trials.trial import measure_each, measure_one
 from planner.verified_choice import choose_and_verify
 from trainer.data.pairs import Pair
 from trainer.data.splits import split_pairs
@@ -159,7 +154,7 @@ def plan_from_request(
     children: set[int] = set()
     cache = trial_cache.for_plan(hw, ctx.device, request.use_cache)
     pruned, kept = _candidates(ctx)
-    measured, traces = _measure(kept, ctx, children, cache)
+    measured, traces = measure_candidates(kept, ctx, children, cache)
     latest = {m.candidate: m for m in pruned + measured}  # each candidate's last record
 
     def on_drop(
@@ -172,10 +167,11 @@ def plan_from_request(
             return ms
         ctx.say(f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}")
         rest = [m for m in ms if m.candidate not in named]
-        more, more_traces = _measure(named, ctx, children, cache, known=rest)
+        more, more_traces = measure_candidates(named, ctx, children, cache, known=rest)
         traces += more_traces
         latest.update({m.candidate: m for m in more})
-        return rest + more
+        redone = {m.candidate for m in more}  # a known leader may come back with a new size
+        return [m for m in rest if m.candidate not in redone] + more
 
     choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
     measurements = list(latest.values())
@@ -271,124 +267,6 @@ def _candidates(ctx: PlanContext) -> tuple[list[CandidateMeasurement], list[cand
         for p in pruned
     ]
     return records, kept
-
-
-def _measure(
-    kept: Sequence[cand.Candidate],
-    ctx: PlanContext,
-    children: set[int],
-    cache: TrialCache | None,
-    *,
-    known: Sequence[CandidateMeasurement] = (),
-) -> tuple[list[CandidateMeasurement], int]:
-    """Measure the candidates best first; skip those that cannot win or do not fit in time.
-
-    Candidates go in order of their best possible score (`search.choose.score_bound`:
-    the objective with every epoch it wants, whatever memory allows). Once a measured
-    candidate is feasible and scores above a candidate's bound, that candidate cannot
-    be chosen and is recorded "not measured: cannot beat ..." instead. Under a time
-    budget, `presets.PLANNING_SHARE` of it stops new children (`fitplan plan`); under
-    `--auto` the planning cap (`PlanContext.planning_left`) decides how many children
-    fit (`measure_order.sizes_in_time`). Until one candidate is feasible, measuring goes on: a plan
-    needs one. `known`: candidates measured before, to beat. Returns the measurements
-    and the number of graph traces; `children` receives the process ids.
-    """
-    budget_time = ctx.request.budget_time_s
-    queue = sorted(kept, key=lambda c: -score_bound(c))
-    out: list[CandidateMeasurement] = []
-    traces = 0
-    best: Evaluation | None = order.best_measured(known, ctx)
-    for c in queue:
-        bound = score_bound(c)
-        reason = None
-        sizes = presets.TRIAL_MICRO_BATCHES
-        spec, norm = _trial_spec(c, ctx)
-        if best is not None and round(bound, 6) < best.score:  # `choose` rounds scores
-            reason = (
-                f"{order.CANNOT_BEAT} {best.candidate.label} "
-                f"(score at most {bound:.3f} < {best.score:.3f})"
-            )
-        elif (
-            best is not None
-            and budget_time is not None
-            and (ctx.elapsed() > presets.PLANNING_SHARE * budget_time)
-        ):
-            reason = (
-                f"not measured: planning already used {presets.PLANNING_SHARE:.0%} "
-                "of the time budget"
-            )
-        elif ctx.planning_left() is not None:
-            sizes, reason = order.sizes_in_time(spec, ctx, cache, out, must=best is None)
-        if reason is not None:
-            out.append(CandidateMeasurement(c, pruned_reason=reason))
-            ctx.say(f"skipped {c.label}: {reason}")
-            continue
-        m = _measure_candidate(c, spec, norm, sizes, ctx, cache)
-        children |= {r.child_pid for r in m.trials if r.child_pid}
-        traces += sum(r.traces or 0 for r in m.trials if not r.details.get("cached"))
-        out.append(m)
-        best = order.best_measured([*known, *out], ctx)
-    return out, traces
-
-
-def _trial_spec(c: cand.Candidate, ctx: PlanContext) -> tuple[TrialSpec, str]:
-    """The candidate's trial spec at the preset sizes, in the BatchNorm mode of its plan."""
-    req = ctx.request
-    max_mb = min(presets.MAX_MICRO_BATCH, math.ceil(req.target_batch / ctx.replicas))
-    norm = cand.trial_normalization(
-        c,
-        allowed_bytes=ctx.step_allowed_bytes,
-        max_micro_batch=max_mb,
-        num_classes=ctx.num_classes,
-        device=ctx.device,
-        weights=req.weights,
-    )
-    spec = cand.trial_spec(c, num_classes=ctx.num_classes, device=ctx.device, normalization=norm)
-    return spec, norm
-
-
-def _measure_candidate(
-    c: cand.Candidate,
-    spec: TrialSpec,
-    norm: str,
-    sizes: Sequence[int],
-    ctx: PlanContext,
-    cache: TrialCache | None,
-) -> CandidateMeasurement:
-    """Trial children at `sizes` (and one between, after an out-of-memory)."""
-    ctx.say(
-        f"measuring {c.label} at micro-batches {list(sizes)} (one child each, BatchNorm {norm})..."
-    )
-    spec = dataclasses.replace(spec, micro_batches=tuple(sizes))
-    limits = dict(
-        timeout_s=ctx.request.trial_timeout_s, memory_limit_bytes=ctx.budget_bytes, cache=cache
-    )
-    results = measure_each(spec, **limits)
-    between = _size_between(results) if len(sizes) > 1 else None
-    if between is not None:
-        ctx.say(f"  out of memory at {results[-1].micro_batch}: measuring {between} too")
-        mid = measure_one(spec, between, **limits)
-        results = sorted([*results, mid], key=lambda r: r.micro_batch)
-    if len(sizes) == 1:
-        results = order.with_analytic_slope(c, results, ctx)
-    ctx.say("  " + "; ".join(order.trial_line(r) for r in results))
-    return CandidateMeasurement(c, trials=tuple(results), normalization=norm)
-
-
-def _size_between(results: Sequence[TrialResult]) -> int | None:
-    """A size to measure between the largest that fit and a larger one out of memory.
-
-    With one size measured and the next out of memory (e.g. 1 fits, 4 does not, under a
-    tight budget), the search has no line and would stop at the measured size although
-    2 or 3 may fit. One more child at the size halfway gives the second point. `None`
-    when there is nothing between, or the failure was not out of memory.
-    """
-    ok = [r for r in results if r.ok]
-    bad = [r for r in results if not r.ok]
-    if len(ok) != 1 or not bad or bad[0].status != "oom":
-        return None
-    low, high = ok[0].micro_batch, bad[0].micro_batch
-    return (low + high) // 2 if high - low >= 2 else None
 
 
 def _train_count(fp: dict[str, Any], val: str | Path | None) -> int:

@@ -1,16 +1,19 @@
 """Which candidates `planner.make_plan` measures, at which sizes, and what it says it skipped.
 
-Planning measures best first (`search.choose.score_bound`) and stops measuring what
-cannot win (`best_measured`); under `train --auto` it fits its children into the
-planning cap (`sizes_in_time`, `presets.AUTO_PLANNING_SHARE`), down to one trial size
-with the analytic slope for the second point (`with_analytic_slope`). `lost_to`
-names the skipped candidates to measure after all when the one they lost to failed
-verification; `planning_evidence` records what was cached, estimated and skipped.
+Planning measures in the order of the estimated score (`planner.time_bound`) and stops
+measuring what cannot win (`best_measured` against `time_bound.best_possible`). Each
+candidate is measured at one size first (`first_sizes`, `with_analytic_slope` for the
+line's second point); the one that leads gets its second size before the choice
+(`leader`, `second_size`). Under `train --auto` children fit into the planning cap
+(`sizes_in_time`, `child_fits`, `presets.AUTO_PLANNING_SHARE`). `lost_to` names the
+skipped candidates to measure after all when the one they lost to failed verification;
+`planning_evidence` records what was cached, estimated and skipped.
 Pure: no processes, no TensorFlow.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +21,7 @@ from planner.request import PlanContext
 from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.candidates import Candidate
-from planner.search.choice import CandidateMeasurement, Evaluation
+from planner.search.choice import CandidateMeasurement, Choice, Evaluation
 from planner.search.choose import choose
 from planner.trials.cache import TrialCache
 from planner.trials.spec import TrialResult, TrialSpec
@@ -29,32 +32,83 @@ from trainer.units import gib
 CANNOT_BEAT = "not measured: cannot beat"
 
 
+def _child_cost(ctx: PlanContext, done: Sequence[CandidateMeasurement]) -> tuple[float, float]:
+    """`(seconds one trial child is expected to take, planning seconds spare for trials)`.
+
+    A child is expected to take as long as the slowest one so far (before the first,
+    `presets.TRIAL_CHILD_GUESS_S`); the verification run keeps
+    `presets.VERIFY_CHILD_EQUIVALENTS` children's worth of the `--auto` cap.
+    """
+    walls = [r.details.get("child_wall_s") for m in done for r in m.trials]
+    per_child = max([w for w in walls if w], default=presets.TRIAL_CHILD_GUESS_S)
+    left = ctx.planning_left()
+    spare = math.inf if left is None else left - per_child * presets.VERIFY_CHILD_EQUIVALENTS
+    return per_child, spare
+
+
+def child_fits(ctx: PlanContext, done: Sequence[CandidateMeasurement]) -> bool:
+    """Whether one more trial child fits in the `--auto` planning cap (always without one)."""
+    per_child, spare = _child_cost(ctx, done)
+    return per_child <= spare
+
+
+def first_sizes(
+    c: Candidate, spec: TrialSpec, ctx: PlanContext, cache: TrialCache | None
+) -> tuple[int, ...]:
+    """The trial sizes to measure a candidate at first: its cached sizes, else one size.
+
+    One child per candidate: the largest trial size whose analytic estimate fits the
+    memory limit (else the smallest); `with_analytic_slope` gives the line its second
+    point. The candidate that leads once all are measured gets its second size measured
+    before the choice (`second_size`); the others keep the estimate (the chosen plan is
+    verified by a run of its own either way).
+    """
+    sizes = presets.TRIAL_MICRO_BATCHES
+    limit = ctx.budget_bytes
+    cached = tuple(mb for mb in sizes if cache is not None and cache.has(spec, mb, limit))
+    if cached:
+        return cached
+    fits = [
+        mb
+        for mb in sizes
+        if cand.analytic_estimate(
+            c.backbone, c.input_size, mb, c.precision, ctx.num_classes, device=ctx.device
+        )
+        <= limit
+    ]
+    return (fits[-1] if fits else sizes[0],)
+
+
+def second_size(m: CandidateMeasurement) -> int | None:
+    """The trial size the leader still needs measured (its line has an estimated point), or
+    `None`: both sizes are real, or its measured size did not finish."""
+    real = [r for r in m.trials if not r.details.get("estimated")]
+    if len(real) != 1 or not real[0].ok:
+        return None
+    return next((mb for mb in presets.TRIAL_MICRO_BATCHES if mb != real[0].micro_batch), None)
+
+
 def sizes_in_time(
     spec: TrialSpec,
+    sizes: Sequence[int],
     ctx: PlanContext,
     cache: TrialCache | None,
     done: Sequence[CandidateMeasurement],
     *,
     must: bool,
 ) -> tuple[tuple[int, ...], str | None]:
-    """The trial sizes that fit in the `--auto` planning cap: `(sizes, None)` or `((), reason)`.
+    """Which of `sizes` fit in the `--auto` planning cap: `(sizes, None)` or `((), reason)`.
 
-    A child is expected to take as long as the slowest one so far (before the first,
-    `presets.TRIAL_CHILD_GUESS_S`); the verification run keeps
-    `presets.VERIFY_CHILD_EQUIVALENTS` children's worth. Cached sizes cost nothing.
-    When both sizes do not fit: one size (the largest; `with_analytic_slope` adds the
-    slope); when none fits and no candidate is feasible yet (`must`), one size anyway.
+    Cached sizes cost nothing. When the children do not fit: the cached sizes if any;
+    when none fits and no candidate is feasible yet (`must`), the largest size anyway.
     """
-    walls = [r.details.get("child_wall_s") for m in done for r in m.trials]
-    per_child = max([w for w in walls if w], default=presets.TRIAL_CHILD_GUESS_S)
-    spare = ctx.planning_left() - per_child * presets.VERIFY_CHILD_EQUIVALENTS
+    per_child, spare = _child_cost(ctx, done)
     limit = ctx.budget_bytes
-    sizes = presets.TRIAL_MICRO_BATCHES
-    cached = [mb for mb in sizes if cache is not None and cache.has(spec, mb, limit)]
+    cached = tuple(mb for mb in sizes if cache is not None and cache.has(spec, mb, limit))
     if (len(sizes) - len(cached)) * per_child <= spare:
-        return sizes, None
-    if len(cached) == len(sizes) - 1 or (cached and not must):
-        return tuple(cached), None
+        return tuple(sizes), None
+    if cached and not must:
+        return cached, None
     if per_child <= spare:
         return (sizes[-1],), None
     if must:
@@ -70,14 +124,21 @@ def sizes_in_time(
     )
 
 
-def best_measured(measured: Sequence[CandidateMeasurement], ctx: PlanContext) -> Evaluation | None:
-    """The measured candidate `choose` would pick now, if it trains the epochs it wants."""
+def choose_now(
+    measured: Sequence[CandidateMeasurement],
+    ctx: PlanContext,
+    *,
+    budget_bytes: int | None = None,
+    headroom: float | None = None,
+) -> Choice | None:
+    """What `choose` picks from what is measured now, under the plan's budgets (or the
+    given memory budget and headroom); `None` when nothing is feasible."""
     req = ctx.request
     try:
-        choice = choose(
+        return choose(
             [m for m in measured if m.trials],
-            budget_bytes=ctx.budget_bytes,
-            headroom=ctx.step_headroom,
+            budget_bytes=ctx.budget_bytes if budget_bytes is None else budget_bytes,
+            headroom=ctx.step_headroom if headroom is None else headroom,
             time_budget_s=ctx.time_left(),
             n_train_samples=ctx.n_train,
             native_hw=ctx.native_hw,
@@ -86,10 +147,24 @@ def best_measured(measured: Sequence[CandidateMeasurement], ctx: PlanContext) ->
             replicas=ctx.replicas,
             weights=req.weights,
         )
-    except FitplanError:  # nothing feasible yet
+    except FitplanError:  # nothing feasible (yet)
         return None
-    best = next(e for e in choice.evaluations if e.verdict == "chosen")
-    return best if best.epochs_possible >= presets.DEFAULT_OBJECTIVE.min_epochs else None
+
+
+def leader(measured: Sequence[CandidateMeasurement], ctx: PlanContext) -> Evaluation | None:
+    """The measured candidate `choose` would pick now, whatever its epochs."""
+    choice = choose_now(measured, ctx)
+    if choice is None:
+        return None
+    return next(e for e in choice.evaluations if e.verdict == "chosen")
+
+
+def best_measured(measured: Sequence[CandidateMeasurement], ctx: PlanContext) -> Evaluation | None:
+    """The measured candidate `choose` would pick now, if it trains the epochs it wants."""
+    best = leader(measured, ctx)
+    if best is None or best.epochs_possible < presets.DEFAULT_OBJECTIVE.min_epochs:
+        return None
+    return best
 
 
 def lost_to(m: CandidateMeasurement, failed: Candidate) -> bool:

@@ -43,8 +43,12 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
 # carried the first's leftovers and a relaxed-shape retrace, and the line through them
 # over-predicted larger sizes by 10-26%.
 TRIAL_MICRO_BATCHES: tuple[int, ...] = (1, 4)
-TRIAL_WARMUP_STEPS = 3
-TRIAL_MEASURED_STEPS = 5
+# Steps per trial size: the first traces, the second still allocates (optimizer slots);
+# the step time is the median of the measured ones. Was 3 + 5: 3 steps fewer cut
+# 1-15 s per child on the 2-vCPU EPYC (0.4-4.9 s per step at micro-batch 1-4 on
+# epfl-em); the plan's peak is the verification run's, measured anyway.
+TRIAL_WARMUP_STEPS = 2
+TRIAL_MEASURED_STEPS = 3
 # A child that has not finished by then is killed: tracing alone takes 14-31 s here.
 TRIAL_TIMEOUT_S = 300.0
 # The verification run (planner/trials/verify_run.py): optimizer updates (each of
@@ -201,8 +205,34 @@ PLANNING_SHARE = 0.35
 # candidates ranked best first, cached points, a single trial size and the analytic
 # slope when time is short; what it could not measure is said (planner.make_plan).
 AUTO_PLANNING_SHARE = 0.10
+# Train-step cost per sample-pixel relative to mobilenet_v3_small, float32, per device
+# (planner/time_bound.py): once one candidate is measured, the others' step times are
+# estimated from it, and a candidate whose score at TIME_BOUND_MARGIN x that estimate
+# cannot beat a measured one is not measured. Measured on the 2-vCPU AMD EPYC (AVX2, no
+# AVX-512), TF 2.21, epfl-em trials at micro-batch 4 (2026-12-03, commit 786df6b, idle):
+# efficientnet_b0 7.75e-6 s (256x256) and 8.32e-6 s (384x384) per sample-pixel,
+# mobilenet_v3_small 4.46e-6 and 4.92e-6: ratio 1.69-1.74 (1.72 in the 6 GiB epfl-em plan
+# of the same day). The other backbones have no step time measured on this CPU (the
+# "Calibration" table in docs/planning.md times whole children, traces included), so
+# they keep the time factor at 1 and are never skipped on time; so is every backbone
+# on a GPU (nothing measured there).
+RELATIVE_STEP_COST: dict[str, dict[str, float]] = {
+    "cpu": {"mobilenet_v3_small": 1.0, "efficientnet_b0": 1.7},
+}
+# The bound takes the step time at least this share of the estimate: a 1/0.8 = 1.25x
+# error in the relative cost or the pixel scaling still never skips a candidate that can
+# win (measured spread on an idle machine: 256 vs 384 crops differ by 7-10% per pixel,
+# the ratio by 3%; the calibration takes the fastest point measured). Replaying the
+# epfl-em 4 GiB / 20 min trials (cold.json above) through the planner, 0.8 skips both
+# efficientnet_b0 candidates (bounds 0.520 and 0.525 < 0.578); 0.7 measured 384x384.
+TIME_BOUND_MARGIN = 0.8
+# Before anything is measured, the order of measuring (never a skip) on a CPU uses
+# mobilenet_v3_small's seconds per sample-pixel at micro-batch 4 measured on the 2-vCPU
+# EPYC (4.46-4.92e-6 above), scaled by CPU_GUESS_CORES / the usable cores.
+CPU_STEP_S_PER_PIXEL_GUESS = 4.7e-6
+CPU_GUESS_CORES = 2
 # Before the first child of a run has been timed: what one trial child is guessed to take
-# (a TensorFlow import, a model build, a trace and 8 steps; 10-40 s on a 2-core CPU).
+# (a TensorFlow import, a model build, a trace and 5 steps; 10-40 s on a 2-core CPU).
 TRIAL_CHILD_GUESS_S = 25.0
 # The verification run is guessed to take this many trial children (a second trace for
 # validation, the real pipeline, a checkpoint): the share of the cap kept for it.

@@ -106,7 +106,7 @@ def test_the_budget_hint_adds_the_run_overhead_as_bytes(data_dir):
 def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monkeypatch):
     """Every stage with fake children: the plan carries what they measured, exactly."""
     from planner import hardware
-    from planner import make_plan as mp
+    from planner import measure as ms
     from planner import verified_choice as vc
     from planner.search import presets
     from planner.trials.spec import TrialResult
@@ -122,10 +122,12 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
         return TrialResult("ok", size, peak, 0.01 * size, 1.0, traces=1, child_pid=next(pids))
 
     monkeypatch.setattr(
-        mp,
+        ms,
         "measure_each",
         lambda spec, **kw: [trial(m, gib + 100 * mib * m) for m in spec.micro_batches],
     )
+    # The leader's second size (planner.measure: one size first, the second before the choice).
+    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, gib + 100 * mib * m))
     verified_peak = 2 * gib + 7  # the whole run, as the verification child measured it
     runs = []
 
@@ -283,7 +285,7 @@ def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch
 
 
 def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memory():
-    from planner.make_plan import _size_between
+    from planner.measure import size_between as _size_between
     from planner.trials.spec import TrialResult
 
     ok1 = TrialResult("ok", 1, peak_bytes=10)

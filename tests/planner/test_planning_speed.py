@@ -66,7 +66,9 @@ def children(monkeypatch):
 
 
 def _trials(kids, backbone):
-    return [mb for b, mb, target in kids.calls if b == backbone and target is None]
+    """The trial sizes measured for `backbone`, ascending (one size first, the leader's
+    second before the choice)."""
+    return sorted(mb for b, mb, target in kids.calls if b == backbone and target is None)
 
 
 def test_a_candidate_that_cannot_win_is_not_measured_and_says_so(data_dir, children):

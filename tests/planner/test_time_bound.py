@@ -1,0 +1,210 @@
+"""Planning in about a minute (issue 13, 2): a bound that knows time, one trial size per
+candidate that does not lead. Fake children (`run_trial`), no TensorFlow."""
+
+import dataclasses
+
+import pytest
+
+from planner import hardware, time_bound
+from planner.make_plan import make_plan
+from planner.request import PlanContext, PlanRequest
+from planner.search import presets
+from planner.search.candidates import Candidate
+from planner.search.choice import CandidateMeasurement, Evaluation
+from planner.search.choose import score_bound
+from planner.trials import trial
+from planner.trials.cache import VERIFY_TARGET
+from planner.trials.spec import TrialResult
+
+GIB, MIB = 2**30, 2**20
+# Seconds per sample-pixel of each fake backbone: efficientnet_b0 1.7x mobilenet_v3_small,
+# as presets.RELATIVE_STEP_COST says; unet_small has no figure there.
+COST = {
+    "mobilenet_v3_small": 2e-4,
+    "efficientnet_b0": 3.4e-4,
+    "unet_small": 3.4e-4,
+    "efficientnetv2_b0": 3.4e-4,
+}
+# The fixed part of each fake backbone's peak: efficientnetv2_b0 needs more, so that
+# the tie between equal priors always goes to efficientnet_b0.
+FIXED = {"efficientnetv2_b0": 2 * 2**30}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from planner.app.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("bound") / "data", n=8, size=(64, 64), seed=0)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Fake children on an 8 GiB, 2-core CPU: step time = COST x micro-batch x pixels, the
+    CPU guess of the measuring order set to this fake machine; every call (backbone,
+    micro-batch, target) is recorded in order."""
+    budget = {"device": "cpu", "bytes": 8 * GIB, "source": "probe", "derivation": "fake"}
+    hw = {"budget": budget, "cpu": {"model": "fake", "usable_cpus": 2}, "gpus": []}
+    monkeypatch.setattr(hardware, "probe", lambda **kw: hw)
+    monkeypatch.setattr(presets, "CPU_STEP_S_PER_PIXEL_GUESS", COST["mobilenet_v3_small"])
+    made: list = []
+    pids = iter(range(7000, 8000))
+
+    def fake_run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None):
+        mb = spec.micro_batches[0]
+        made.append((spec.backbone, mb, spec.target))
+        h, w = spec.input_size
+        step = COST[spec.backbone] * mb * h * w
+        peak = (2 * GIB if spec.target else GIB) + FIXED.get(spec.backbone, 0) + 50 * MIB * mb
+        r = TrialResult("ok", mb, peak, step, 1.0, traces=1, child_pid=next(pids))
+        return [dataclasses.replace(r, details={"child_wall_s": 1.0})]
+
+    monkeypatch.setattr(trial, "run_trial", fake_run_trial)
+    return made
+
+
+def _sizes(made, backbone):
+    return [mb for b, mb, target in made if b == backbone and target is None]
+
+
+# 7 training images of 64x64, one crop each, 2e-4 s per sample-pixel: 300 s buys
+# mobilenet_v3_small fewer epochs and updates than the objective wants, so the time factor
+# decides; efficientnet_b0 (1.7x the step time) cannot make up for it even at 0.8x.
+BUDGET_S = 300.0
+
+
+def test_a_candidate_that_cannot_win_in_the_time_budget_is_not_measured(data_dir, calls):
+    result = make_plan(
+        data_dir,
+        backbones=["efficientnet_b0", "mobilenet_v3_small"],
+        sizes=[64],
+        budget_time_s=BUDGET_S,
+    )
+    assert result.plan.backbone == "mobilenet_v3_small"
+    assert _sizes(calls, "efficientnet_b0") == []  # the time-free bound (0.95) would measure it
+    ev = {e["backbone"]: e for e in result.plan.evidence["choice"]["evaluations"]}
+    reason = ev["efficientnet_b0"]["reason"]
+    assert reason.startswith(
+        "not measured: cannot beat mobilenet_v3_small 64x64 float32 (score at most"
+    )
+    assert "step time at least 0.8x the estimate from mobilenet_v3_small 64x64 float32" in reason
+    scores = reason.split("score at most ")[1].split(";")[0].split(",")[0]
+    bound, chosen = (float(x) for x in scores.split(" < "))
+    assert bound < chosen == pytest.approx(ev["mobilenet_v3_small"]["score"], abs=5e-4)
+    assert bound < score_bound(Candidate("efficientnet_b0", (64, 64)))
+    planning = result.plan.evidence["planning"]["not_measured"]
+    assert planning == {"efficientnet_b0 64x64 float32": reason}
+    assert result.plan.prediction["verified"] is True
+
+
+def test_without_a_time_budget_the_bound_is_the_time_free_one(data_dir, calls):
+    result = make_plan(data_dir, backbones=["efficientnet_b0", "mobilenet_v3_small"], sizes=[64])
+    # No time budget: efficientnet_b0's prior wins, mobilenet_v3_small cannot beat it.
+    assert result.plan.backbone == "efficientnet_b0"
+    assert _sizes(calls, "mobilenet_v3_small") == []
+
+
+def _ctx(budget_time_s=BUDGET_S, device="cpu", cores=2):
+    req = PlanRequest(".", budget_time_s=budget_time_s)
+    fp = {"image_size": {"median": [64, 64]}, "classes": 2}
+    hw = {"cpu": {"usable_cpus": cores}}
+    return PlanContext(req, hw, {"device": device, "bytes": 8 * GIB}, fp, 6, 0.1)
+
+
+def _measured(backbone, per_pixel):
+    trials = tuple(
+        TrialResult("ok", mb, GIB, per_pixel * mb * 64 * 64) for mb in presets.TRIAL_MICRO_BATCHES
+    )
+    return CandidateMeasurement(Candidate(backbone, (64, 64)), trials=trials)
+
+
+def test_a_backbone_without_a_relative_cost_keeps_the_time_free_bound():
+    done = [_measured("mobilenet_v3_small", COST["mobilenet_v3_small"])]
+    unet = Candidate("unet_small", (64, 64))
+    assert "unet_small" not in presets.RELATIVE_STEP_COST["cpu"]
+    assert time_bound.best_possible(unet, done, _ctx()) == time_bound.Bound(score_bound(unet))
+    eff = Candidate("efficientnet_b0", (64, 64))
+    bound = time_bound.best_possible(eff, done, _ctx())
+    assert bound.score < score_bound(eff) and bound.why and bound.epochs is not None
+    # Nothing measured on a GPU: no figures, no skip on time.
+    assert time_bound.best_possible(eff, done, _ctx(device="gpu")).score == score_bound(eff)
+    # Without a time budget, the time-free bound.
+    assert time_bound.best_possible(eff, done, _ctx(budget_time_s=None)).score == score_bound(eff)
+
+
+def test_a_bound_below_a_leader_short_of_min_epochs_skips_only_what_cannot_reach_them():
+    """When the leader trains fewer than `min_epochs`, `choose` would still prefer any
+    candidate that reaches them: only a candidate that cannot reach them is skipped."""
+    want = presets.DEFAULT_OBJECTIVE.min_epochs
+    mnv = Candidate("mobilenet_v3_small", (64, 64))
+    short = Evaluation(mnv, "chosen", "", score=0.5, epochs_possible=want - 3)
+    enough = dataclasses.replace(short, epochs_possible=want)
+    assert time_bound.Bound(0.4, "time", epochs=want - 1).cannot_beat(short)
+    assert not time_bound.Bound(0.4, "time", epochs=want).cannot_beat(short)
+    assert not time_bound.Bound(0.4).cannot_beat(short)  # epochs not bounded
+    assert time_bound.Bound(0.4).cannot_beat(enough)
+    assert not time_bound.Bound(0.5).cannot_beat(enough)  # a tie may still win
+
+
+def test_points_run_side_by_side_or_estimated_do_not_calibrate():
+    m = _measured("mobilenet_v3_small", COST["mobilenet_v3_small"])
+    for mark in ("estimated", "concurrent"):
+        trials = tuple(dataclasses.replace(r, details={mark: True}) for r in m.trials)
+        assert time_bound.calibrate([dataclasses.replace(m, trials=trials)], _ctx()) is None
+    cal = time_bound.calibrate([m], _ctx())
+    assert cal.unit_s == pytest.approx(COST["mobilenet_v3_small"])
+
+
+def test_the_order_follows_the_estimated_score_and_the_guess_scales_with_cores():
+    """Before any measurement the CPU guess orders; the faster backbone wins time-bound."""
+    mnv, eff = Candidate("mobilenet_v3_small", (64, 64)), Candidate("efficientnet_b0", (64, 64))
+    # A 2-core CPU and a 20-second budget: mobilenet_v3_small is estimated to score higher.
+    slow = _ctx(budget_time_s=20.0)
+    assert time_bound.estimated_score(mnv, [], slow) > time_bound.estimated_score(eff, [], slow)
+    assert time_bound.guess(_ctx(cores=8)).unit_s == pytest.approx(
+        presets.CPU_STEP_S_PER_PIXEL_GUESS / 4
+    )
+    assert time_bound.guess(_ctx(device="gpu")) is None
+
+
+def test_one_size_for_candidates_that_do_not_lead_and_two_for_the_leader(data_dir, calls):
+    """Two candidates that cannot skip each other (equal priors, no time budget): the one
+    that does not lead is measured at one size, the leader at both before the choice."""
+    result = make_plan(
+        data_dir,
+        backbones=["efficientnet_b0", "efficientnetv2_b0"],  # equal priors: no skip
+        sizes=[64],
+    )
+    leader = result.plan.backbone
+    other = ({"efficientnet_b0", "efficientnetv2_b0"} - {leader}).pop()
+    assert sorted(_sizes(calls, leader)) == list(presets.TRIAL_MICRO_BATCHES)
+    assert len(_sizes(calls, other)) == 1
+    # The leader's second size is measured before the choice, i.e. before its verification.
+    trial_calls = [i for i, (b, _, t) in enumerate(calls) if b == leader and t is None]
+    verify_calls = [i for i, (_, _, t) in enumerate(calls) if t == VERIFY_TARGET]
+    assert max(trial_calls) < min(verify_calls)
+    trials = {t["backbone"]: t["results"] for t in result.plan.evidence["trials"]}
+    assert [bool(r["details"].get("estimated")) for r in trials[other]].count(True) == 1
+    assert not any(r["details"].get("estimated") for r in trials[leader])
+    assert result.plan.evidence["planning"]["trial_points_estimated"] == 1
+    assert result.children == 3 + 1  # 2 + 1 trial children and the verification run
+
+
+def test_one_size_out_of_memory_measures_the_smaller_sizes(data_dir, calls, monkeypatch):
+    """The one size (4) runs out of memory: 1 is measured, then 2 between them."""
+    fake = trial.run_trial
+
+    def oom_at_4(spec, **kw):
+        if spec.target is None and spec.micro_batches[0] >= 4:
+            calls.append((spec.backbone, spec.micro_batches[0], None))
+            return [TrialResult("oom", spec.micro_batches[0], 3 * GIB, reason="fake", child_pid=1)]
+        return fake(spec, **kw)
+
+    monkeypatch.setattr(trial, "run_trial", oom_at_4)
+    result = make_plan(data_dir, backbones=["mobilenet_v3_small"], sizes=[64], use_cache=False)
+    assert _sizes(calls, "mobilenet_v3_small") == [4, 1, 2]
+    (tr,) = result.plan.evidence["trials"]
+    assert [(r["micro_batch"], r["status"]) for r in tr["results"]] == [
+        (1, "ok"),
+        (2, "ok"),
+        (4, "oom"),
+    ]
