@@ -57,6 +57,7 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
         )
         checkpoint_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*.weights.h5"))
     host = ctx.host_peak()
+    counter.mark("end")
     details: dict[str, Any] = {
         **host,
         "verification_run": True,
@@ -66,6 +67,7 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
         "validation_batches": counter.val_batches,
         "checkpoint_bytes": checkpoint_bytes,
         "seconds": round(time.monotonic() - t0, 2),
+        "phases_s": counter.phases(t0),
     }
     peak = host["peak_bytes"]
     if gpu:
@@ -87,7 +89,10 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
 
 
 class _Counter(keras.callbacks.Callback):
-    """Counts training and validation batches; ends validation after `max_val` batches."""
+    """Counts training and validation batches; ends validation after `max_val` batches.
+
+    Also notes when each phase of the run starts (`phases`), to say where its seconds go.
+    """
 
     def __init__(self, max_val: int):
         super().__init__()
@@ -96,6 +101,26 @@ class _Counter(keras.callbacks.Callback):
         self.val_batches = 0
         self.first_step_s = 0.0
         self._t = 0.0
+        self._marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self._marks.setdefault(name, time.monotonic())
+
+    def phases(self, t0: float) -> dict[str, float]:
+        """Seconds of: start-up (TensorFlow, pipeline, model), the first train step (its
+        trace), the other train steps, validation (its trace and batches), and the rest
+        (checkpoint write, end of `train`). Phases not reached are left out."""
+        order = ["train_begin", "first_step_end", "train_end", "test_end", "end"]
+        names = ["startup_s", "first_step_s", "train_steps_s", "validation_s", "checkpoint_s"]
+        out, last = {}, t0
+        for mark, name in zip(order, names, strict=True):
+            if mark in self._marks:
+                out[name] = round(self._marks[mark] - last, 2)
+                last = self._marks[mark]
+        return out
+
+    def on_train_begin(self, logs=None):
+        self.mark("train_begin")
 
     def on_train_batch_begin(self, batch, logs=None):
         self._t = time.monotonic()
@@ -103,9 +128,12 @@ class _Counter(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.train_batches == 0:
             self.first_step_s = time.monotonic() - self._t
+            self.mark("first_step_end")
         self.train_batches += 1
+        self._marks["train_end"] = time.monotonic()  # the last train batch's end
 
     def on_test_batch_end(self, batch, logs=None):
         self.val_batches += 1
+        self._marks["test_end"] = time.monotonic()
         if self.val_batches >= self.max_val:
             self.model.stop_evaluating = True  # Keras 3: ends this evaluation pass

@@ -1,0 +1,30 @@
+"""The verification run says where its seconds go (issue 13: planning time)."""
+
+from planner.trials import verify_run
+
+
+def test_the_verification_run_splits_its_seconds_into_phases(monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(verify_run.time, "monotonic", lambda: clock["t"])
+
+    def at(t, call, *args):
+        clock["t"] = t
+        call(*args)
+
+    c = verify_run._Counter(max_val=8)
+    at(10.0, c.on_train_begin)  # start-up since t0 = 0: 10 s
+    at(11.0, c.on_train_batch_begin, 0)
+    at(30.0, c.on_train_batch_end, 0)  # the first step (its trace): 19 s
+    at(31.0, c.on_train_batch_begin, 1)
+    at(34.0, c.on_train_batch_end, 1)  # the other steps: 4 s
+    at(40.0, c.on_test_batch_end, 0)
+    at(45.0, c.on_test_batch_end, 1)  # validation: 11 s
+    at(50.0, c.mark, "end")  # checkpoint and the end of train: 5 s
+    assert c.first_step_s == 19.0 and (c.train_batches, c.val_batches) == (2, 2)
+    assert c.phases(0.0) == {
+        "startup_s": 10.0,
+        "first_step_s": 20.0,
+        "train_steps_s": 4.0,
+        "validation_s": 11.0,
+        "checkpoint_s": 5.0,
+    }
