@@ -64,6 +64,9 @@ def auto_train(
             f"planning took {result.planning_time_s:.0f} s{of_cap} "
             f"with {result.children} child processes"
         )
+    rss = _release_planning_memory()
+    if log and rss:
+        log(f"the planning process holds {rss / 2**20:.0f} MiB before training starts in it")
     planned = adjust(result.plan) if adjust is not None else result.plan
     trained = train(
         planned,
@@ -77,3 +80,25 @@ def auto_train(
         origin="command start" if started_at is not None else "auto_train call",
     )
     return result, trained
+
+
+def _release_planning_memory() -> int | None:
+    """Free what planning left behind before training starts in this process; its RSS.
+
+    Training runs in the planning process (the parent never imported TensorFlow, so
+    nothing of a trial is here), and the plan's peak was measured in a fresh child: what
+    planning still holds (the scan's decoded images, freed but kept by malloc) would
+    come on top. A collection and `malloc_trim(0)` give it back to the kernel.
+    """
+    import gc
+
+    from trainer.train.memory import release_free_heap
+
+    gc.collect()
+    release_free_heap()
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - psutil unreadable: nothing to report
+        return None
