@@ -69,7 +69,8 @@ def settle(
     Halves the effective batch while the updates bought stay under `updates_wanted` and
     the batch is above `floor`; a halving is kept only when it buys more updates, does
     not lower the score and does not drop the candidate under `min_epochs` it reached.
-    When the time budget holds all `max_epochs` epochs it is not short: the batch stays.
+    When the time budget holds all `max_epochs` epochs it is not short: the batch stays
+    (and halving stops at a batch where it does).
 
     Args:
         e: the candidate evaluated and timed at the target effective batch
@@ -97,7 +98,7 @@ def settle(
             e, batch_reason=f"{bought} in all {obj.max_epochs} epochs (max_epochs): not short"
         )
     cur, tried = e, []
-    while cur.updates_possible < wanted and cur.target_batch > floor:
+    while cur.time_bound and cur.updates_possible < wanted and cur.target_batch > floor:
         nxt = at_batch(max(floor, cur.target_batch // 2))
         tried.append(f"{nxt.target_batch} buys {nxt.updates_possible}")
         worse = _worse(cur, nxt, min_epochs)
@@ -107,7 +108,9 @@ def settle(
         cur = nxt
     why = f"{bought}; " + ", ".join(tried) if tried else bought
     why += f" (wanted {wanted}"
-    if cur.updates_possible < wanted and cur.target_batch <= floor:
+    if not cur.time_bound:
+        why += f"; all {obj.max_epochs} epochs fit at {cur.target_batch}"
+    elif cur.updates_possible < wanted and cur.target_batch <= floor:
         why += f"; floor {floor}"
     return dataclasses.replace(cur, batch_reason=why + ")")
 

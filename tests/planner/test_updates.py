@@ -65,6 +65,17 @@ def test_a_budget_that_holds_every_epoch_is_not_short():
     )
 
 
+def test_halving_stops_where_every_epoch_fits():
+    # 5 images: at 16 one 0.8 s step per epoch, 65 epochs in 60 s; at 8 one 0.4 s step,
+    # all 100 epochs fit (100 updates): the budget is no longer short, 4 is not tried.
+    c = pick([measured()], budget_bytes=ROOM, time_budget_s=60, n_train_samples=5)
+    assert (c.effective_batch, c.epochs, c.updates) == (8, 100, 100)
+    assert c.effective_batch_reason == (
+        "the time budget buys 65 updates at effective batch 16; 8 buys 100 "
+        "(wanted 300; all 100 epochs fit at 8)"
+    )
+
+
 def test_the_floor_holds():
     c = pick([measured()], budget_bytes=ROOM, time_budget_s=60)
     # 60 s: 63 updates at 16, 130 at 8, 250 at 4: still short, but 4 is the floor.
