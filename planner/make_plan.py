@@ -160,12 +160,12 @@ def plan_from_request(
     def on_drop(
         ms: list[CandidateMeasurement], failed: cand.Candidate
     ) -> list[CandidateMeasurement]:
-        """Measure the candidates skipped as unable to beat `failed`, now that it failed."""
+        """Measure the candidates skipped as unable to beat `failed`, now that it failed,
+        and the new leader's second size (it may have been measured at one size)."""
         nonlocal traces
         named = [m.candidate for m in ms if order.lost_to(m, failed)]
-        if not named:
-            return ms
-        ctx.say(f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}")
+        if named:
+            ctx.say(f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}")
         rest = [m for m in ms if m.candidate not in named]
         more, more_traces = measure_candidates(named, ctx, children, cache, known=rest)
         traces += more_traces

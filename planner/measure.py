@@ -190,7 +190,8 @@ def measure_candidates(
     *,
     known: Sequence[CandidateMeasurement] = (),
 ) -> tuple[list[CandidateMeasurement], int]:
-    """Measure `kept` (module docstring); `known`: candidates measured before, to beat.
+    """Measure `kept` (module docstring); `known`: candidates measured before, to beat
+    (and to complete: the leader among them gets its second size too).
 
     Returns the measurements (of `kept`, and of a `known` leader whose second size was
     measured here) and the number of graph traces; `children` receives the process ids.
@@ -198,11 +199,11 @@ def measure_candidates(
     run = _Measuring(ctx, children, cache, known)
     pending = list(kept)
     for _ in range(3 * len(pending) + 1):  # each round measures something new, or ends
+        run.one_pass(pending)
+        run.complete_leader()  # also with nothing pending: a known one may lead now
+        pending = run.unskip()
         if not pending:
             break
-        run.one_pass(pending)
-        run.complete_leader()
-        pending = run.unskip()
     return list(run.out.values()), run.traces
 
 

@@ -208,3 +208,28 @@ def test_one_size_out_of_memory_measures_the_smaller_sizes(data_dir, calls, monk
         (2, "ok"),
         (4, "oom"),
     ]
+
+
+def test_when_the_leader_fails_verification_the_next_one_gets_its_second_size(
+    data_dir, calls, monkeypatch
+):
+    """efficientnet_b0 leads (two sizes) and fails verification; efficientnetv2_b0, measured
+    at one size, now leads: its second size is measured before it is chosen and verified."""
+    fake = trial.run_trial
+
+    def fail_b0(spec, **kw):
+        if spec.target == VERIFY_TARGET and spec.backbone == "efficientnet_b0":
+            calls.append((spec.backbone, spec.micro_batches[0], spec.target))
+            return [TrialResult("oom", spec.micro_batches[0], reason="fake", child_pid=2)]
+        return fake(spec, **kw)
+
+    monkeypatch.setattr(trial, "run_trial", fail_b0)
+    result = make_plan(
+        data_dir, backbones=["efficientnet_b0", "efficientnetv2_b0"], sizes=[64], use_cache=False
+    )
+    assert result.plan.backbone == "efficientnetv2_b0"
+    v2 = [i for i, (b, _, t) in enumerate(calls) if b == "efficientnetv2_b0" and t is None]
+    v2_verify = [i for i, (b, _, t) in enumerate(calls) if b == "efficientnetv2_b0" and t]
+    assert len(v2) == 2 and max(v2) < min(v2_verify)
+    trials = {t["backbone"]: t["results"] for t in result.plan.evidence["trials"]}
+    assert not any(r["details"].get("estimated") for r in trials["efficientnetv2_b0"])
