@@ -13,6 +13,9 @@ import pytest
 
 from planner.search.presets import Objective
 from tests.planner.test_make_plan import FINGERPRINT  # 64x64: one crop per image
+
+# fixtures: 8 demo pairs of 64x64; fake trial children (an 8 GiB CPU, 0.001 s per sample)
+from tests.planner.test_planning_speed import children, data_dir  # noqa: F401
 from tests.planner.test_search import GIB, budget_for, measured, pick
 
 # 100 crops. 16 x 1: 7 updates per epoch of 7 x 0.8 s x 1.15 = 6.44 s;
@@ -233,3 +236,18 @@ def test_fitplan_plan_prints_why_the_effective_batch_is_what_it_is():
     text = console.export_text()
     assert "the time budget buys 217 updates at effective batch 16; 8 buys 429" in text
     assert "learning rate x sqrt(8/16)" in text
+
+
+def test_make_plan_lowers_the_batch_unless_the_user_set_it(data_dir, children):  # noqa: F811
+    """The whole chain with fake children (0.001 s per sample): 7 training crops of 64,
+    1 s budget. At 16, 54 epochs of one update; at 8 every one of the 100 epochs fits."""
+    from planner.make_plan import make_plan
+
+    kw = dict(backbones=["unet_small"], sizes=[64], budget_time_s=1.0)
+    plan = make_plan(data_dir, **kw).plan
+    assert (plan.micro_batch, plan.accumulation_steps, plan.epochs) == (8, 1, 100)
+    assert (plan.optimizer.lr_scaling, plan.optimizer.reference_batch) == ("sqrt", 16)
+    assert "8 buys 100" in plan.evidence["effective_batch_reason"]
+    kept = make_plan(data_dir, effective_batch=16, **kw).plan
+    assert kept.effective_batch == 16 and kept.optimizer.lr_scaling == "none"
+    assert kept.evidence["effective_batch_reason"].endswith("set by --effective-batch: kept")
