@@ -145,9 +145,11 @@ WeightsOpt = Annotated[
     ),
 ]
 EffectiveBatchOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
-        "--effective-batch", min=1, help="Images per optimizer update to reach by accumulation."
+        "--effective-batch",
+        min=1,
+        help="Images per optimizer update (unset: 16, lower when --budget-time buys few updates).",
     ),
 ]
 HeadroomOpt = Annotated[

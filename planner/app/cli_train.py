@@ -109,7 +109,7 @@ def plan_cmd(
     backbones: BackbonesOpt = None,
     sizes: SizesOpt = None,
     precisions: PrecisionsOpt = None,
-    effective_batch: EffectiveBatchOpt = presets.TARGET_EFFECTIVE_BATCH,
+    effective_batch: EffectiveBatchOpt = None,
     headroom: HeadroomOpt = presets.HEADROOM,
     weights: WeightsOpt = "none",
     devices: DevicesOpt = 1,
