@@ -147,6 +147,9 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     growth = int(verified_peak * presets.RUN_GROWTH)
     assert pred["peak_bytes"] == verified_peak + growth + pred["cache_bytes"] == _run_peak(plan)
     assert pred["run_peak_bytes"] == verified_peak and pred["run_growth_bytes"] == growth
+    # The prediction is the expected peak; the bound adds the highest growth measured.
+    bound = verified_peak + int(verified_peak * presets.RUN_GROWTH_BOUND) + pred["cache_bytes"]
+    assert pred["bound_bytes"] == bound > pred["peak_bytes"]
     # 2.2 GiB of 8: said why (micro-batch 16 is already the effective batch).
     assert pred["budget_share"] == round(pred["peak_bytes"] / (8 * gib), 3)
     assert "reached the effective batch (16)" in pred["unused_budget_reason"]
@@ -200,6 +203,17 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] >= 1
     assert any("measuring unet_small 32x32" in line for line in lines)
+    # Where the budget went: planning is in it, and the parts add up to the total.
+    acct = metrics["time_account"]
+    assert acct["budget_s"] == 600 and acct["origin"] == "auto_train call"
+    assert acct["before_training_s"]["planning_s"] == pytest.approx(
+        result.planning_time_s, abs=0.01
+    )
+    parts = ("setup_s", "train_steps_s", "validation_s", "epoch_end_s", "final_s", "other_s")
+    spent = sum(acct[k] for k in parts) + sum(acct["before_training_s"].values())
+    assert acct["total_s"] == pytest.approx(spent, abs=0.1)
+    assert acct["train_steps_s"] > 0 and acct["validation_s"] > 0
+    assert acct["left_s"] == pytest.approx(600 - acct["total_s"], abs=0.01)
     assert result.children == ev["children"]
 
 
