@@ -111,11 +111,28 @@ def test_deadline_keeps_time_for_the_final_validation_and_checkpoint():
     cb.on_epoch_begin(1)
     assert cb.reserve_seconds() == pytest.approx(34.0)
     assert cb.end() == pytest.approx(cb.deadline - 34.0)
-    clock.t = cb.deadline - 34.0 - 1.0
-    _step(cb, clock, 0.5)
-    assert not cb.triggered  # still before the end
-    _step(cb, clock, 0.5)
+    clock.t = cb.deadline - 34.0 - 5.0
+    _step(cb, clock, 2.0)  # 3 s before the end: the next 2 s update still fits
+    assert not cb.triggered
+    _step(cb, clock, 2.0)  # 1 s before the end: the next one would cross it
     assert cb.triggered  # stops 34 s before the deadline: time for validation + checkpoint
+
+
+def test_the_last_update_ends_before_the_schedule_does_not_after_it():
+    clock = FakeClock()
+    cb = _schedule(clock, k=4, budget=1000.0)  # an update = 4 micro-batches of 5 s
+    _step(cb, clock, 20.0)  # the trace
+    for _ in range(3):
+        _step(cb, clock, 5.0)
+    assert cb.update_seconds() == pytest.approx(20.0)
+    clock.t = cb.end() - 50.0
+    for _ in range(4):
+        _step(cb, clock, 5.0)
+    assert not cb.triggered  # 30 s left: room for another 20 s update
+    for _ in range(4):
+        _step(cb, clock, 5.0)
+    assert cb.triggered  # 10 s left, less than an update: this one was the last
+    assert clock.t <= cb.end()  # (before: it went on, and ended 10 s past the end)
 
 
 def test_epoch_logs_count_optimizer_updates():

@@ -125,6 +125,13 @@ class DeadlineSchedule(keras.callbacks.Callback):
         steps = sorted(self._step_seconds)
         return self.val_batches * steps[len(steps) // 2]
 
+    def update_seconds(self) -> float:
+        """One optimizer update's expected seconds: k x the median step time (0 unmeasured)."""
+        if not self._step_seconds:
+            return 0.0
+        steps = sorted(self._step_seconds)
+        return self.k * steps[len(steps) // 2]
+
     def end(self) -> float:
         """`clock()` value at which the learning rate reaches 0."""
         return max(self.origin, self.deadline - self.reserve_seconds())
@@ -156,8 +163,11 @@ class DeadlineSchedule(keras.callbacks.Callback):
         self.micro_batches += 1
         if "step" in self._t and self.micro_batches > 1:  # the first traces the graph
             self._step_seconds = [*self._step_seconds[-49:], self.clock() - self._t["step"]]
-        if self.micro_batches % self.k == 0 and self.clock() >= self.end():
-            self.triggered = True  # the update just made ended the schedule
+        if self.micro_batches % self.k == 0 and self.clock() + self.update_seconds() > self.end():
+            # The next update would end past the schedule's end: stop after this one, so
+            # the run ends before the deadline by less than an update, never after it by
+            # up to one (an update is k micro-batches: tens of seconds on a slow CPU).
+            self.triggered = True
             self.model.stop_training = True
 
     def on_test_begin(self, logs=None):
