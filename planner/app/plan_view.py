@@ -80,7 +80,8 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
     summary.add_row(
         "memory",
         f"predicted peak {_gib(pred.get('peak_bytes'))} GiB of budget {_gib(target.get('budget_bytes'))} GiB"
-        f" ({target.get('budget_source')}), headroom {_gib(pred.get('headroom_bytes'))} GiB",
+        f" ({target.get('budget_source')}), headroom {_gib(pred.get('headroom_bytes'))} GiB"
+        + (f", at most {_gib(pred['bound_bytes'])} GiB" if pred.get("bound_bytes") else ""),
     )
     if pred.get("unused_budget_reason"):
         share = pred.get("budget_share") or 0

@@ -96,7 +96,11 @@ def _table(plan) -> str:
 
 def test_the_table_says_never_measured(data_dir, children):
     result = make_plan(data_dir, backbones=["unet_small", "efficientnet_b0"], sizes=[64])
-    assert "not measured: cannot beat efficientnet_b0" in _table(result.plan)
+    table = _table(result.plan)
+    assert "not measured: cannot beat efficientnet_b0" in table
+    # The expected peak and, beside it, the bound a long run stays under.
+    bound = result.plan.prediction["bound_bytes"] / GIB
+    assert f"at most {bound:.2f} GiB" in table
 
 
 def test_skipped_candidates_are_measured_when_the_winner_fails_verification(data_dir, children):
