@@ -69,7 +69,7 @@ def build_plan(
         "precision": c.precision,
         "weights": weights,
         "normalization": normalization,
-        "epochs": int(choice.epochs),
+        "epochs": _epochs(choice, req),
         # pretrained: decoder first on the frozen encoder, then fine-tune (search/finetune.py)
         "freeze_encoder_epochs": freeze_epochs(weights, int(choice.epochs)),
         # counted from the start of planning under --auto
@@ -107,6 +107,22 @@ def build_plan(
         return Plan.from_dict(raw)
     except FitplanError as exc:  # a planner bug, not a user mistake: keep the details
         raise FitplanError(f"the planner produced an invalid plan: {exc}") from exc
+
+
+def _epochs(choice: Choice, req: PlanRequest) -> int:
+    """The plan's `epochs`: the estimate, or under a time budget an upper bound.
+
+    With a time budget the run's learning rate follows the clock (the deadline schedule,
+    `trainer.train.schedule`) and decays to zero at the deadline; the epoch estimate
+    (`prediction.epochs`) is only an estimate, and a run that finished its estimated
+    epochs early would leave the rest of the user's time unused (measured: a 10-minute
+    `train --auto` on epfl-em ended 16 s early after its 5 planned epochs). So the clock
+    ends the run: `epochs` is `Objective.max_epochs`. A multi-worker plan keeps the
+    plateau schedule (docs/distributed.md) and the estimate.
+    """
+    if req.budget_time_s is None or req.workers > 1:
+        return int(choice.epochs)
+    return max(int(choice.epochs), presets.DEFAULT_OBJECTIVE.max_epochs)
 
 
 def _target(choice: Choice, req: PlanRequest) -> int:

@@ -90,8 +90,11 @@ class _Measuring:
             elif best is not None:
                 reason = self.stopped()
             if reason is None and ctx.planning_left() is not None:
+                # Past the cap, a child starts only while nothing measured is feasible at
+                # all: a plan needs one. A leader short of `min_epochs` is still a plan
+                # (under a short budget none reaches it), so measuring stops there.
                 sizes, reason = order.sizes_in_time(
-                    spec, sizes, ctx, self.cache, done, must=best is None
+                    spec, sizes, ctx, self.cache, done, must=lead is None
                 )
             if reason is not None:
                 self.out[c] = CandidateMeasurement(c, pruned_reason=reason)

@@ -89,11 +89,11 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
     summary.add_row(
         "time",
         f"{pred.get('step_time_s', 0):.2f} s/step, {pred.get('epoch_time_s', 0):.0f} s/epoch, "
-        f"up to {plan_dict['epochs']} epochs"
         + (
-            f", limit {plan_dict['time_limit_s'] / 60:.1f} min"
+            f"about {pred.get('epochs', plan_dict['epochs'])} epochs in the limit of "
+            f"{plan_dict['time_limit_s'] / 60:.1f} min (the clock ends the run)"
             if plan_dict.get("time_limit_s")
-            else ""
+            else f"up to {plan_dict['epochs']} epochs"
         ),
     )
     summary.add_row(

@@ -172,6 +172,7 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
 @pytest.mark.slow
 def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     from planner.app.auto import auto_train
+    from planner.search import presets
 
     lines = []
     result, trained = auto_train(
@@ -181,7 +182,12 @@ def test_auto_plans_measures_and_trains(data_dir, tmp_path):
         sizes=[32],
         budget_time_s=600,
         log=lines.append,
+        max_epochs=2,  # the clock would end it: under a time budget epochs is only a cap
     )
+    # Under a time budget the deadline schedule ends the run: epochs is the objective's
+    # cap, the estimate stays in the prediction.
+    assert result.plan.epochs == presets.DEFAULT_OBJECTIVE.max_epochs
+    assert 1 <= result.plan.prediction["epochs"] <= result.plan.epochs
     plan = load_plan(tmp_path / "run" / "plan.json")
     assert plan.backbone == "unet_small" and plan.input_size == (32, 32)
     assert plan.micro_batch * plan.accumulation_steps >= 16 or plan.micro_batch >= 16

@@ -41,6 +41,7 @@ def children(monkeypatch):
         calls: list = []
         wall = 1.0
         now = 0.0
+        step_s = 0.001  # a train step's seconds per sample
         fail: set = set()
 
         def clock(self):
@@ -58,7 +59,7 @@ def children(monkeypatch):
             return [TrialResult("oom", mb, reason="fake", child_pid=next(pids))]
         peak = (2 * GIB if spec.target else GIB) + 50 * MIB * mb
         details = {"child_wall_s": kids.wall}
-        r = TrialResult("ok", mb, peak, 0.001 * mb, 1.0, traces=1, child_pid=next(pids))
+        r = TrialResult("ok", mb, peak, kids.step_s * mb, 1.0, traces=1, child_pid=next(pids))
         return [dataclasses.replace(r, details=details)]
 
     monkeypatch.setattr(trial, "run_trial", fake_run_trial)
@@ -153,6 +154,26 @@ def test_auto_stays_in_its_planning_cap(data_dir, children):
     trials = result.plan.evidence["trials"][0]["results"]
     assert [r["micro_batch"] for r in trials] == list(presets.TRIAL_MICRO_BATCHES)
     assert trials[0]["details"]["estimated"]
+
+
+def test_auto_past_its_cap_stops_at_a_leader_even_one_short_of_min_epochs(data_dir, children):
+    """A slow machine: no candidate trains `min_epochs` in 10 minutes. Once one is
+    measured and feasible, the cap holds: the next candidate is not measured (before,
+    "a plan needs one measured candidate" measured it anyway)."""
+    children.wall, children.step_s = 40.0, 20.0  # 20 s per sample: a few epochs at most
+    request = PlanRequest(
+        data_dir,
+        backbones=["efficientnet_b0", "efficientnetv2_b0"],
+        sizes=[64],
+        budget_time_s=600.0,
+        count_planning_time=True,
+    )
+    result = plan_from_request(request, clock=children.clock)
+    chosen = [e for e in result.plan.evidence["choice"]["evaluations"] if e["verdict"] == "chosen"]
+    assert chosen[0]["epochs_possible"] < presets.DEFAULT_OBJECTIVE.min_epochs
+    assert len([b for b, _, t in children.calls if t is None]) == 1, children.calls
+    (reason,) = result.plan.evidence["planning"]["not_measured"].values()
+    assert reason.startswith("not measured: the planning cap")
 
 
 def test_auto_verification_timeout_follows_the_planning_time_left():
