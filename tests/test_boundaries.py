@@ -127,3 +127,43 @@ def test_the_planners_parent_never_imports_tensorflow(tmp_path):
     assert out["calls"], "the fake trial runner was never called: real children ran"
     assert out["plan"] and out["micro_batch"] >= 1
     assert out["heavy"] == [], f"the parent imported {out['heavy'][:10]}"
+
+
+_AUTO_CLI = textwrap.dedent(
+    """
+    import json, sys
+    import planner.app.auto as auto
+    from planner.app.cli import app
+
+    seen = {}
+
+    def fake_make_plan(data, **kw):  # what `train --auto` has imported when planning starts
+        seen["heavy"] = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+        raise SystemExit(0)
+
+    auto.make_plan = fake_make_plan
+    try:
+        app(["train", "--auto", sys.argv[1], "--out-dir", sys.argv[2]], standalone_mode=False)
+    except SystemExit:
+        pass
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_train_auto_plans_before_importing_tensorflow(tmp_path):
+    """`train --auto` (the command line, not only `make_plan`) plans without Keras loaded:
+    its progress display is a Keras callback, made once planning is done."""
+    from planner.app.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "data", n=4, size=(32, 32), seed=0)
+    done = subprocess.run(
+        [sys.executable, "-c", _AUTO_CLI, str(data), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"heavy": []}, out

@@ -16,7 +16,7 @@ def auto_train(
     out: str | Path,
     *,
     val: str | Path | None = None,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Any] | Callable[[], Sequence[Any]] = (),
     log: Log | None = None,
     max_epochs: int | None = None,
     max_steps: int | None = None,
@@ -39,7 +39,9 @@ def auto_train(
         data: dataset root.
         out: run folder to create.
         val: separate validation root, or `None`.
-        callbacks: extra Keras callbacks for training (a progress display).
+        callbacks: extra Keras callbacks for training (a progress display), or a function
+            that makes them, called once planning is done (so that planning runs without
+            Keras imported).
         log: receives planning progress lines.
         max_epochs, max_steps: as `fitplan train --max-epochs/--max-steps` (recorded in
             the run's plan.json).
@@ -51,8 +53,6 @@ def auto_train(
     Returns:
         `(plan_result, train_result)`.
     """
-    from trainer.train.fit import train
-
     called = time.monotonic()
     started = called if started_at is None else min(started_at, called)
     result = make_plan(data, val=val, count_planning_time=True, log=log, **plan_options)
@@ -68,6 +68,12 @@ def auto_train(
     if log and rss:
         log(f"the planning process holds {rss / 2**20:.0f} MiB before training starts in it")
     planned = adjust(result.plan) if adjust is not None else result.plan
+    if callable(callbacks):
+        callbacks = callbacks()
+    # Only now: the trainer imports TensorFlow (~0.5 GiB resident), which planning, whose
+    # children measure in processes of their own, never needs.
+    from trainer.train.fit import train
+
     trained = train(
         planned,
         out,

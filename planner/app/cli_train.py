@@ -326,17 +326,25 @@ def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None
     from planner.app.auto import auto_train
     from planner.app.cli_options import apply_settings
     from trainer.clock import process_start_monotonic
-    from trainer.train.progress import RichProgress
 
     plan_options, use_cache, max_epochs, max_steps, settings, callback_specs = budgets
-    progress = RichProgress(epochs=max_epochs or 0, console=err)  # epochs known once planned
+    made: list[Any] = []
+
+    def progress_and_extra() -> list[Any]:
+        # After planning: the progress display is a Keras callback, and importing Keras
+        # (TensorFlow, ~0.5 GiB resident) before planning would hold that memory in the
+        # planning process beside every trial child.
+        from trainer.train.progress import RichProgress
+
+        made.append(RichProgress(epochs=max_epochs or 0, console=err))
+        return [made[0], *extra]
 
     def log(line: str) -> None:
         err.print(line, highlight=False, markup=False)
 
     restart = _fresh_process_on_step_down(None, None, json_out, callback_specs)
     with restart, contextlib.ExitStack() as stack:
-        stack.callback(progress.close)
+        stack.callback(lambda: [p.close() for p in made])
         result, trained = auto_train(
             data,
             out,
@@ -345,7 +353,7 @@ def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None
             images=images,
             masks=masks,
             use_cache=use_cache,
-            callbacks=[progress, *extra],
+            callbacks=progress_and_extra,
             log=log,
             max_epochs=max_epochs,
             max_steps=max_steps,
