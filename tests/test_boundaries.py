@@ -115,15 +115,7 @@ print(json.dumps({"calls": calls, "plan": (tmp / "plan.json").exists(),
 
 def test_the_planners_parent_never_imports_tensorflow(tmp_path):
     """`make_plan` end to end in a fresh interpreter: TF and Keras stay out of the parent."""
-    done = subprocess.run(
-        [sys.executable, "-c", _PARENT_PATH, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _run_fresh(_PARENT_PATH, str(tmp_path))
     assert out["calls"], "the fake trial runner was never called: real children ran"
     assert out["plan"] and out["micro_batch"] >= 1
     assert out["heavy"] == [], f"the parent imported {out['heavy'][:10]}"
@@ -157,13 +149,18 @@ def test_train_auto_plans_before_importing_tensorflow(tmp_path):
     from planner.app.demo import make_demo_dataset
 
     data = make_demo_dataset(tmp_path / "data", n=4, size=(32, 32), seed=0)
+    out = _run_fresh(_AUTO_CLI, str(data), str(tmp_path / "run"))
+    assert out == {"heavy": []}, out
+
+
+def _run_fresh(script: str, *args: str) -> dict:
+    """Run `script` in a fresh interpreter from the repository; its last line as JSON."""
     done = subprocess.run(
-        [sys.executable, "-c", _AUTO_CLI, str(data), str(tmp_path / "run")],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out == {"heavy": []}, out
+    return json.loads(done.stdout.strip().splitlines()[-1])
