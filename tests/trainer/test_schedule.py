@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.fake_clock import FakeClock
 from tests.plans import minimal_plan
 from trainer.errors import PlanError
 from trainer.train.schedule import (
@@ -17,14 +18,6 @@ from trainer.train.schedule import (
     schedule_kind,
     stopping_callbacks,
 )
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _fake_model():

@@ -6,20 +6,13 @@ import time
 
 import pytest
 
+from tests.fake_clock import FakeClock
 from trainer.clock import process_start_monotonic
 from trainer.train.time_account import TimeAccount
 
 
-class Clock:
-    def __init__(self, t: float = 100.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_the_account_splits_the_budget_into_parts_that_add_up():
-    clock = Clock(110.0)  # the command started at 100; train() was called at 110
+    clock = FakeClock(110.0)  # the command started at 100; train() was called at 110
     acct = TimeAccount(100.0, 110.0, {"startup_s": 2.0, "planning_s": 7.0}, "command start", clock)
     clock.t = 115.0  # 5 s of set-up: pipeline and model
     for _epoch in range(2):
@@ -47,7 +40,7 @@ def test_the_account_splits_the_budget_into_parts_that_add_up():
 
 
 def test_without_a_budget_there_is_nothing_left_to_report():
-    clock = Clock()
+    clock = FakeClock()
     doc = TimeAccount(clock.t, clock.t, clock=clock).summary(None)
     assert doc["budget_s"] is None and "left_s" not in doc and doc["total_s"] == 0.0
 

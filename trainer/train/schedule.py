@@ -120,17 +120,18 @@ class DeadlineSchedule(keras.callbacks.Callback):
         """
         if self.val_seconds is not None:
             return self.val_seconds + self.tail_seconds
+        return self.val_batches * self._median_step()
+
+    def _median_step(self) -> float:
+        """The median of the latest training-step times (the trace excluded); 0 before any."""
         if not self._step_seconds:
             return 0.0
         steps = sorted(self._step_seconds)
-        return self.val_batches * steps[len(steps) // 2]
+        return steps[len(steps) // 2]
 
     def update_seconds(self) -> float:
         """One optimizer update's expected seconds: k x the median step time (0 unmeasured)."""
-        if not self._step_seconds:
-            return 0.0
-        steps = sorted(self._step_seconds)
-        return self.k * steps[len(steps) // 2]
+        return self.k * self._median_step()
 
     def end(self) -> float:
         """`clock()` value at which the learning rate reaches 0."""
