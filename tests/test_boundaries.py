@@ -18,6 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A string naming a planner module or entry point: "planner", "planner.x.y", "planner.x:f".
@@ -135,7 +137,7 @@ _AUTO_CLI = textwrap.dedent(
 
     auto.make_plan = fake_make_plan
     try:
-        app(["train", "--auto", sys.argv[1], "--out-dir", sys.argv[2]], standalone_mode=False)
+        app(json.loads(sys.argv[1]), standalone_mode=False)
     except SystemExit:
         pass
     print(json.dumps(seen))
@@ -143,13 +145,19 @@ _AUTO_CLI = textwrap.dedent(
 )
 
 
-def test_train_auto_plans_before_importing_tensorflow(tmp_path):
-    """`train --auto` (the command line, not only `make_plan`) plans without Keras loaded:
-    its progress display is a Keras callback, made once planning is done."""
+@pytest.mark.parametrize("command", ["train --auto", "demo"])
+def test_train_auto_plans_before_importing_tensorflow(tmp_path, command):
+    """`train --auto` and `demo` (the command line, not only `make_plan`) plan without
+    Keras loaded: their progress display is a Keras callback, made once planning is done."""
     from planner.app.demo import make_demo_dataset
 
-    data = make_demo_dataset(tmp_path / "data", n=4, size=(32, 32), seed=0)
-    out = _run_fresh(_AUTO_CLI, str(data), str(tmp_path / "run"))
+    run = str(tmp_path / "run")
+    if command == "demo":
+        args = ["demo", "--out-dir", run]
+    else:
+        data = make_demo_dataset(tmp_path / "data", n=4, size=(32, 32), seed=0)
+        args = ["train", "--auto", str(data), "--out-dir", run]
+    out = _run_fresh(_AUTO_CLI, json.dumps(args))
     assert out == {"heavy": []}, out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -73,18 +74,18 @@ def demo(
     out = renamed(out_dir, out_old, "--out-dir", "--out") or Path("fitplan-demo")
     from planner.app.demo_run import run_demo
     from planner.app.units import parse_duration
-    from trainer.train.progress import RichProgress
 
-    progress = RichProgress(epochs=0, console=err)
+    progress, made = _progress_after_planning(0)
     try:
         summary = run_demo(
             out,
             budget_time_s=parse_duration(budget_time),
             log=lambda line: err.print(line, highlight=False, markup=False),
-            callbacks=[progress],
+            callbacks=progress,
         )
     finally:
-        progress.close()
+        for p in made:
+            p.close()
     if json_out:
         print_json(summary)
     else:
@@ -322,22 +323,33 @@ def _fresh_process_on_step_down(
         os.execv(argv[0], argv)  # a fresh process: a fresh GPU allocator, cuDNN and NCCL
 
 
+def _progress_after_planning(
+    epochs: int, extra: Sequence[Any] = ()
+) -> tuple[Callable[[], list[Any]], list[Any]]:
+    """The progress display (and `extra` callbacks) for `auto_train`, made once planning is done.
+
+    The display is a Keras callback: importing Keras (TensorFlow, ~0.5 GiB resident)
+    before planning would hold that memory in the planning process beside every trial
+    child. Returns `(make, made)`: `auto_train` calls `make`; close what `made` holds.
+    """
+    made: list[Any] = []
+
+    def make() -> list[Any]:
+        from trainer.train.progress import RichProgress
+
+        made.append(RichProgress(epochs=epochs, console=err))
+        return [made[0], *extra]
+
+    return make, made
+
+
 def _train_auto(data, out, val, images, masks, budgets, extra, json_out) -> None:
     from planner.app.auto import auto_train
     from planner.app.cli_options import apply_settings
     from trainer.clock import process_start_monotonic
 
     plan_options, use_cache, max_epochs, max_steps, settings, callback_specs = budgets
-    made: list[Any] = []
-
-    def progress_and_extra() -> list[Any]:
-        # After planning: the progress display is a Keras callback, and importing Keras
-        # (TensorFlow, ~0.5 GiB resident) before planning would hold that memory in the
-        # planning process beside every trial child.
-        from trainer.train.progress import RichProgress
-
-        made.append(RichProgress(epochs=max_epochs or 0, console=err))
-        return [made[0], *extra]
+    progress_and_extra, made = _progress_after_planning(max_epochs or 0, extra)
 
     def log(line: str) -> None:
         err.print(line, highlight=False, markup=False)

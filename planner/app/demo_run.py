@@ -32,14 +32,13 @@ def run_demo(
     budget_time_s: float = 300.0,
     backbones: Sequence[str] = DEMO_BACKBONES,
     log: Callable[[str], None] = print,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Any] | Callable[[], Sequence[Any]] = (),
 ) -> dict[str, Any]:
     """Run the demo into `out`; return a summary (plan, training metrics, test scores).
 
     Running it again reuses the datasets and replaces the previous run folder.
     """
     from planner.app.auto import auto_train
-    from trainer.use.evaluate import evaluate
 
     out = Path(out)
     train_dir = _dataset(out / "data", DEMO_PAIRS, seed=0)
@@ -56,6 +55,8 @@ def run_demo(
         log=log,
         callbacks=callbacks,
     )
+    from trainer.use.evaluate import evaluate  # after planning: it imports TensorFlow
+
     scores = evaluate(run, test_dir)
     log(
         f"test set ({scores['images']} held-apart images): Dice {scores['dice_mean']:.3f}, "
