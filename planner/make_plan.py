@@ -29,6 +29,7 @@ from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.trials import cache as trial_cache
+from planner.trials.spare import spare_children
 from planner.verified_choice import choose_and_verify
 from trainer.data.pairs import Pair
 from trainer.data.splits import split_pairs
@@ -154,26 +155,31 @@ def plan_from_request(
     children: set[int] = set()
     cache = trial_cache.for_plan(hw, ctx.device, request.use_cache)
     pruned, kept = _candidates(ctx)
-    measured, traces = measure_candidates(kept, ctx, children, cache)
-    latest = {m.candidate: m for m in pruned + measured}  # each candidate's last record
+    # A trial child's trace starts the next child, which imports TensorFlow meanwhile
+    # (planner.trials.spare); an unused one is killed on the way out.
+    with spare_children():
+        measured, traces = measure_candidates(kept, ctx, children, cache)
+        latest = {m.candidate: m for m in pruned + measured}  # each candidate's last record
 
-    def on_drop(
-        ms: list[CandidateMeasurement], failed: cand.Candidate
-    ) -> list[CandidateMeasurement]:
-        """Measure the candidates skipped as unable to beat `failed`, now that it failed,
-        and the new leader's second size (it may have been measured at one size)."""
-        nonlocal traces
-        named = [m.candidate for m in ms if order.lost_to(m, failed)]
-        if named:
-            ctx.say(f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}")
-        rest = [m for m in ms if m.candidate not in named]
-        more, more_traces = measure_candidates(named, ctx, children, cache, known=rest)
-        traces += more_traces
-        latest.update({m.candidate: m for m in more})
-        redone = {m.candidate for m in more}  # a known leader may come back with a new size
-        return [m for m in rest if m.candidate not in redone] + more
+        def on_drop(
+            ms: list[CandidateMeasurement], failed: cand.Candidate
+        ) -> list[CandidateMeasurement]:
+            """Measure the candidates skipped as unable to beat `failed`, now that it failed,
+            and the new leader's second size (it may have been measured at one size)."""
+            nonlocal traces
+            named = [m.candidate for m in ms if order.lost_to(m, failed)]
+            if named:
+                ctx.say(
+                    f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}"
+                )
+            rest = [m for m in ms if m.candidate not in named]
+            more, more_traces = measure_candidates(named, ctx, children, cache, known=rest)
+            traces += more_traces
+            latest.update({m.candidate: m for m in more})
+            redone = {m.candidate for m in more}  # a known leader may come back with a new size
+            return [m for m in rest if m.candidate not in redone] + more
 
-    choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
+        choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
     measurements = list(latest.values())
     traces += sum(1 for s in verify_steps if not s.details.get("cached"))  # one trace each
     planning_time = ctx.elapsed()

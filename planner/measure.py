@@ -13,7 +13,10 @@
    line's second point from the analytic slope (`measure_order.with_analytic_slope`).
 4. Once all are measured or skipped, the leader (what `choose` would pick) gets its
    second size measured, so the choice and its verification run rest on two measured
-   sizes; a candidate skipped against a score that then dropped is measured after all.
+   sizes, unless that size cannot change the choice (`measure_order.second_size_moot`:
+   the leader's micro-batch is its whole effective batch and at most the size measured;
+   the estimated point then says `not_measured` in its details); a candidate skipped
+   against a score that then dropped is measured after all.
 
 Under `train --auto` the planning cap decides how many children fit
 (`measure_order.sizes_in_time`, `child_fits`); under a time budget `fitplan plan` stops
@@ -114,6 +117,17 @@ class _Measuring:
             m = self.out.get(c) or self.known[c]
             size = order.second_size(m)
             if size is None:
+                return
+            moot = order.second_size_moot(lead, m, ctx.replicas)
+            if moot is not None:
+                ctx.say(f"  {c.label} leads; its second size is not measured: {moot}")
+                trials = tuple(
+                    dataclasses.replace(r, details={**r.details, "not_measured": moot})
+                    if r.details.get("estimated")
+                    else r
+                    for r in m.trials
+                )
+                self.out[c] = dataclasses.replace(m, trials=trials)
                 return
             why = self.stopped()
             if why is None and not order.child_fits(ctx, self.measured()):

@@ -88,6 +88,28 @@ def second_size(m: CandidateMeasurement) -> int | None:
     return next((mb for mb in presets.TRIAL_MICRO_BATCHES if mb != real[0].micro_batch), None)
 
 
+def second_size_moot(lead: Evaluation, m: CandidateMeasurement, replicas: int) -> str | None:
+    """Why the leader's second size cannot change the choice, or `None` (measure it).
+
+    It cannot when the leader's micro-batch is already its whole effective batch
+    (accumulation 1: no larger micro-batch is allowed, the step up included) and at most
+    the size measured: the peak there is at most the measured one (the peak grows with
+    the micro-batch), so memory cannot move the choice down either. The second size
+    would only refine the step time at sizes the plan does not use, and the verification
+    run measures the plan's own. Saves one trial child (25-35 s on the 2-vCPU EPYC).
+    """
+    real = [r for r in m.trials if not r.details.get("estimated") and r.ok]
+    if len(real) != 1 or lead.accumulation_steps != 1:
+        return None
+    measured = real[0].micro_batch
+    if lead.micro_batch > measured or lead.micro_batch * replicas < lead.target_batch:
+        return None
+    return (
+        f"its micro-batch {lead.micro_batch} is the whole effective batch and at most the "
+        f"size measured ({measured}): another size cannot change the choice"
+    )
+
+
 def sizes_in_time(
     spec: TrialSpec,
     sizes: Sequence[int],

@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import Any
 
-from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
+from planner.trials.spec import DEFAULT_TARGET, MARKER, PRELOAD_ENV, TrialResult, TrialSpec
 from trainer.oom import SOFT_OOM_EXIT_CODE, is_oom_error
 from trainer.train.device import configure_gpus, nvml_query, process_uuids
 from trainer.train.memory import limit_malloc_arenas, peak_rss_bytes, reset_peak_rss
@@ -227,7 +227,12 @@ def _nvml_process_bytes(nvml: Any | None = None) -> int | None:
 
 def main() -> None:
     limit_malloc_arenas()  # allocate as training does (trainer.train.memory)
-    payload = json.loads(sys.stdin.read())
+    for name in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
+        importlib.import_module(name)  # a spare (planner.trials.spare): import, then wait
+    raw = sys.stdin.read()
+    if not raw.strip():  # a spare no one took: its parent closed the pipe
+        os._exit(0)
+    payload = json.loads(raw)
     spec = TrialSpec.from_dict(payload["spec"])
     ctx = ChildContext(spec, payload.get("memory_limit_bytes"))
     try:

@@ -15,6 +15,9 @@ from trainer.plan import Plan
 
 MARKER = "@@fitplan-trial@@ "
 DEFAULT_TARGET = "planner.trials.child:measure"
+# Set in a child started ahead (`planner.trials.spare`): the modules it imports before
+# it reads its spec, comma-separated.
+PRELOAD_ENV = "FITPLAN_CHILD_PRELOAD"
 
 
 @dataclass(frozen=True)

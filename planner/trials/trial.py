@@ -45,6 +45,7 @@ from typing import Any
 
 import planner
 import trainer
+from planner.trials import spare
 from planner.trials.cache import TrialCache
 from planner.trials.spec import DEFAULT_TARGET, MARKER, TrialResult, TrialSpec
 from trainer.oom import classify_exit
@@ -120,16 +121,27 @@ def run_trial(
     if spec.target is None:
         spec.to_plan()  # a bad plan is the caller's mistake: raise here, not in the child
     payload = json.dumps({"spec": spec.to_dict(), "memory_limit_bytes": memory_limit_bytes})
-    proc = subprocess.Popen(
-        _child_command("planner.trials.child:main"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_child_env(spec),
-        start_new_session=True,  # its own process group, so a kill reaches grandchildren
-    )
+    command, env = _child_command("planner.trials.child:main"), _child_env(spec)
+    proc = spare.take(env) if spare.may_take(spec) else None  # started ahead: imports done
+    ahead = proc is not None
+    if proc is None:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # its own process group, so a kill reaches grandchildren
+        )
     t0 = time.perf_counter()
-    out = _ChildOutput(proc, on_event)
+
+    def on_child_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "start":  # its first step traces: one core to spare
+            spare.start(spec, command, env, memory_limit_bytes)
+        if on_event is not None:
+            on_event(event)
+
+    out = _ChildOutput(proc, on_child_event)
     timed_out = False
     try:
         with contextlib.suppress(BrokenPipeError):
@@ -156,6 +168,7 @@ def run_trial(
         timed_out,
         timeout_s,
         wall,
+        ahead,
     )
 
 
@@ -211,8 +224,11 @@ def _collect(
     timed_out: bool,
     timeout_s: float,
     wall_s: float,
+    ahead: bool = False,
 ) -> list[TrialResult]:
-    """Turn the child's events and exit into one result per size tried."""
+    """Turn the child's events and exit into one result per size tried (`ahead`: the
+    child was a spare, started before it was needed: `planner.trials.spare`)."""
+    marks = {"child_wall_s": round(wall_s, 3), **({"started_ahead": True} if ahead else {})}
     results: list[TrialResult] = []
     started: int | None = None
     ready = False
@@ -228,11 +244,7 @@ def _collect(
             except (TypeError, ValueError) as exc:
                 garbage.append(f"malformed result {ev!r}: {exc}")
                 break
-            results.append(
-                dataclasses.replace(
-                    r, child_pid=pid, details={**r.details, "child_wall_s": round(wall_s, 3)}
-                )
-            )
+            results.append(dataclasses.replace(r, child_pid=pid, details={**r.details, **marks}))
     if results and not results[-1].ok:
         return results
     done = {r.micro_batch for r in results}
@@ -262,7 +274,7 @@ def _collect(
             reason=f"{reason}; {where}",
             child_pid=pid,
             details={
-                "child_wall_s": round(wall_s, 3),
+                **marks,
                 "returncode": returncode,
                 "stderr_tail": stderr_tail[-2000:],
             },

@@ -189,6 +189,61 @@ def test_one_size_for_candidates_that_do_not_lead_and_two_for_the_leader(data_di
     assert result.children == 3 + 1  # 2 + 1 trial children and the verification run
 
 
+@pytest.mark.parametrize("effective_batch", [4, 2])
+def test_the_leaders_second_size_is_not_measured_when_it_cannot_change_the_choice(
+    data_dir, calls, effective_batch
+):
+    """The effective batch (4 or 2) is at most the size measured (4): the plan is that
+    micro-batch without accumulation whatever the line's slope, so no second child; the
+    estimated point says why, and the verification run measures the plan's size."""
+    result = make_plan(
+        data_dir,
+        backbones=["efficientnet_b0"],
+        sizes=[64],
+        effective_batch=effective_batch,
+        use_cache=False,
+    )
+    assert _sizes(calls, "efficientnet_b0") == [4]
+    plan = result.plan
+    assert (plan.micro_batch, plan.accumulation_steps) == (effective_batch, 1)
+    (tr,) = plan.evidence["trials"]
+    (est,) = [r for r in tr["results"] if r["details"].get("estimated")]
+    assert "cannot change the choice" in est["details"]["not_measured"]
+    verify = [mb for b, mb, t in calls if t == VERIFY_TARGET]
+    assert verify == [effective_batch]
+    assert result.children == 2  # one trial child and the verification run
+
+
+def test_the_second_size_is_measured_when_the_plan_accumulates(data_dir, calls):
+    """Effective batch 8 on a line that fits 8: micro-batch 8 > the size measured, so the
+    leader's second size is measured before the choice (as with 16)."""
+    result = make_plan(
+        data_dir, backbones=["efficientnet_b0"], sizes=[64], effective_batch=8, use_cache=False
+    )
+    assert sorted(_sizes(calls, "efficientnet_b0")) == [1, 4]
+    assert result.plan.micro_batch == 8
+
+
+def test_second_size_moot_only_without_accumulation_at_or_below_the_measured_size():
+    from planner.measure_order import second_size_moot
+
+    c = Candidate("mobilenet_v3_small", (64, 64))
+    real = TrialResult("ok", 4, GIB, 0.1, 1.0)
+    est = TrialResult("ok", 1, GIB // 2, 0.03, details={"estimated": "analytic"})
+    m = CandidateMeasurement(c, trials=(est, real))
+
+    def lead(mb, accum, target, replicas=1):
+        ev = Evaluation(c, "chosen", "", micro_batch=mb, accumulation_steps=accum)
+        return second_size_moot(dataclasses.replace(ev, target_batch=target), m, replicas)
+
+    assert lead(4, 1, 4) and lead(2, 1, 2) and lead(2, 1, 4, replicas=2)
+    assert lead(4, 2, 8) is None  # accumulates: a larger micro-batch might fit
+    assert lead(2, 1, 4) is None  # below the effective batch (memory-bound)
+    assert lead(8, 1, 8) is None  # above the measured size: the slope decides
+    both = CandidateMeasurement(c, trials=(dataclasses.replace(est, details={}), real))
+    assert second_size_moot(Evaluation(c, "chosen", "", 4, 1, target_batch=4), both, 1) is None
+
+
 def test_one_size_out_of_memory_measures_the_smaller_sizes(data_dir, calls, monkeypatch):
     """The one size (4) runs out of memory: 1 is measured, then 2 between them."""
     fake = trial.run_trial
