@@ -13,6 +13,12 @@ switched off in the child where an arm leaves them out:
                 environment, so the cap holds from the child's first allocation
     trim        `malloc_trim(0)` before each validation pass and after each epoch
     arena2trim  both: as fitplan trains now
+    bare        as fitplan trains now, training steps only: no validation pass, no
+                checkpoint, no TensorBoard, no early stopping or schedule callbacks
+                (if the creep stays, it comes from training and its input pipeline)
+    noautotune  as fitplan trains now, with tf.data's autotuning off on both datasets
+                (`tf.data.Options().autotune.enabled = False`): parallelism and buffer
+                sizes then stay fixed
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
 
@@ -39,7 +45,36 @@ ARMS = {  # arm: (environment, cap the arenas, trim)
     "arena2": ({"MALLOC_ARENA_MAX": "2"}, True, False),
     "trim": ({}, False, True),
     "arena2trim": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "bare": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "noautotune": ({"MALLOC_ARENA_MAX": "2"}, True, True),
 }
+# Callbacks the "bare" arm keeps: the heap release, the throughput/peak recorder, and
+# the benchmark's own recorder; the others (validation-driven or writing files) go.
+BARE_KEEPS = ("ReleaseFreeHeap", "Throughput", "Record")
+
+
+def _bare(keras) -> None:
+    """Every `fit` trains without validation and with only the `BARE_KEEPS` callbacks."""
+    fit = keras.Model.fit
+
+    def bare_fit(self, *args, validation_data=None, callbacks=None, **kwargs):
+        kept = [c for c in callbacks or [] if type(c).__name__ in BARE_KEEPS]
+        return fit(self, *args, callbacks=kept, **kwargs)
+
+    keras.Model.fit = bare_fit
+
+
+def _no_autotune() -> None:
+    """Both datasets with tf.data's autotuning off."""
+    import tensorflow as tf
+
+    from trainer.data import pipeline
+
+    opts = tf.data.Options()
+    opts.autotune.enabled = False
+    for name in ("_train_dataset", "_val_dataset"):
+        build = getattr(pipeline, name)
+        setattr(pipeline, name, lambda *a, _b=build, **k: _b(*a, **k).with_options(opts))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -55,6 +90,10 @@ def child(args: argparse.Namespace) -> None:
         fit.limit_malloc_arenas = lambda *a, **k: False
     if not trim:
         callbacks.release_free_heap = lambda: False
+    if args.arm == "bare":
+        _bare(keras)
+    if args.arm == "noautotune":
+        _no_autotune()
     process = psutil.Process()
     rows: list[dict[str, Any]] = []
 
