@@ -104,8 +104,9 @@ def _verify(
     The choice was made from train-step trials plus an estimate of what a run adds
     (`presets.TRAINING_OVERHEAD_BYTES`, pruning and choosing only). The verification run
     measures the whole run (`planner.trials.verify_run`), so its peak is held against
-    budget x (1 - headroom) itself, and a step down follows the step line shifted by
-    that estimate through the measured point. Returns the verified choice (its
+    budget x (1 - `presets.verified_headroom`) itself (room for the long-run growth),
+    and a step down follows the step line shifted by that estimate through the
+    measured point. Returns the verified choice (its
     `predicted_peak_bytes` stays the train step's) or `None`, and the steps taken.
     """
     req = ctx.request
@@ -158,7 +159,8 @@ def _verify(
         points=tuple((m, p + overhead) for m, p in step_line.points),
         source="train-step line + estimated training overhead",
     )
-    got, _, steps = verify(run_line, choice.micro_batch, measure, ctx.budget_bytes, req.headroom)
+    headroom = presets.verified_headroom(req.headroom)  # the bound inside the budget
+    got, _, steps = verify(run_line, choice.micro_batch, measure, ctx.budget_bytes, headroom)
     if got >= 1:
         # The trials' slope through the verified point: the refitted run line mixes the
         # estimated points with the measured one and can pass below the latter's slope.
@@ -199,7 +201,7 @@ def _step_up(
         peak,
         measure,
         ctx.budget_bytes,
-        req.headroom,
+        presets.verified_headroom(req.headroom),
         max_micro_batch=cap,
         use_below=presets.STEP_UP_BELOW,
         growth=presets.RUN_GROWTH,

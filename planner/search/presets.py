@@ -62,16 +62,28 @@ VERIFY_TIMEOUT_S = 600.0
 # docs/runs.md). Highest epoch peak over the verification run's peak, 2-vCPU EPYC AVX2
 # (docs/planning.md, "The verification run and a long run"): one epoch +2.0..+6.6% over
 # nine plans (epfl-em, the demo set, 12-class RGB at 3/4/6 GiB); long runs +6.8% (epfl-em,
-# 3 epochs), +8.4% (epfl-em, 20 minutes, 4 epochs), +9.1% (demo, 10 epochs).
+# 3 epochs), +8.4% (epfl-em, 20 minutes, 4 epochs), +9.1% (demo, 10 epochs), +11.4%
+# (epfl-em 4 GiB, efficientnet_b0 384 4 x 4, 20 minutes, 6 epochs: 3720, 3824, 3926 MB,
+# then flat; 2026-12-03, stop 20).
 # Two figures, because one cannot be both a prediction and a guarantee:
-# - RUN_GROWTH, the expected rise: `prediction.peak_bytes` = run peak x (1 + 0.05), the
-#   middle of that spread, so the prediction is within 5% of a one-epoch peak (+2..+7%)
-#   and of a long run's highest (+7..+9%) alike;
+# - RUN_GROWTH, the expected rise: `prediction.peak_bytes` = run peak x (1 + 0.07), the
+#   middle of that spread (+2..+11.4%), so the prediction is within 5% of a one-epoch
+#   peak (+0.4..+4.9%) and of a long run's highest (-3.9..+0.2%) alike. It was 0.05
+#   until the 20-minute run above came out 5.7% over it.
 # - RUN_GROWTH_BOUND, the highest rise measured plus a point: `prediction.bound_bytes`.
-#   The verification run is held to budget x (1 - headroom) = 90% by default, so the
-#   bound (0.90 x 1.10 = 99%) stays inside the budget: what keeps a long run under it.
-RUN_GROWTH = 0.05
-RUN_GROWTH_BOUND = 0.10
+#   The verification run is held to budget / (1 + RUN_GROWTH_BOUND) (88.9%) or the
+#   user's headroom if wider (`verified_headroom`), so the bound stays inside the budget:
+#   what keeps a long run under it.
+RUN_GROWTH = 0.07
+RUN_GROWTH_BOUND = 0.125
+
+
+def verified_headroom(headroom: float) -> float:
+    """The share of the budget a verification run may not use: the user's headroom, or
+    what the highest measured long-run growth needs (`RUN_GROWTH_BOUND`), the larger."""
+    return max(headroom, RUN_GROWTH_BOUND / (1 + RUN_GROWTH_BOUND))
+
+
 # Verification steps up once (`memory_model.step_up`) when its measured peak with the
 # expected RUN_GROWTH added is below this share of the budget: the goal is a run peak between 85%
 # and 100% of the budget wherever a larger micro-batch is still useful (issue 13, 3).

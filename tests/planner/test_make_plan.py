@@ -169,6 +169,46 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     assert result.traces == ev["traces"] == trials + 1
 
 
+def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monkeypatch):
+    """A verified peak of 89.5% of the budget passed the user's 10% headroom, but with the
+    highest long-run growth measured (`RUN_GROWTH_BOUND`) the run would pass the budget:
+    verification steps down, and the accepted plan's bound stays inside the budget."""
+    from planner import hardware
+    from planner import measure as ms
+    from planner import verified_choice as vc
+    from planner.search import presets
+    from planner.trials.spec import TrialResult
+
+    gib, mib = 2**30, 2**20
+    budget = {"device": "cpu", "bytes": 8 * gib, "source": "probe", "derivation": "fake"}
+    monkeypatch.setattr(
+        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
+    )
+    pids = iter(range(2000, 2100))
+
+    def trial(size, peak):
+        return TrialResult("ok", size, peak, 0.01 * size, 1.0, traces=1, child_pid=next(pids))
+
+    monkeypatch.setattr(
+        ms,
+        "measure_each",
+        lambda spec, **kw: [trial(m, gib + 100 * mib * m) for m in spec.micro_batches],
+    )
+    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, gib + 100 * mib * m))
+    # 16 is 89.5% of the budget; every smaller size 0.35 GiB a sample less.
+    run_peak = {m: int(0.895 * 8 * gib) - (16 - m) * int(0.35 * gib) for m in range(1, 17)}
+    monkeypatch.setattr(vc, "measure_one", lambda spec, m, **kw: trial(m, run_peak[m]))
+    headroom = presets.verified_headroom(0.1)
+    assert headroom == pytest.approx(presets.RUN_GROWTH_BOUND / (1 + presets.RUN_GROWTH_BOUND))
+    assert 0.1 < headroom  # the bound, not the user's 10%, decides here
+    assert presets.verified_headroom(0.2) == 0.2  # a wider user headroom is kept
+
+    plan = make_plan(data_dir, backbones=["unet_small"], sizes=[32], use_cache=False).plan
+    steps = [(s["micro_batch"], s["action"]) for s in plan.evidence["verification"]]
+    assert steps[0] == (16, "step down") and plan.micro_batch < 16
+    assert plan.prediction["bound_bytes"] <= 8 * gib
+
+
 @pytest.mark.slow
 def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     from planner.app.auto import auto_train
