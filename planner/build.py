@@ -97,11 +97,13 @@ def build_plan(
     if choice.replicas > 1:  # docs/distributed.md: the micro-batch is per replica
         raw["strategy"] = budget["strategy"]
         raw["replicas"] = int(choice.replicas)
-    if choice.replicas > 1 or choice.lowered:
-        # The learning rate is for the requested effective batch, which replicas can pass
-        # and a short time budget can lower (search/updates.py); Adam (the plan's default)
-        # follows the square-root rule (Malladi et al. 2022, arXiv:2205.10287).
-        reference = choice.requested_batch or req.target_batch
+    reference = choice.requested_batch or req.target_batch
+    if choice.replicas > 1 or choice.lowered or choice.effective_batch != reference:
+        # The learning rate is for the requested effective batch, which replicas can pass,
+        # a short time budget can lower (search/updates.py) and a micro-batch that does
+        # not divide it rounds up (9 x 2 = 18, 11 x 2 = 22 for 16: the larger micro-batch
+        # uses the memory budget); Adam (the plan's default) follows the square-root rule
+        # (Malladi et al. 2022, arXiv:2205.10287).
         raw["optimizer"] = {"lr_scaling": "sqrt", "reference_batch": int(reference)}
     try:
         return Plan.from_dict(raw)

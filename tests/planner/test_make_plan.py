@@ -209,6 +209,40 @@ def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monke
     assert plan.prediction["bound_bytes"] <= 8 * gib
 
 
+def test_a_micro_batch_that_does_not_divide_the_effective_batch_scales_the_rate(
+    data_dir, monkeypatch
+):
+    """9 fits, 16 does not: 9 x 2 accumulates to 18, not 16, so the learning rate written
+    for 16 is scaled by sqrt(18 / 16) (`optimizer.lr_scaling`)."""
+    from planner import hardware
+    from planner import measure as ms
+    from planner import verified_choice as vc
+    from planner.trials.spec import TrialResult
+    from trainer.train.distribute import learning_rate_for
+
+    gib = 2**30
+    budget = {"device": "cpu", "bytes": 8 * gib, "source": "probe", "derivation": "fake"}
+    monkeypatch.setattr(
+        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
+    )
+    pids = iter(range(3000, 3100))
+
+    def trial(size, peak):
+        return TrialResult("ok", size, int(peak), 0.01 * size, 1.0, traces=1, child_pid=next(pids))
+
+    line = lambda m: 2 * gib + 0.5 * gib * m  # noqa: E731
+    monkeypatch.setattr(
+        ms, "measure_each", lambda spec, **kw: [trial(m, line(m)) for m in spec.micro_batches]
+    )
+    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, line(m)))
+    monkeypatch.setattr(vc, "measure_one", lambda spec, m, **kw: trial(m, line(m) + gib // 2))
+    plan = make_plan(data_dir, backbones=["unet_small"], sizes=[32], use_cache=False).plan
+    assert 16 % plan.micro_batch != 0 and plan.effective_batch > 16
+    assert (plan.optimizer.lr_scaling, plan.optimizer.reference_batch) == ("sqrt", 16)
+    ratio = plan.effective_batch / 16
+    assert learning_rate_for(plan) == pytest.approx(plan.optimizer.learning_rate * ratio**0.5)
+
+
 @pytest.mark.slow
 def test_auto_plans_measures_and_trains(data_dir, tmp_path):
     from planner.app.auto import auto_train
