@@ -119,7 +119,7 @@ def child(args: argparse.Namespace) -> None:
     Path(args.result).write_text(json.dumps(rows))
 
 
-def make_plan_file(out: Path, side: int, mb: int, acc: int, backbone: str) -> Path:
+def make_plan_file(out: Path, side: int, mb: int, acc: int, backbone: str, data: Path) -> Path:
     plan = {
         "version": 1,
         "backbone": backbone,
@@ -127,7 +127,7 @@ def make_plan_file(out: Path, side: int, mb: int, acc: int, backbone: str) -> Pa
         "micro_batch": mb,
         "accumulation_steps": acc,
         "epochs": 100,
-        "data": {"path": str(EPFL), "masks": "mitochondria", "mask_values": [0, 255],
+        "data": {"path": str(data), "masks": "mitochondria", "mask_values": [0, 255],
                  "val_fraction": 0.2, "cache": "stream"},
         "target": {"device": "cpu", "budget_bytes": 16 * 2**30, "budget_source": "user"},
         "prediction": {"peak_bytes": 4 * 2**30, "step_time_s": 1.0},
@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--accumulation", type=int, default=2)
     ap.add_argument("--backbone", default="mobilenet_v3_small")
+    ap.add_argument("--data", type=Path, default=EPFL, help="epfl-em train root (default: ../shared)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--parallel", action="store_true",
                     help="run the arms side by side (memory is per process; times are not comparable)")
@@ -159,7 +160,9 @@ def main() -> None:
         child(args)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = make_plan_file(args.out, args.side, args.micro_batch, args.accumulation, args.backbone)
+    plan = make_plan_file(
+        args.out, args.side, args.micro_batch, args.accumulation, args.backbone, args.data
+    )
     results: dict[str, Any] = {}
     procs = {}
     for arm in args.arms.split(","):
