@@ -113,6 +113,7 @@ def child(args: argparse.Namespace) -> None:
                     "epoch_s": time.monotonic() - self.epoch_start,
                 }
             )
+            Path(args.result).write_text(json.dumps(rows))  # a stopped run keeps its epochs
 
     plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))
     fit.train(plan, args.run, max_epochs=args.epochs, max_steps=args.max_steps, callbacks=[Record()])
