@@ -164,7 +164,7 @@ def _verify(
     if got >= 1:
         # The trials' slope through the verified point: the refitted run line mixes the
         # estimated points with the measured one and can pass below the latter's slope.
-        got, steps = _step_up(step_line, got, steps, measure, ctx, _target(choice, ctx))
+        got, steps = _step_up(step_line, got, steps, measure, ctx, _target(choice, ctx), headroom)
     for s in steps:
         ctx.say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
     if got < 1:
@@ -179,6 +179,7 @@ def _step_up(
     measure: Callable[[int], TrialResult],
     ctx: PlanContext,
     target: int,
+    headroom: float,
 ) -> tuple[int, list[VerifyStep]]:
     """One larger size when the verified run left budget unused (`memory_model.step_up`).
 
@@ -187,7 +188,8 @@ def _step_up(
     (`presets.RUN_GROWTH`) and `request.headroom`. Skipped under `train --auto` once
     planning has used its share of the time budget: a larger micro-batch is not worth
     training time. `target`: the chosen effective batch, which caps the micro-batch
-    (lowered for updates, it stays lowered).
+    (lowered for updates, it stays lowered). `headroom`: the verification run's
+    (`presets.verified_headroom`), which the larger size is held to as well.
     """
     req = ctx.request
     if req.count_planning_time and req.budget_time_s is not None:
@@ -201,7 +203,7 @@ def _step_up(
         peak,
         measure,
         ctx.budget_bytes,
-        presets.verified_headroom(req.headroom),
+        headroom,
         max_micro_batch=cap,
         use_below=presets.STEP_UP_BELOW,
         growth=presets.RUN_GROWTH,

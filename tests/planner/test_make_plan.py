@@ -103,31 +103,41 @@ def test_the_budget_hint_adds_the_run_overhead_as_bytes(data_dir):
     assert hint == pytest.approx((need + overhead) / (1 - presets.HEADROOM), abs=0.01)
 
 
-def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monkeypatch):
-    """Every stage with fake children: the plan carries what they measured, exactly."""
+def _fake_children(monkeypatch, trial_peak, run_peak=None):
+    """An 8 GiB CPU (fake probe) and fake children: a trial at micro-batch m peaks at
+    `trial_peak(m)`, a verification run at `run_peak(m)` when given. Returns the
+    function that makes a result, `trial(size, peak)`, one child process each."""
     from planner import hardware
     from planner import measure as ms
     from planner import verified_choice as vc
-    from planner.search import presets
     from planner.trials.spec import TrialResult
 
-    gib, mib = 2**30, 2**20
-    budget = {"device": "cpu", "bytes": 8 * gib, "source": "probe", "derivation": "fake"}
+    budget = {"device": "cpu", "bytes": 8 * 2**30, "source": "probe", "derivation": "fake"}
     monkeypatch.setattr(
         hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
     )
     pids = iter(range(1000, 1100))
 
     def trial(size, peak):
-        return TrialResult("ok", size, peak, 0.01 * size, 1.0, traces=1, child_pid=next(pids))
+        return TrialResult("ok", size, int(peak), 0.01 * size, 1.0, traces=1, child_pid=next(pids))
 
     monkeypatch.setattr(
-        ms,
-        "measure_each",
-        lambda spec, **kw: [trial(m, gib + 100 * mib * m) for m in spec.micro_batches],
+        ms, "measure_each", lambda spec, **kw: [trial(m, trial_peak(m)) for m in spec.micro_batches]
     )
     # The leader's second size (planner.measure: one size first, the second before the choice).
-    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, gib + 100 * mib * m))
+    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, trial_peak(m)))
+    if run_peak is not None:
+        monkeypatch.setattr(vc, "measure_one", lambda spec, m, **kw: trial(m, run_peak(m)))
+    return trial
+
+
+def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monkeypatch):
+    """Every stage with fake children: the plan carries what they measured, exactly."""
+    from planner import verified_choice as vc
+    from planner.search import presets
+
+    gib, mib = 2**30, 2**20
+    trial = _fake_children(monkeypatch, lambda m: gib + 100 * mib * m)
     verified_peak = 2 * gib + 7  # the whole run, as the verification child measured it
     runs = []
 
@@ -173,31 +183,12 @@ def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monke
     """A verified peak of 89.5% of the budget passed the user's 10% headroom, but with the
     highest long-run growth measured (`RUN_GROWTH_BOUND`) the run would pass the budget:
     verification steps down, and the accepted plan's bound stays inside the budget."""
-    from planner import hardware
-    from planner import measure as ms
-    from planner import verified_choice as vc
     from planner.search import presets
-    from planner.trials.spec import TrialResult
 
     gib, mib = 2**30, 2**20
-    budget = {"device": "cpu", "bytes": 8 * gib, "source": "probe", "derivation": "fake"}
-    monkeypatch.setattr(
-        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
-    )
-    pids = iter(range(2000, 2100))
-
-    def trial(size, peak):
-        return TrialResult("ok", size, peak, 0.01 * size, 1.0, traces=1, child_pid=next(pids))
-
-    monkeypatch.setattr(
-        ms,
-        "measure_each",
-        lambda spec, **kw: [trial(m, gib + 100 * mib * m) for m in spec.micro_batches],
-    )
-    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, gib + 100 * mib * m))
     # 16 is 89.5% of the budget; every smaller size 0.35 GiB a sample less.
     run_peak = {m: int(0.895 * 8 * gib) - (16 - m) * int(0.35 * gib) for m in range(1, 17)}
-    monkeypatch.setattr(vc, "measure_one", lambda spec, m, **kw: trial(m, run_peak[m]))
+    _fake_children(monkeypatch, lambda m: gib + 100 * mib * m, run_peak.__getitem__)
     headroom = presets.verified_headroom(0.1)
     assert headroom == pytest.approx(presets.RUN_GROWTH_BOUND / (1 + presets.RUN_GROWTH_BOUND))
     assert 0.1 < headroom  # the bound, not the user's 10%, decides here
@@ -214,28 +205,11 @@ def test_a_micro_batch_that_does_not_divide_the_effective_batch_scales_the_rate(
 ):
     """9 fits, 16 does not: 9 x 2 accumulates to 18, not 16, so the learning rate written
     for 16 is scaled by sqrt(18 / 16) (`optimizer.lr_scaling`)."""
-    from planner import hardware
-    from planner import measure as ms
-    from planner import verified_choice as vc
-    from planner.trials.spec import TrialResult
     from trainer.train.distribute import learning_rate_for
 
     gib = 2**30
-    budget = {"device": "cpu", "bytes": 8 * gib, "source": "probe", "derivation": "fake"}
-    monkeypatch.setattr(
-        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
-    )
-    pids = iter(range(3000, 3100))
-
-    def trial(size, peak):
-        return TrialResult("ok", size, int(peak), 0.01 * size, 1.0, traces=1, child_pid=next(pids))
-
     line = lambda m: 2 * gib + 0.5 * gib * m  # noqa: E731
-    monkeypatch.setattr(
-        ms, "measure_each", lambda spec, **kw: [trial(m, line(m)) for m in spec.micro_batches]
-    )
-    monkeypatch.setattr(ms, "measure_one", lambda spec, m, **kw: trial(m, line(m)))
-    monkeypatch.setattr(vc, "measure_one", lambda spec, m, **kw: trial(m, line(m) + gib // 2))
+    _fake_children(monkeypatch, line, lambda m: line(m) + gib // 2)
     plan = make_plan(data_dir, backbones=["unet_small"], sizes=[32], use_cache=False).plan
     assert 16 % plan.micro_batch != 0 and plan.effective_batch > 16
     assert (plan.optimizer.lr_scaling, plan.optimizer.reference_batch) == ("sqrt", 16)
