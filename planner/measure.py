@@ -15,7 +15,8 @@
    second size measured, so the choice and its verification run rest on two measured
    sizes, unless that size cannot change the choice (`measure_order.second_size_moot`:
    the leader's micro-batch is its whole effective batch and at most the size measured;
-   the estimated point then says `not_measured` in its details); a candidate skipped
+   or above it, `second_size_moot_above`: it still fits and leads on the line through
+   zero; the estimated point then says `not_measured` in its details); a candidate skipped
    against a score that then dropped is measured after all.
 
 Under `train --auto` the planning cap decides how many children fit
@@ -119,6 +120,7 @@ class _Measuring:
             if size is None:
                 return
             moot = order.second_size_moot(lead, m, ctx.replicas)
+            moot = moot or order.second_size_moot_above(lead, m, self.measured(), ctx)
             if moot is not None:
                 ctx.say(f"  {c.label} leads; its second size is not measured: {moot}")
                 trials = tuple(

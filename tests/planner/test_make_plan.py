@@ -137,8 +137,10 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     from planner.search import presets
 
     gib, mib = 2**30, 2**20
-    trial = _fake_children(monkeypatch, lambda m: gib + 100 * mib * m)
-    verified_peak = 2 * gib + 7  # the whole run, as the verification child measured it
+    # A fixed part of 2 GiB: at 16, the line through zero and micro-batch 4 (4 x 2.4 GiB)
+    # does not fit 8 GiB, so the second size is measured and the line is the real one.
+    trial = _fake_children(monkeypatch, lambda m: 2 * gib + 100 * mib * m)
+    verified_peak = 4 * gib + 7  # the whole run, as the verification child measured it
     runs = []
 
     def fake_run(spec, size, **kw):
@@ -160,10 +162,10 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     # The prediction is the expected peak; the bound adds the highest growth measured.
     bound = verified_peak + int(verified_peak * presets.RUN_GROWTH_BOUND) + pred["cache_bytes"]
     assert pred["bound_bytes"] == bound > pred["peak_bytes"]
-    # 2.2 GiB of 8: said why (micro-batch 16 is already the effective batch).
+    # 4.3 GiB of 8: said why (micro-batch 16 is already the effective batch).
     assert pred["budget_share"] == round(pred["peak_bytes"] / (8 * gib), 3)
     assert "reached the effective batch (16)" in pred["unused_budget_reason"]
-    step = gib + 100 * mib * 16  # the trial line's train step at 16
+    step = 2 * gib + 100 * mib * 16  # the trial line's train step at 16
     assert pred["train_step_peak_bytes"] == step
     assert pred["training_overhead_bytes"] == verified_peak - step
     assert pred["training_overhead_source"] == "measured by the verification run"

@@ -214,14 +214,52 @@ def test_the_leaders_second_size_is_not_measured_when_it_cannot_change_the_choic
     assert result.children == 2  # one trial child and the verification run
 
 
-def test_the_second_size_is_measured_when_the_plan_accumulates(data_dir, calls):
-    """Effective batch 8 on a line that fits 8: micro-batch 8 > the size measured, so the
-    leader's second size is measured before the choice (as with 16)."""
+def test_above_the_measured_size_the_second_size_is_moot_when_a_line_through_zero_fits(
+    data_dir, calls
+):
+    """Effective batch 8, micro-batch 8 > the size measured (4): on the line through zero
+    and the measured point (2 x its peak and step time) 8 still fits the 8 GiB budget and
+    still leads, so no second child; the verification run measures micro-batch 8."""
     result = make_plan(
         data_dir, backbones=["efficientnet_b0"], sizes=[64], effective_batch=8, use_cache=False
     )
+    assert _sizes(calls, "efficientnet_b0") == [4]
+    plan = result.plan
+    assert (plan.micro_batch, plan.accumulation_steps) == (8, 1)
+    (tr,) = plan.evidence["trials"]
+    (est,) = [r for r in tr["results"] if r["details"].get("estimated")]
+    assert "in proportion to the size measured (4)" in est["details"]["not_measured"]
+    assert [mb for b, mb, t in calls if t == VERIFY_TARGET] == [8]
+    assert result.children == 2
+
+
+def test_the_second_size_is_measured_when_only_the_real_slope_can_fit_the_plan(data_dir, calls):
+    """Effective batch 8 under 2.6 GiB: the fake peak at 8 on the line through zero (2 x
+    1.2 GiB) is over the step's allowed memory, on the real line (1.4 GiB) it is not:
+    the slope decides, so the second size is measured before the choice."""
+    make_plan(
+        data_dir,
+        backbones=["efficientnet_b0"],
+        sizes=[64],
+        effective_batch=8,
+        budget_memory=int(2.6 * GIB),
+        use_cache=False,
+    )
     assert sorted(_sizes(calls, "efficientnet_b0")) == [1, 4]
-    assert result.plan.micro_batch == 8
+
+
+def test_the_line_through_zero_is_at_or_over_the_real_line_above_the_measured_size():
+    from planner.measure_order import through_zero
+
+    c = Candidate("mobilenet_v3_small", (64, 64))
+    real = TrialResult("ok", 4, 4 * GIB, 0.4, 1.0)
+    est = TrialResult("ok", 1, 3 * GIB, 0.2, details={"estimated": "analytic"})
+    m = through_zero(CandidateMeasurement(c, trials=(est, real)))
+    assert [(r.micro_batch, r.peak_bytes, r.step_time_s) for r in m.trials] == [
+        (1, GIB, 0.1),
+        (4, 4 * GIB, 0.4),
+    ]
+    assert m.trials[0].details["estimated"]  # still marked estimated
 
 
 def test_second_size_moot_only_without_accumulation_at_or_below_the_measured_size():
