@@ -29,6 +29,7 @@ from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.trials import cache as trial_cache
+from planner.trials import trial
 from planner.trials.spare import spare_children
 from planner.verified_choice import choose_and_verify
 from trainer.data.pairs import Pair
@@ -140,6 +141,23 @@ def plan_from_request(
     started = clock()
     say = log or quiet
     hw, budget = _probe_budget(request, say)
+    # A trial child's trace starts the next child, which imports TensorFlow meanwhile
+    # (planner.trials.spare); the first one starts now, while the dataset is scanned.
+    # An unused one is killed on the way out.
+    with spare_children():
+        trial.start_spare(budget["device"], int(budget["bytes"]))
+        return _plan(request, say, started, clock, hw, budget)
+
+
+def _plan(
+    request: PlanRequest,
+    say: Log,
+    started: float,
+    clock: Callable[[], float],
+    hw: dict[str, Any],
+    budget: dict[str, Any],
+) -> PlanResult:
+    """`plan_from_request` after the probe: scan, measure, choose and verify, build."""
     fp, n_train = _scan(request, say)
     ctx = PlanContext(
         request,
@@ -155,31 +173,26 @@ def plan_from_request(
     children: set[int] = set()
     cache = trial_cache.for_plan(hw, ctx.device, request.use_cache)
     pruned, kept = _candidates(ctx)
-    # A trial child's trace starts the next child, which imports TensorFlow meanwhile
-    # (planner.trials.spare); an unused one is killed on the way out.
-    with spare_children():
-        measured, traces = measure_candidates(kept, ctx, children, cache)
-        latest = {m.candidate: m for m in pruned + measured}  # each candidate's last record
+    measured, traces = measure_candidates(kept, ctx, children, cache)
+    latest = {m.candidate: m for m in pruned + measured}  # each candidate's last record
 
-        def on_drop(
-            ms: list[CandidateMeasurement], failed: cand.Candidate
-        ) -> list[CandidateMeasurement]:
-            """Measure the candidates skipped as unable to beat `failed`, now that it failed,
-            and the new leader's second size (it may have been measured at one size)."""
-            nonlocal traces
-            named = [m.candidate for m in ms if order.lost_to(m, failed)]
-            if named:
-                ctx.say(
-                    f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}"
-                )
-            rest = [m for m in ms if m.candidate not in named]
-            more, more_traces = measure_candidates(named, ctx, children, cache, known=rest)
-            traces += more_traces
-            latest.update({m.candidate: m for m in more})
-            redone = {m.candidate for m in more}  # a known leader may come back with a new size
-            return [m for m in rest if m.candidate not in redone] + more
+    def on_drop(
+        ms: list[CandidateMeasurement], failed: cand.Candidate
+    ) -> list[CandidateMeasurement]:
+        """Measure the candidates skipped as unable to beat `failed`, now that it failed,
+        and the new leader's second size (it may have been measured at one size)."""
+        nonlocal traces
+        named = [m.candidate for m in ms if order.lost_to(m, failed)]
+        if named:
+            ctx.say(f"measuring {len(named)} candidate(s) skipped as unable to beat {failed.label}")
+        rest = [m for m in ms if m.candidate not in named]
+        more, more_traces = measure_candidates(named, ctx, children, cache, known=rest)
+        traces += more_traces
+        latest.update({m.candidate: m for m in more})
+        redone = {m.candidate for m in more}  # a known leader may come back with a new size
+        return [m for m in rest if m.candidate not in redone] + more
 
-        choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
+    choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
     measurements = list(latest.values())
     traces += sum(1 for s in verify_steps if not s.details.get("cached"))  # one trace each
     planning_time = ctx.elapsed()

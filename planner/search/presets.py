@@ -43,6 +43,11 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
 # carried the first's leftovers and a relaxed-shape retrace, and the line through them
 # over-predicted larger sizes by 10-26%.
 TRIAL_MICRO_BATCHES: tuple[int, ...] = (1, 4)
+# The leader's second size is skipped above the size measured when the plan still fits
+# with the peak's slope this many times the analytic one (planner.measure_order:
+# upper_line): replaying 8 idle epfl-em trial points, the analytic slope through the
+# measured size was 0.76-1.30x the measured slopes (docs/planning.md, "Trials").
+SECOND_SIZE_SLOPE_MARGIN = 1.5
 # Steps per trial size: the first traces, the second still allocates (optimizer slots);
 # the step time is the median of the measured ones. Was 3 + 5: 3 steps fewer cut
 # 1-15 s per child on the 2-vCPU EPYC (0.4-4.9 s per step at micro-batch 1-4 on

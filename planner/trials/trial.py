@@ -82,7 +82,23 @@ def _child_command(entry: str) -> list[str]:
     ]
 
 
+def start_spare(
+    device: str, memory_limit_bytes: int | None, target: str | None = DEFAULT_TARGET
+) -> bool:
+    """Start a trial child ahead of the first trial (`planner.trials.spare`, `START_EARLY`):
+    it imports TensorFlow while the planner scans; the first `run_trial` of `target` on
+    `device` with the same environment takes it. Whether one was started."""
+    if not spare.START_EARLY:
+        return False
+    command = _child_command("planner.trials.child:main")
+    return spare.start_for(device, target, command, _device_env(device), memory_limit_bytes)
+
+
 def _child_env(spec: TrialSpec) -> dict[str, str]:
+    return _device_env(spec.device)
+
+
+def _device_env(device: str) -> dict[str, str]:
     env = dict(os.environ)
     # The child must import what the parent imports (tests' fault targets included),
     # and nothing from the working directory the parent did not import from.
@@ -90,7 +106,7 @@ def _child_env(spec: TrialSpec) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if spec.device == "cpu":
+    if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
 

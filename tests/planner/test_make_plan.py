@@ -131,16 +131,16 @@ def _fake_children(monkeypatch, trial_peak, run_peak=None):
     return trial
 
 
-def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monkeypatch):
+def test_the_plan_predicts_the_verification_childs_peak(
+    data_dir, tmp_path, monkeypatch, second_size_needed
+):
     """Every stage with fake children: the plan carries what they measured, exactly."""
     from planner import verified_choice as vc
     from planner.search import presets
 
     gib, mib = 2**30, 2**20
-    # A fixed part of 2 GiB: at 16, the line through zero and micro-batch 4 (4 x 2.4 GiB)
-    # does not fit 8 GiB, so the second size is measured and the line is the real one.
-    trial = _fake_children(monkeypatch, lambda m: 2 * gib + 100 * mib * m)
-    verified_peak = 4 * gib + 7  # the whole run, as the verification child measured it
+    trial = _fake_children(monkeypatch, lambda m: gib + 100 * mib * m)
+    verified_peak = 2 * gib + 7  # the whole run, as the verification child measured it
     runs = []
 
     def fake_run(spec, size, **kw):
@@ -162,10 +162,10 @@ def test_the_plan_predicts_the_verification_childs_peak(data_dir, tmp_path, monk
     # The prediction is the expected peak; the bound adds the highest growth measured.
     bound = verified_peak + int(verified_peak * presets.RUN_GROWTH_BOUND) + pred["cache_bytes"]
     assert pred["bound_bytes"] == bound > pred["peak_bytes"]
-    # 4.3 GiB of 8: said why (micro-batch 16 is already the effective batch).
+    # 2.2 GiB of 8: said why (micro-batch 16 is already the effective batch).
     assert pred["budget_share"] == round(pred["peak_bytes"] / (8 * gib), 3)
     assert "reached the effective batch (16)" in pred["unused_budget_reason"]
-    step = 2 * gib + 100 * mib * 16  # the trial line's train step at 16
+    step = gib + 100 * mib * 16  # the trial line's train step at 16
     assert pred["train_step_peak_bytes"] == step
     assert pred["training_overhead_bytes"] == verified_peak - step
     assert pred["training_overhead_source"] == "measured by the verification run"
@@ -203,7 +203,7 @@ def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monke
 
 
 def test_a_micro_batch_that_does_not_divide_the_effective_batch_scales_the_rate(
-    data_dir, monkeypatch
+    data_dir, monkeypatch, second_size_needed
 ):
     """9 fits, 16 does not: 9 x 2 accumulates to 18, not 16, so the learning rate written
     for 16 is scaled by sqrt(18 / 16) (`optimizer.lr_scaling`)."""

@@ -82,3 +82,58 @@ def test_a_spare_whose_parent_closes_the_pipe_exits_on_its_own(light):
         spare._state["proc"] = None  # as if the parent forgot it
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
+
+
+def test_a_spare_started_before_the_first_trial_runs_it(light, monkeypatch):
+    """`start_spare` as planning begins: the first trial finds the child waiting."""
+    from planner.trials import trial
+
+    monkeypatch.setattr(spare, "START_EARLY", True)
+    with spare.spare_children():
+        assert not trial.start_spare("gpu", None, target=TARGET)  # never on a GPU
+        assert trial.start_spare("cpu", None, target=TARGET)
+        waiting = spare._state["proc"]
+        (first,) = run_trial(_spec(1), timeout_s=60)
+    assert first.child_pid == waiting.pid and first.details["started_ahead"] is True
+    assert (first.status, first.peak_bytes) == ("ok", 11)
+    monkeypatch.setattr(spare, "START_EARLY", False)
+    with spare.spare_children():
+        assert not trial.start_spare("cpu", None, target=TARGET)
+
+
+def test_make_plan_starts_a_spare_first_and_kills_it_when_unused(light, monkeypatch, tmp_path):
+    """Planning starts one child ahead right after the probe; with every trial a fake
+    (nothing takes it) it is killed when planning ends."""
+    from planner import hardware
+    from planner.app.demo import make_demo_dataset
+    from planner.make_plan import make_plan
+    from planner.trials import trial
+    from planner.trials.spec import DEFAULT_TARGET, TrialResult
+
+    monkeypatch.setattr(spare, "START_EARLY", True)
+    monkeypatch.setattr(spare, "START_FOR", {TARGET, DEFAULT_TARGET})
+    budget = {"device": "cpu", "bytes": 8 * 2**30, "source": "probe", "derivation": "fake"}
+    monkeypatch.setattr(
+        hardware, "probe", lambda **kw: {"budget": budget, "cpu": {"model": "fake"}, "gpus": []}
+    )
+    started = []
+    real_start = spare.start_for
+
+    def record(*args, **kw):
+        ok = real_start(*args, **kw)
+        started.append((args[0], args[1], ok, spare._state["proc"]))
+        return ok
+
+    monkeypatch.setattr(spare, "start_for", record)
+
+    def fake_run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None):
+        assert started, "the spare starts before the first trial"
+        mb = spec.micro_batches[0]
+        return [TrialResult("ok", mb, 2**30 + mb * 2**20, 0.01 * mb, 1.0, traces=1, child_pid=1)]
+
+    monkeypatch.setattr(trial, "run_trial", fake_run_trial)
+    data = make_demo_dataset(tmp_path / "data", n=8, size=(64, 64), seed=0)
+    make_plan(data, backbones=["unet_small"], sizes=[64], use_cache=False)
+    [(device, target, ok, proc)] = started
+    assert (device, target, ok) == ("cpu", DEFAULT_TARGET, True)
+    assert not _alive(proc.pid) and spare._state["proc"] is None

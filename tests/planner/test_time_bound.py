@@ -166,7 +166,9 @@ def test_the_order_follows_the_estimated_score_and_the_guess_scales_with_cores()
     assert time_bound.guess(_ctx(device="gpu")) is None
 
 
-def test_one_size_for_candidates_that_do_not_lead_and_two_for_the_leader(data_dir, calls):
+def test_one_size_for_candidates_that_do_not_lead_and_two_for_the_leader(
+    data_dir, calls, second_size_needed
+):
     """Two candidates that cannot skip each other (equal priors, no time budget): the one
     that does not lead is measured at one size, the leader at both before the choice."""
     result = make_plan(
@@ -214,12 +216,10 @@ def test_the_leaders_second_size_is_not_measured_when_it_cannot_change_the_choic
     assert result.children == 2  # one trial child and the verification run
 
 
-def test_above_the_measured_size_the_second_size_is_moot_when_a_line_through_zero_fits(
-    data_dir, calls
-):
-    """Effective batch 8, micro-batch 8 > the size measured (4): on the line through zero
-    and the measured point (2 x its peak and step time) 8 still fits the 8 GiB budget and
-    still leads, so no second child; the verification run measures micro-batch 8."""
+def test_above_the_measured_size_the_second_size_is_moot_when_an_upper_line_fits(data_dir, calls):
+    """Effective batch 8, micro-batch 8 > the size measured (4): on the upper line from
+    the measured point, 8 still fits the 8 GiB budget and still leads, so no second
+    child; the verification run measures micro-batch 8."""
     result = make_plan(
         data_dir, backbones=["efficientnet_b0"], sizes=[64], effective_batch=8, use_cache=False
     )
@@ -228,38 +228,61 @@ def test_above_the_measured_size_the_second_size_is_moot_when_a_line_through_zer
     assert (plan.micro_batch, plan.accumulation_steps) == (8, 1)
     (tr,) = plan.evidence["trials"]
     (est,) = [r for r in tr["results"] if r["details"].get("estimated")]
-    assert "in proportion to the size measured (4)" in est["details"]["not_measured"]
+    assert "a line over the real one from the size measured (4" in est["details"]["not_measured"]
     assert [mb for b, mb, t in calls if t == VERIFY_TARGET] == [8]
     assert result.children == 2
 
 
-def test_the_second_size_is_measured_when_only_the_real_slope_can_fit_the_plan(data_dir, calls):
-    """Effective batch 8 under 2.6 GiB: the fake peak at 8 on the line through zero (2 x
-    1.2 GiB) is over the step's allowed memory, on the real line (1.4 GiB) it is not:
-    the slope decides, so the second size is measured before the choice."""
-    make_plan(
-        data_dir,
-        backbones=["efficientnet_b0"],
-        sizes=[64],
-        effective_batch=8,
-        budget_memory=int(2.6 * GIB),
-        use_cache=False,
+def _lead_ctx(budget_bytes):
+    req = PlanRequest(".", effective_batch=8)
+    fp = {"image_size": {"median": [64, 64]}, "classes": 2}
+    return PlanContext(
+        req, {"cpu": {"usable_cpus": 2}}, {"device": "cpu", "bytes": budget_bytes}, fp, 64, 0.0
     )
-    assert sorted(_sizes(calls, "efficientnet_b0")) == [1, 4]
 
 
-def test_the_line_through_zero_is_at_or_over_the_real_line_above_the_measured_size():
-    from planner.measure_order import through_zero
+def test_the_second_size_is_measured_when_the_plan_fits_only_below_the_upper_line():
+    """A leader at 8 x 1 on its estimated line (analytic slope 0.1 GiB per sample from a
+    trial at 4): where 8 fits on the upper line (slope 1.5 x 0.1 GiB) the second size is
+    moot; where it fits only on the estimated line, the second size is measured."""
+    from planner.measure_order import leader, second_size_moot_above, upper_line
+
+    c = Candidate("mobilenet_v3_small", (64, 64))
+    real = TrialResult("ok", 4, 2 * GIB, 0.4, 1.0)
+    est = TrialResult("ok", 1, int(1.7 * GIB), 0.1, details={"estimated": "analytic"})
+    m = CandidateMeasurement(c, trials=(est, real))
+    verdicts = {}
+    for budget in (2.45, 2.55, 2.65, 2.8, 4.0):
+        ctx = _lead_ctx(int(budget * GIB))
+        lead = leader([m], ctx)
+        up = leader([upper_line(m)], ctx)
+        if (lead.micro_batch, lead.accumulation_steps) != (8, 1):
+            continue  # not even the estimated line fits 8
+        fits_upper = (up.micro_batch, up.accumulation_steps) == (8, 1)
+        verdicts[budget] = (fits_upper, second_size_moot_above(lead, m, [m], ctx) is not None)
+    assert any(not up for up, _ in verdicts.values()), verdicts  # the case is reached
+    assert any(up for up, _ in verdicts.values()), verdicts
+    assert all(up == moot for up, moot in verdicts.values()), verdicts
+
+
+def test_the_upper_line_is_steeper_than_the_analytic_one_and_never_past_zero():
+    from planner.measure_order import upper_line
 
     c = Candidate("mobilenet_v3_small", (64, 64))
     real = TrialResult("ok", 4, 4 * GIB, 0.4, 1.0)
-    est = TrialResult("ok", 1, 3 * GIB, 0.2, details={"estimated": "analytic"})
-    m = through_zero(CandidateMeasurement(c, trials=(est, real)))
-    assert [(r.micro_batch, r.peak_bytes, r.step_time_s) for r in m.trials] == [
-        (1, GIB, 0.1),
-        (4, 4 * GIB, 0.4),
-    ]
-    assert m.trials[0].details["estimated"]  # still marked estimated
+    # Analytic slope 0.2 GiB per sample: the upper line takes 1.5 x 0.2 GiB.
+    est = TrialResult("ok", 1, int(3.4 * GIB), 0.2, details={"estimated": "analytic"})
+    (low, top) = upper_line(CandidateMeasurement(c, trials=(est, real))).trials
+    assert top is real and low.details["estimated"]  # still marked estimated
+    assert low.micro_batch == 1 and low.step_time_s == 0.1  # step time in proportion
+    assert low.peak_bytes == pytest.approx(4 * GIB - 3 * 1.5 * 0.2 * GIB, abs=4)
+    # A slope beyond the line through zero is capped there (peak in proportion).
+    steep = TrialResult("ok", 1, int(0.5 * GIB), 0.2, details={"estimated": "analytic"})
+    (low, _) = upper_line(CandidateMeasurement(c, trials=(steep, real))).trials
+    assert low.peak_bytes == GIB
+    # On a GPU (the margin was checked on CPU trials only): the line through zero.
+    (low, _) = upper_line(CandidateMeasurement(c, trials=(est, real)), "gpu").trials
+    assert low.peak_bytes == GIB
 
 
 def test_second_size_moot_only_without_accumulation_at_or_below_the_measured_size():
@@ -304,7 +327,7 @@ def test_one_size_out_of_memory_measures_the_smaller_sizes(data_dir, calls, monk
 
 
 def test_when_the_leader_fails_verification_the_next_one_gets_its_second_size(
-    data_dir, calls, monkeypatch
+    data_dir, calls, monkeypatch, second_size_needed
 ):
     """efficientnet_b0 leads (two sizes) and fails verification; efficientnetv2_b0, measured
     at one size, now leads: its second size is measured before it is chosen and verified."""
