@@ -37,7 +37,6 @@ from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement
 from planner.search.choose import score_bound
-from planner.trials import spare
 from planner.trials.cache import TrialCache
 from planner.trials.spec import TrialResult, TrialSpec
 from planner.trials.trial import measure_each, measure_one
@@ -106,24 +105,7 @@ class _Measuring:
                 ctx.say(f"skipped {c.label}: {reason}")
                 continue
             self.bounds.pop(c, None)
-            self.hint_next(queue)
-            try:
-                self.out[c] = self.measure(c, spec, norm, sizes)
-            finally:
-                spare.hint(None)
-
-    def hint_next(self, queue: Sequence[cand.Candidate]) -> None:
-        """Name the trial expected next (the next candidate's first size, unless cached):
-        its child may start beside this one's (`planner.trials.spare`, side by side)."""
-        if not queue:
-            return
-        c = queue[0]
-        spec, _ = trial_spec_for(c, self.ctx)
-        (size, *more) = order.first_sizes(c, spec, self.ctx, self.cache)
-        limit = self.ctx.budget_bytes
-        if more or (self.cache is not None and self.cache.has(spec, size, limit)):
-            return
-        spare.hint(dataclasses.replace(spec, micro_batches=(size,)), limit)
+            self.out[c] = self.measure(c, spec, norm, sizes)
 
     def complete_leader(self) -> None:
         """Measure the leader's second size while the leader's line has an estimated point."""

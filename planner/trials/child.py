@@ -3,9 +3,7 @@
 Everything here runs in the child process that `planner.trials.trial.run_trial` starts. It
 prints one JSON event per line on stdout behind `planner.trials.trial.MARKER`:
 `{"event": "ready"}` once the model is built, `{"event": "start", "micro_batch": m}`
-before each size and `{"event": "result", "result": {...}}` after it; a gated child
-(payload `"gate": true`) also `{"event": "traced"}` after its first step, and then waits
-for a line on stdin (`ChildContext.traced`). An exception in
+before each size and `{"event": "result", "result": {...}}` after it. An exception in
 the target becomes an `oom` or `error` result for the size in progress (classified by
 `trainer.oom.is_oom_error`); then the child exits at once with `os._exit`, skipping
 TensorFlow's slow and sometimes crashing teardown.
@@ -48,10 +46,9 @@ def _rss_bytes() -> int:
 class ChildContext:
     """What a target gets: reporting, the host-memory peak, and the soft limit."""
 
-    def __init__(self, spec: TrialSpec, memory_limit_bytes: int | None, gated: bool = False):
+    def __init__(self, spec: TrialSpec, memory_limit_bytes: int | None):
         self.spec = spec
         self.memory_limit_bytes = memory_limit_bytes
-        self.gated = gated
         self.current: int | None = None
         self._lock = threading.Lock()
         self._poll_peak = 0
@@ -70,18 +67,6 @@ class ChildContext:
 
     def result(self, result: TrialResult) -> None:
         self.emit("result", result=result.to_dict())
-
-    def traced(self) -> None:
-        """After the child's first step (its trace). Under a gate (the parent runs two
-        children side by side, `planner.trials.spare`): say so, then wait for the
-        parent's go on stdin, so that the measured steps have the CPU to themselves.
-        End-of-file instead of a go: the parent no longer wants this child; exit."""
-        if not self.gated:
-            return
-        self.gated = False  # once per child
-        self.emit("traced")
-        if not sys.stdin.readline():
-            os._exit(0)
 
     def reset_peak(self) -> None:
         """Start a new host-memory peak (before each micro-batch size)."""
@@ -170,7 +155,6 @@ def measure(spec: TrialSpec, ctx: ChildContext) -> None:
             lambda: model.train_on_batch(x, y),  # noqa: B023 - runs before x, y change
             spec,
             (lambda: tf.config.experimental.reset_memory_stats("GPU:0")) if gpu else None,
-            after_first=ctx.traced,
         )
         host = ctx.host_peak()
         details: dict[str, Any] = {**host, "build_time_s": round(build_s, 3)}
@@ -194,13 +178,8 @@ def measure(spec: TrialSpec, ctx: ChildContext) -> None:
         )
 
 
-def run_steps(
-    step: Any, spec: TrialSpec, reset_gpu_peak: Any | None, after_first: Any | None = None
-) -> list[float]:
+def run_steps(step: Any, spec: TrialSpec, reset_gpu_peak: Any | None) -> list[float]:
     """`spec.warmup_steps + spec.measured_steps` calls of `step`; their times in seconds.
-
-    `after_first` runs after the first call, outside the timed calls (`ChildContext.traced`:
-    a gated child waits there for its turn).
 
     `reset_gpu_peak` (GPU only) runs after the warm-up: the first step's cuDNN
     autotuning takes scratch memory only when it is free (up to
@@ -215,8 +194,6 @@ def run_steps(
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-        if i == 0 and after_first is not None:
-            after_first()
     return times
 
 
@@ -252,12 +229,12 @@ def main() -> None:
     limit_malloc_arenas()  # allocate as training does (trainer.train.memory)
     for name in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
         importlib.import_module(name)  # a spare (planner.trials.spare): import, then wait
-    raw = sys.stdin.readline()  # one JSON line; a gated child's go follows later
+    raw = sys.stdin.read()
     if not raw.strip():  # a spare no one took: its parent closed the pipe
         os._exit(0)
     payload = json.loads(raw)
     spec = TrialSpec.from_dict(payload["spec"])
-    ctx = ChildContext(spec, payload.get("memory_limit_bytes"), bool(payload.get("gate")))
+    ctx = ChildContext(spec, payload.get("memory_limit_bytes"))
     try:
         _load_target(spec.target or DEFAULT_TARGET)(spec, ctx)
     except BaseException as exc:  # noqa: BLE001 - everything becomes a result for the parent

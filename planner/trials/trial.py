@@ -136,14 +136,10 @@ def run_trial(
     """
     if spec.target is None:
         spec.to_plan()  # a bad plan is the caller's mistake: raise here, not in the child
-    key = _trial_key(spec, memory_limit_bytes)
+    payload = json.dumps({"spec": spec.to_dict(), "memory_limit_bytes": memory_limit_bytes})
     command, env = _child_command("planner.trials.child:main"), _child_env(spec)
-    taken = spare.take(env, key) if spare.may_take(spec) else None  # started ahead
-    proc, beside = taken if taken is not None else (None, None)
+    proc = spare.take(env) if spare.may_take(spec) else None  # started ahead: imports done
     ahead = proc is not None
-    # The next trial's child may start beside this one (spare.next_trial): this one then
-    # waits after its trace until that one is paused (`_go`).
-    upcoming = None if beside is not None else spare.next_trial(spec)
     if proc is None:
         proc = subprocess.Popen(
             command,
@@ -154,30 +150,19 @@ def run_trial(
             start_new_session=True,  # its own process group, so a kill reaches grandchildren
         )
     t0 = time.perf_counter()
-    started_beside = False
 
     def on_child_event(event: dict[str, Any]) -> None:
-        nonlocal started_beside
-        kind = event.get("event")
-        if kind == "start" and beside is None:  # its first step traces: one core to spare
-            if upcoming is not None:
-                started_beside = _start_beside(command, env, memory_limit_bytes, *upcoming)
-            spare.start(spec, command, env, memory_limit_bytes)  # and one for the child after
-        elif kind == "traced" and beside is None:
-            try:
-                spare.pause_beside()
-            finally:
-                _go(proc)
+        if event.get("event") == "start":  # its first step traces: one core to spare
+            spare.start(spec, command, env, memory_limit_bytes)
         if on_event is not None:
             on_event(event)
 
-    if beside is not None:
-        out = beside.take(on_child_event)  # continues it; its go follows its trace
-    else:
-        out = _ChildOutput(proc, on_child_event)
-        _send(proc, key, gate=upcoming is not None)
+    out = _ChildOutput(proc, on_child_event)
     timed_out = False
     try:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(payload.encode())  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -188,10 +173,7 @@ def run_trial(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         out.join()
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # type: ignore[union-attr]
     wall = time.perf_counter() - t0
-    marks = {"traced_beside": True} if beside is not None or started_beside else {}
     return _collect(
         spec,
         proc.pid,
@@ -203,105 +185,7 @@ def run_trial(
         timeout_s,
         wall,
         ahead,
-        marks,
     )
-
-
-def _trial_key(spec: TrialSpec, memory_limit_bytes: int | None) -> str:
-    """The child's payload (one JSON line, without the gate): also what identifies a
-    trial given to a child ahead of time (`spare.take`)."""
-    return json.dumps({"spec": spec.to_dict(), "memory_limit_bytes": memory_limit_bytes})
-
-
-def _send(proc: subprocess.Popen, key: str, *, gate: bool) -> None:
-    """Write the payload; close stdin unless the child is gated (its go comes later)."""
-    payload = json.loads(key)
-    line = json.dumps({**payload, "gate": True}) if gate else key
-    with contextlib.suppress(BrokenPipeError, OSError):
-        proc.stdin.write((line + "\n").encode())  # type: ignore[union-attr]
-        proc.stdin.flush()  # type: ignore[union-attr]
-        if not gate:
-            proc.stdin.close()  # type: ignore[union-attr]
-
-
-def _go(proc: subprocess.Popen) -> None:
-    """Let a gated child past its gate (`child.ChildContext.traced`): a line, then EOF."""
-    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-        proc.stdin.write(b"go\n")  # type: ignore[union-attr]
-        proc.stdin.close()  # type: ignore[union-attr]
-
-
-def _start_beside(
-    command: list[str],
-    env: dict[str, str],
-    memory_limit_bytes: int | None,
-    next_spec: TrialSpec,
-    next_limit_bytes: int | None,
-) -> bool:
-    """Start `next_spec`'s child beside the running one (`spare.start_beside`)."""
-    key = _trial_key(next_spec, next_limit_bytes)
-
-    def launch(proc: subprocess.Popen) -> Beside:
-        handle = Beside(proc)
-        _send(proc, key, gate=True)
-        return handle
-
-    return spare.start_beside(command, env, memory_limit_bytes, key, launch, next_limit_bytes)
-
-
-class Beside:
-    """A trial child started beside the one before it (`planner.trials.spare`).
-
-    Given its trial at once, it imports, builds and traces while the child before it
-    traces (that trace is mostly one thread on a 2-core CPU), then waits at its gate.
-    When the child before it has traced, `pause` stops it (SIGSTOP to its group), so the
-    measured steps of the one before run alone. `take` (the planner's `run_trial` for
-    this trial) continues it and lets it past its gate once it has traced: its measured
-    steps run alone too, so their times count as any trial's. Its events are read from
-    the start and handed to `take`'s handler from then on.
-    """
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
-        self._lock = threading.Lock()
-        self._traced = False
-        self._taken = False
-        self._paused = False
-        self._forward: Callable[[dict[str, Any]], None] | None = None
-        self.out = _ChildOutput(proc, self._on_event)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            if event.get("event") == "traced":
-                self._traced = True
-            go = self._traced and self._taken and event.get("event") == "traced"
-            forward = self._forward
-        if go:
-            _go(self.proc)
-        if forward is not None:
-            forward(event)
-
-    def pause(self) -> None:
-        with self._lock:
-            if self._taken or self.proc.poll() is not None:
-                return
-            self._paused = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def take(self, forward: Callable[[dict[str, Any]], None]) -> _ChildOutput:
-        """Continue it and let it past its gate (now if it has traced, else when it
-        does); its events go to `forward` from now on (those before stay in `out`)."""
-        with self._lock:
-            self._taken = True
-            self._forward = forward
-            traced, paused = self._traced, self._paused
-        if paused:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGCONT)
-        if traced:
-            _go(self.proc)
-        return self.out
 
 
 class _ChildOutput:
@@ -357,16 +241,10 @@ def _collect(
     timeout_s: float,
     wall_s: float,
     ahead: bool = False,
-    extra: dict[str, Any] | None = None,
 ) -> list[TrialResult]:
     """Turn the child's events and exit into one result per size tried (`ahead`: the
-    child was a spare, started before it was needed: `planner.trials.spare`; `extra`:
-    more marks for every result's details)."""
-    marks = {
-        "child_wall_s": round(wall_s, 3),
-        **({"started_ahead": True} if ahead else {}),
-        **(extra or {}),
-    }
+    child was a spare, started before it was needed: `planner.trials.spare`)."""
+    marks = {"child_wall_s": round(wall_s, 3), **({"started_ahead": True} if ahead else {})}
     results: list[TrialResult] = []
     started: int | None = None
     ready = False

@@ -107,20 +107,3 @@ def malformed_marker(spec, ctx):
     from planner.trials.trial import MARKER
 
     print(MARKER + "{not json", flush=True)
-
-
-def gated_measure(spec, ctx):
-    """A trial with a fake trace and fake steps (sleeps of `trace_s` and `steps_s`), passing
-    the child's gate between them; the details say when (CLOCK_MONOTONIC, system-wide)
-    it traced, went on and ended, and its parent's process id."""
-    trace_s, steps_s = spec.target_args["trace_s"], spec.target_args["steps_s"]
-    ctx.emit("ready", build_time_s=0.0)
-    mb = spec.micro_batches[0]
-    ctx.start(mb)
-    time.sleep(trace_s)
-    traced = time.monotonic()
-    ctx.traced()
-    go = time.monotonic()
-    time.sleep(steps_s)
-    times = {"t_traced": traced, "t_go": go, "t_end": time.monotonic()}
-    ctx.result(TrialResult("ok", mb, peak_bytes=10 + mb, step_time_s=0.01, details=times))

@@ -13,16 +13,12 @@ from planner.trials.trial import TrialSpec, run_trial
 TARGET = "tests.planner.fault_targets:fake_measure"
 
 
-def _light(monkeypatch, target):
-    """Spares for the fake `target`, importing `json` instead of TensorFlow."""
-    monkeypatch.setattr(spare, "PRELOAD_MODULES", ("json",))
-    monkeypatch.setattr(spare, "START_FOR", {target})
-    monkeypatch.setattr(spare, "TAKE_FOR", {target})
-
-
 @pytest.fixture
 def light(monkeypatch):
-    _light(monkeypatch, TARGET)
+    """Spares for the fake target, importing `json` instead of TensorFlow."""
+    monkeypatch.setattr(spare, "PRELOAD_MODULES", ("json",))
+    monkeypatch.setattr(spare, "START_FOR", {TARGET})
+    monkeypatch.setattr(spare, "TAKE_FOR", {TARGET})
     yield
     spare.discard()
 
@@ -141,70 +137,3 @@ def test_make_plan_starts_a_spare_first_and_kills_it_when_unused(light, monkeypa
     [(device, target, ok, proc)] = started
     assert (device, target, ok) == ("cpu", DEFAULT_TARGET, True)
     assert not _alive(proc.pid) and spare._state["proc"] is None
-
-
-GATED = "tests.planner.fault_targets:gated_measure"
-
-
-@pytest.fixture
-def gated(monkeypatch):
-    """Spares and side-by-side children for the gated fake target."""
-    _light(monkeypatch, GATED)
-    yield
-    spare.discard()
-
-
-def _gated(mb: int, trace_s: float, steps_s: float) -> TrialSpec:
-    args = {"trace_s": trace_s, "steps_s": steps_s}
-    return TrialSpec("unet_small", (64, 64), (mb,), target=GATED, target_args=args)
-
-
-def test_the_next_trial_traces_beside_and_its_steps_wait_for_the_first(gated):
-    """The hinted trial starts beside the first child's trace, is stopped while the first
-    one's measured steps run, and measures its own steps alone once taken."""
-    a, b = _gated(1, trace_s=1.0, steps_s=2.0), _gated(2, trace_s=1.5, steps_s=0.1)
-    with spare.spare_children():
-        spare.hint(b, None)
-        (ra,) = run_trial(a, timeout_s=60)
-        spare.hint(None)
-        waiting = spare._state["beside"][0]
-        (rb,) = run_trial(b, timeout_s=60)
-    assert ra.ok and rb.ok and rb.child_pid == waiting.pid != ra.child_pid
-    assert ra.details["traced_beside"] and rb.details["traced_beside"]
-    assert rb.details["started_ahead"]
-    # Without the pause, b (started at a's first step) would have traced about 1 s before
-    # a ended; stopped at a's gate, it traced only once taken, after a's steps.
-    assert rb.details["t_traced"] >= ra.details["t_end"]
-    assert rb.details["t_go"] >= rb.details["t_traced"]
-    assert not _alive(waiting.pid)
-
-
-def test_a_child_beside_for_a_trial_not_run_is_killed(gated):
-    a, b, c = _gated(1, 0.3, 0.1), _gated(2, 5.0, 0.1), _gated(3, 0.1, 0.1)
-    with spare.spare_children():
-        spare.hint(b, None)
-        run_trial(a, timeout_s=60)
-        spare.hint(None)
-        beside = spare._state["beside"][0]
-        (rc,) = run_trial(c, timeout_s=60)  # the planner went another way
-        assert rc.ok and rc.child_pid != beside.pid and not _alive(beside.pid)
-        spare.hint(b, None)
-        run_trial(a, timeout_s=60)
-        left = spare._state["beside"][0]
-    assert not _alive(left.pid)  # leaving planning kills one never taken
-    assert spare._state["beside"] is None and spare._state["hint"] is None
-
-
-def test_nothing_runs_beside_without_a_hint_or_on_a_gpu(gated, monkeypatch):
-    a = _gated(1, 0.2, 0.1)
-    with spare.spare_children():
-        (ra,) = run_trial(a, timeout_s=60)
-        assert spare._state["beside"] is None and "traced_beside" not in ra.details
-        spare.hint(a, None)  # the trial itself is not started beside itself
-        run_trial(a, timeout_s=60)
-        assert spare._state["beside"] is None
-        gpu = TrialSpec("unet_small", (64, 64), (1,), device="gpu", target=GATED)
-        spare.hint(_gated(2, 0.1, 0.1), None)
-        assert spare.next_trial(gpu) is None
-        monkeypatch.setattr(spare, "SIDE_BY_SIDE", False)
-        assert spare.next_trial(a) is None
