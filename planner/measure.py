@@ -15,9 +15,9 @@
    second size measured, so the choice and its verification run rest on two measured
    sizes, unless that size cannot change the choice (`measure_order.second_size_moot`:
    the leader's micro-batch is its whole effective batch and at most the size measured;
-   or above it, `second_size_moot_above`: it still fits and leads on the line through
-   zero; the estimated point then says `not_measured` in its details); a candidate skipped
-   against a score that then dropped is measured after all.
+   or above it, `second_size_moot_above`: it still fits and leads on a line over the
+   real one, `upper_line`; the estimated point then says `not_measured` in its details);
+   a candidate skipped against a score that then dropped is measured after all.
 
 Under `train --auto` the planning cap decides how many children fit
 (`measure_order.sizes_in_time`, `child_fits`); under a time budget `fitplan plan` stops
