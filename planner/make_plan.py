@@ -31,7 +31,7 @@ from planner.search.choice import CandidateMeasurement, Choice
 from planner.trials import cache as trial_cache
 from planner.trials import trial
 from planner.trials.spare import spare_children
-from planner.verified_choice import choose_and_verify
+from planner.verified_choice import choose_and_verify, time_from_verification
 from trainer.data.pairs import Pair
 from trainer.data.splits import split_pairs
 from trainer.plan import DataSpec, Plan, save_plan
@@ -194,6 +194,7 @@ def _plan(
 
     choice, verify_steps = choose_and_verify(list(latest.values()), ctx, children, on_drop)
     measurements = list(latest.values())
+    choice, timed = time_from_verification(choice, verify_steps, measurements, ctx)
     traces += sum(1 for s in verify_steps if not s.details.get("cached"))  # one trace each
     planning_time = ctx.elapsed()
     plan = build_plan(
@@ -208,7 +209,10 @@ def _plan(
     plan = plan.replace(
         evidence={
             **plan.evidence,
-            "planning": order.planning_evidence(ctx, cache, measurements, verify_steps),
+            "planning": {
+                **order.planning_evidence(ctx, cache, measurements, verify_steps),
+                **({"time_from_verification": timed} if timed else {}),
+            },
         }
     )
     if request.out is not None:

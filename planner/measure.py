@@ -93,6 +93,20 @@ class _Measuring:
                 self.bounds[c] = bound
             elif best is not None:
                 reason = self.stopped()
+            if (
+                reason is None
+                and lead is None
+                and not order.trial_fits(spec, ctx, self.cache, done)
+            ):
+                # Under the --auto cap with no room for a trial child beside the
+                # verification run, and nothing to plan from yet: the analytic estimate
+                # and the CPU guess; the verification run measures the plan.
+                why = order.cap_reason(ctx, done)
+                est = time_bound.estimated_only(c, ctx, why)
+                if est is not None:
+                    ctx.say(f"  {c.label}: planned from the analytic estimate ({why})")
+                    self.out[c] = dataclasses.replace(est, normalization=norm)
+                    continue
             if reason is None and ctx.planning_left() is not None:
                 # Past the cap, a child starts only while nothing measured is feasible at
                 # all: a plan needs one. A leader short of `min_epochs` is still a plan

@@ -182,6 +182,33 @@ def second_size_moot_above(
     )
 
 
+def trial_fits(
+    spec: TrialSpec,
+    ctx: PlanContext,
+    cache: TrialCache | None,
+    done: Sequence[CandidateMeasurement],
+) -> bool:
+    """Whether a trial of `spec` fits the `--auto` planning cap beside the verification
+    run (always without a cap, or with a size cached)."""
+    if ctx.planning_left() is None:
+        return True
+    limit = ctx.budget_bytes
+    if cache is not None and any(cache.has(spec, mb, limit) for mb in presets.TRIAL_MICRO_BATCHES):
+        return True
+    return child_fits(ctx, done)
+
+
+def cap_reason(ctx: PlanContext, done: Sequence[CandidateMeasurement]) -> str:
+    """What the `--auto` cap leaves against what a child takes (the log, the evidence)."""
+    per_child, spare = _child_cost(ctx, done)
+    cap = presets.AUTO_PLANNING_SHARE * (ctx.request.budget_time_s or 0.0)
+    return (
+        f"the planning cap ({cap:.0f} s, {presets.AUTO_PLANNING_SHARE:.0%} of the time "
+        f"budget) leaves {max(spare, 0):.0f} s beside the verification run, a trial child "
+        f"takes ~{per_child:.0f} s"
+    )
+
+
 def sizes_in_time(
     spec: TrialSpec,
     sizes: Sequence[int],

@@ -156,3 +156,35 @@ def estimated_score(
     """`c`'s estimated score for the measuring order: calibrated by what is measured, else
     by the CPU guess, else (GPU, no figures) the time-free bound."""
     return _bound(c, calibrate(measured, ctx) or guess(ctx), ctx, 1.0).score
+
+
+def estimated_only(c: Candidate, ctx: PlanContext, why: str) -> CandidateMeasurement | None:
+    """`c` with both trial sizes estimated, not measured: the analytic peak
+    (`candidates.analytic_estimate`) and the CPU guess's step time (`guess`, scaled by the
+    backbone's relative cost and the candidate's pixels); `None` without a guess or a
+    relative cost (a GPU, another backbone or precision).
+
+    For `train --auto` when the planning cap has no room for a trial child beside the
+    verification run: that run then measures the plan, its peak as always and its step
+    time for the plan's time figures (`verified_choice.time_from_verification`).
+    """
+    from planner.search.candidates import analytic_estimate
+
+    cal, rel = guess(ctx), relative_cost(c, ctx.device)
+    if cal is None or rel is None:
+        return None
+    h, w = c.input_size
+    per_sample = cal.unit_s * rel * h * w
+    trials = tuple(
+        TrialResult(
+            "ok",
+            mb,
+            peak_bytes=analytic_estimate(
+                c.backbone, c.input_size, mb, c.precision, ctx.num_classes, device=ctx.device
+            ),
+            step_time_s=per_sample * mb,
+            details={"estimated": f"analytic estimate and CPU guess, not measured: {why}"},
+        )
+        for mb in presets.TRIAL_MICRO_BATCHES
+    )
+    return CandidateMeasurement(c, trials=trials)

@@ -72,6 +72,85 @@ def choose_and_verify(
     raise BudgetError("no candidate passed verification within three tries")
 
 
+def time_from_verification(
+    choice: Choice,
+    steps: Sequence[VerifyStep],
+    measurements: Sequence[CandidateMeasurement],
+    ctx: PlanContext,
+) -> tuple[Choice, dict | None]:
+    """A choice planned from the estimate alone takes its time figures from its verification.
+
+    Under the `--auto` cap with no room for a trial child, the chosen candidate's line is
+    the analytic estimate with the CPU guess's step time (`time_bound.estimated_only`):
+    off by however much this machine differs from the guess. The accepted verification
+    run timed its train steps after the first (`phases_s.train_steps_s` over
+    `micro_batches - 1`: the real pipeline, the plan's micro-batch). The candidate's step
+    times are scaled to that and the choice is made again at the same effective batch;
+    if it keeps the verified candidate, micro-batch and accumulation, its time figures
+    (step and epoch time, epochs, updates, score) replace the estimate's. Otherwise, or
+    with nothing timed, the choice stays as it was.
+
+    Returns `(choice, record)`: `record` (for `evidence.planning`) says what was scaled,
+    `None` when nothing was.
+    """
+    mine = next((m for m in measurements if m.candidate == choice.candidate), None)
+    if mine is None or not mine.trials or any(not r.details.get("estimated") for r in mine.trials):
+        return choice, None
+    accepted = [s for s in steps if s.action == "accepted" and s.micro_batch == choice.micro_batch]
+    d = accepted[-1].details if accepted else {}
+    n = int(d.get("micro_batches") or 0)
+    train_s = (d.get("phases_s") or {}).get("train_steps_s")
+    if n < 2 or not train_s or not choice.step_time_s:
+        return choice, None
+    measured = float(train_s) / (n - 1)
+    ratio = measured / choice.step_time_s
+    note = f"scaled by {ratio:.3g} to the verification run's step time"
+    scaled = dataclasses.replace(
+        mine,
+        trials=tuple(
+            dataclasses.replace(
+                r,
+                step_time_s=(r.step_time_s or 0.0) * ratio,
+                details={**r.details, "step_time": note},
+            )
+            for r in mine.trials
+        ),
+    )
+    others = [m for m in measurements if m.candidate != choice.candidate]
+    fixed = dataclasses.replace(
+        ctx, request=dataclasses.replace(ctx.request, effective_batch=choice.effective_batch)
+    )
+    again = _choose([scaled, *others], fixed)
+    if (again.candidate, again.micro_batch, again.accumulation_steps) != (
+        choice.candidate,
+        choice.micro_batch,
+        choice.accumulation_steps,
+    ):
+        ctx.say("  the verification run's step time would change the choice: kept as verified")
+        return choice, None
+    new_eval = next(e for e in again.evaluations if e.verdict == "chosen")
+    evaluations = tuple(new_eval if e.verdict == "chosen" else e for e in choice.evaluations)
+    ctx.say(
+        f"  step time {measured:.2f} s from the verification run (the estimate said "
+        f"{choice.step_time_s:.2f} s): {again.epochs} epochs"
+    )
+    timed = dataclasses.replace(
+        choice,
+        step_time_s=again.step_time_s,
+        epoch_time_s=again.epoch_time_s,
+        epochs=again.epochs,
+        updates=again.updates,
+        score=again.score,
+        evaluations=evaluations,
+    )
+    record = {
+        "estimated_step_time_s": round(choice.step_time_s, 4),
+        "verified_step_time_s": round(measured, 4),
+        "ratio": round(ratio, 4),
+    }
+    return timed, record
+
+
 def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> Choice:
     req = ctx.request
     return choose_within_time(

@@ -59,6 +59,8 @@ def children(monkeypatch):
             return [TrialResult("oom", mb, reason="fake", child_pid=next(pids))]
         peak = (2 * GIB if spec.target else GIB) + 50 * MIB * mb
         details = {"child_wall_s": kids.wall}
+        if spec.target == VERIFY_TARGET:  # two micro-batches, the second timed
+            details.update(micro_batches=2, phases_s={"train_steps_s": kids.step_s * mb})
         r = TrialResult("ok", mb, peak, kids.step_s * mb, 1.0, traces=1, child_pid=next(pids))
         return [dataclasses.replace(r, details=details)]
 
@@ -136,14 +138,15 @@ def test_planning_again_reuses_trials_and_verification(data_dir, children):
 
 
 def test_auto_stays_in_its_planning_cap(data_dir, children):
-    """10 minutes: 60 s of planning. Children take 40 s: one trial size, the analytic
-    slope for the second point, the verification run; the other candidate is skipped."""
+    """10 minutes: 60 s of planning. Children take 40 s: with 20 minutes (a 120 s cap) one
+    trial size, the analytic slope for the second point, the verification run; the other
+    candidate is skipped by the cap."""
     children.wall = 40.0
     request = PlanRequest(
         data_dir,
         backbones=["efficientnet_b0", "efficientnetv2_b0"],  # equal priors: neither can
         sizes=[64],  # be skipped as unable to win
-        budget_time_s=600.0,
+        budget_time_s=1200.0,
         count_planning_time=True,
     )
     result = plan_from_request(request, clock=children.clock)
@@ -151,16 +154,47 @@ def test_auto_stays_in_its_planning_cap(data_dir, children):
     assert len(measured) == 1, children.calls  # one trial child
     assert [t for _, _, t in children.calls][-1] == VERIFY_TARGET  # and the verification
     planning = result.plan.evidence["planning"]
-    assert planning["cap_s"] == 60.0 and planning["trial_points_estimated"] == 1
+    assert planning["cap_s"] == 120.0 and planning["trial_points_estimated"] == 1
     (reason,) = planning["not_measured"].values()
-    assert reason.startswith("not measured: the planning cap (60 s, 10% of the time budget)")
+    assert reason.startswith("not measured: the planning cap (120 s, 10% of the time budget)")
     trials = result.plan.evidence["trials"][0]["results"]
     assert [r["micro_batch"] for r in trials] == list(presets.TRIAL_MICRO_BATCHES)
     assert trials[0]["details"]["estimated"]
+    assert "time_from_verification" not in planning  # a measured trial gave the time
+
+
+@pytest.mark.parametrize("step_s", [0.001, 20.0])
+def test_auto_with_no_room_for_a_trial_plans_from_the_estimate_timed_by_verification(
+    data_dir, children, step_s
+):
+    """10 minutes (a 60 s cap), a child guessed at 25 s: no trial child fits beside the
+    verification run, so the plan comes from the analytic estimate and the CPU guess, the
+    verification run is the only child, and its timed step replaces the guess's step time
+    (a fast machine, and a slow one where the guess would have planned hundreds of epochs)."""
+    children.wall, children.step_s = 40.0, step_s
+    request = PlanRequest(
+        data_dir,
+        backbones=["efficientnet_b0"],
+        sizes=[64],
+        budget_time_s=600.0,
+        count_planning_time=True,
+    )
+    result = plan_from_request(request, clock=children.clock)
+    assert [t for _, _, t in children.calls] == [VERIFY_TARGET]  # the verification only
+    plan = result.plan
+    trials = plan.evidence["trials"][0]["results"]
+    assert all("not measured: the planning cap (60 s" in r["details"]["estimated"] for r in trials)
+    timed = plan.evidence["planning"]["time_from_verification"]
+    assert timed["verified_step_time_s"] == pytest.approx(step_s * plan.micro_batch, rel=1e-3)
+    assert plan.prediction["step_time_s"] == pytest.approx(timed["verified_step_time_s"], rel=1e-3)
+    per_epoch = plan.prediction["epoch_time_s"]
+    assert per_epoch >= plan.prediction["micro_batches_per_epoch"] * timed["verified_step_time_s"]
+    if step_s > 1:  # 20 s per sample: a few epochs at most, not the guess's hundreds
+        assert plan.prediction["epochs"] < presets.DEFAULT_OBJECTIVE.min_epochs
 
 
 def test_auto_past_its_cap_stops_at_a_leader_even_one_short_of_min_epochs(data_dir, children):
-    """A slow machine: no candidate trains `min_epochs` in 10 minutes. Once one is
+    """A slow machine: no candidate trains `min_epochs` in 20 minutes. Once one is
     measured and feasible, the cap holds: the next candidate is not measured (before,
     "a plan needs one measured candidate" measured it anyway)."""
     children.wall, children.step_s = 40.0, 20.0  # 20 s per sample: a few epochs at most
@@ -168,7 +202,7 @@ def test_auto_past_its_cap_stops_at_a_leader_even_one_short_of_min_epochs(data_d
         data_dir,
         backbones=["efficientnet_b0", "efficientnetv2_b0"],
         sizes=[64],
-        budget_time_s=600.0,
+        budget_time_s=1200.0,  # a 120 s cap: room for one trial child
         count_planning_time=True,
     )
     result = plan_from_request(request, clock=children.clock)
