@@ -138,13 +138,16 @@ def test_epoch_logs_count_optimizer_updates():
     assert logs["updates"] == 3.0
 
 
-def test_auto_schedule_is_deadline_only_with_a_time_limit():
+def test_auto_schedule_is_plateau_and_deadline_only_by_name():
     plateau = minimal_plan()
     timed = minimal_plan(time_limit_s=600)
     assert schedule_kind(plateau) == "plateau"
-    assert schedule_kind(timed) == "deadline"
+    assert schedule_kind(timed) == "plateau"  # the A/B: the deadline schedule did not win
     assert deadline_schedule(plateau, 0.0, None, 3) is None  # no budget: plateau stays
-    assert isinstance(deadline_schedule(timed, 0.0, 600.0, 3), DeadlineSchedule)
+    assert deadline_schedule(timed, 0.0, 600.0, 3) is None
+    named = minimal_plan(time_limit_s=600, lr_schedule={"kind": "deadline"})
+    assert schedule_kind(named) == "deadline"
+    assert isinstance(deadline_schedule(named, 0.0, 600.0, 3), DeadlineSchedule)
     forced = minimal_plan(time_limit_s=600, lr_schedule={"kind": "plateau"})
     assert deadline_schedule(forced, 0.0, 600.0, 3) is None
     with pytest.raises(PlanError, match="lr_schedule.kind"):
@@ -190,6 +193,8 @@ def test_training_records_the_schedule_and_lr_per_epoch(tmp_path, limit):
         epochs=2,
         steps_per_epoch=2,
         time_limit_s=limit,
+        # Named: "auto" is plateau either way (schedule_kind).
+        lr_schedule={"kind": "deadline" if limit else "auto"},
     )
     train(plan, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
