@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Callable, Sequence
 
 from planner.build import build_plan
@@ -58,7 +59,9 @@ def choose_and_verify(
             f"chose {c.label} micro-batch {choice.micro_batch} (train step "
             f"{gib(choice.predicted_peak_bytes)}); verifying with a short training run..."
         )
-        verified, steps = _verify(choice, ctx, children)
+        mine = next((m for m in measurements if m.candidate == c), None)
+        timed = _estimated_only(mine)  # its run also times the steps for the plan
+        verified, steps = _verify(choice, ctx, children, timed_steps=timed)
         if verified is not None:
             return verified, steps
         ctx.say(f"  {c.label} failed verification; choosing again without it")
@@ -94,15 +97,13 @@ def time_from_verification(
     `None` when nothing was.
     """
     mine = next((m for m in measurements if m.candidate == choice.candidate), None)
-    if mine is None or not mine.trials or any(not r.details.get("estimated") for r in mine.trials):
+    if not _estimated_only(mine) or not choice.step_time_s:
         return choice, None
     accepted = [s for s in steps if s.action == "accepted" and s.micro_batch == choice.micro_batch]
     d = accepted[-1].details if accepted else {}
-    n = int(d.get("micro_batches") or 0)
-    train_s = (d.get("phases_s") or {}).get("train_steps_s")
-    if n < 2 or not train_s or not choice.step_time_s:
+    measured = _timed_step_s(d)
+    if measured is None:
         return choice, None
-    measured = float(train_s) / (n - 1)
     ratio = measured / choice.step_time_s
     note = f"scaled by {ratio:.3g} to the verification run's step time"
     scaled = dataclasses.replace(
@@ -151,6 +152,17 @@ def time_from_verification(
     return timed, record
 
 
+def _timed_step_s(d: dict) -> float | None:
+    """A verification run's seconds per train step: the median of its steps after the first
+    (`train_step_s`), else its train phase over the steps after the first; `None` if none."""
+    times = [float(t) for t in (d.get("train_step_s") or [])[1:]]
+    if times:
+        return statistics.median(times)
+    n = int(d.get("micro_batches") or 0)
+    train_s = (d.get("phases_s") or {}).get("train_steps_s")
+    return float(train_s) / (n - 1) if n >= 2 and train_s else None
+
+
 def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> Choice:
     req = ctx.request
     return choose_within_time(
@@ -175,8 +187,13 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
 VERIFY_TARGET = trial_cache.VERIFY_TARGET
 
 
+def _estimated_only(m: CandidateMeasurement | None) -> bool:
+    """Whether `m`'s line is all estimate (no trial child: `time_bound.estimated_only`)."""
+    return m is not None and bool(m.trials) and all(r.details.get("estimated") for r in m.trials)
+
+
 def _verify(
-    choice: Choice, ctx: PlanContext, children: set[int]
+    choice: Choice, ctx: PlanContext, children: set[int], *, timed_steps: bool = False
 ) -> tuple[Choice | None, list[VerifyStep]]:
     """Train the choice briefly in a child, stepping down while over budget.
 
@@ -208,7 +225,14 @@ def _verify(
             target=VERIFY_TARGET,
             target_args={
                 "plan": plan.to_dict(),
-                "updates": presets.VERIFY_UPDATES,
+                # A plan from the estimate alone takes its step time from this run:
+                # enough micro-batches for a median of timed steps.
+                "updates": max(
+                    presets.VERIFY_UPDATES,
+                    math.ceil(presets.VERIFY_TIMED_MICRO_BATCHES / sized.accumulation_steps)
+                    if timed_steps
+                    else 0,
+                ),
                 "validation_batches": presets.VERIFY_VALIDATION_BATCHES,
             },
         )

@@ -61,6 +61,12 @@ TRIAL_TIMEOUT_S = 300.0
 # batch, not the count), and its time limit: TensorFlow's start-up, the real pipeline's
 # first batches, two traces (train and validation) and one checkpoint write.
 VERIFY_UPDATES = 2
+# A plan from the estimate alone (`--auto`, no room for a trial child) takes its step time
+# from its verification run: that run trains at least this many micro-batches, and the
+# median of those after the first is the step time. One timed step (stop 21, epfl-em
+# 256x256 at 4, streamed) read 2.09-3.06 s where the run's steady state was 1.58 s: the
+# input pipeline is still filling right after the trace.
+VERIFY_TIMED_MICRO_BATCHES = 5
 VERIFY_VALIDATION_BATCHES = 8
 VERIFY_TIMEOUT_S = 600.0
 # What a long run adds to the verification run's peak (malloc arenas capped and trimmed,

@@ -68,6 +68,7 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
         "checkpoint_bytes": checkpoint_bytes,
         "seconds": round(time.monotonic() - t0, 2),
         "phases_s": counter.phases(t0),
+        "train_step_s": [round(t, 4) for t in counter.step_times],
     }
     peak = host["peak_bytes"]
     if gpu:
@@ -98,6 +99,7 @@ class _Counter(keras.callbacks.Callback):
         super().__init__()
         self.max_val = max_val
         self.train_batches = 0
+        self.step_times: list[float] = []  # each train batch's seconds, the first included
         self.val_batches = 0
         self.first_step_s = 0.0
         self._t = 0.0
@@ -126,6 +128,7 @@ class _Counter(keras.callbacks.Callback):
         self._t = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.step_times.append(time.monotonic() - self._t)
         if self.train_batches == 0:
             self.first_step_s = time.monotonic() - self._t
             self.mark("first_step_end")

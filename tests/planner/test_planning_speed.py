@@ -49,6 +49,7 @@ def children(monkeypatch):
 
     kids = Children()
     kids.calls = []
+    kids.verify_updates = []
     pids = iter(range(5000, 6000))
 
     def fake_run_trial(spec, *, timeout_s, memory_limit_bytes=None, on_event=None):
@@ -59,8 +60,15 @@ def children(monkeypatch):
             return [TrialResult("oom", mb, reason="fake", child_pid=next(pids))]
         peak = (2 * GIB if spec.target else GIB) + 50 * MIB * mb
         details = {"child_wall_s": kids.wall}
-        if spec.target == VERIFY_TARGET:  # two micro-batches, the second timed
-            details.update(micro_batches=2, phases_s={"train_steps_s": kids.step_s * mb})
+        if spec.target == VERIFY_TARGET:  # the first step traces; the others vary
+            kids.verify_updates.append(spec.target_args["updates"])
+            step = kids.step_s * mb
+            steps = [30.0, 2 * step, step, step, 0.5 * step][: max(2, spec.target_args["updates"])]
+            details.update(
+                micro_batches=len(steps),
+                phases_s={"train_steps_s": sum(steps[1:])},
+                train_step_s=steps,
+            )
         r = TrialResult("ok", mb, peak, kids.step_s * mb, 1.0, traces=1, child_pid=next(pids))
         return [dataclasses.replace(r, details=details)]
 
@@ -184,6 +192,8 @@ def test_auto_with_no_room_for_a_trial_plans_from_the_estimate_timed_by_verifica
     plan = result.plan
     trials = plan.evidence["trials"][0]["results"]
     assert all("not measured: the planning cap (60 s" in r["details"]["estimated"] for r in trials)
+    # Five micro-batches (accumulation 1): the median of the four after the trace.
+    assert children.verify_updates == [presets.VERIFY_TIMED_MICRO_BATCHES]
     timed = plan.evidence["planning"]["time_from_verification"]
     assert timed["verified_step_time_s"] == pytest.approx(step_s * plan.micro_batch, rel=1e-3)
     assert plan.prediction["step_time_s"] == pytest.approx(timed["verified_step_time_s"], rel=1e-3)
