@@ -86,8 +86,8 @@ def time_from_verification(
     Under the `--auto` cap with no room for a trial child, the chosen candidate's line is
     the analytic estimate with the CPU guess's step time (`time_bound.estimated_only`):
     off by however much this machine differs from the guess. The accepted verification
-    run timed its train steps after the first (`phases_s.train_steps_s` over
-    `micro_batches - 1`: the real pipeline, the plan's micro-batch). The candidate's step
+    run timed its train steps (`_timed_step_s`: the median after the first, the real
+    pipeline at the plan's micro-batch). The candidate's step
     times are scaled to that and the choice is made again at the same effective batch;
     if it keeps the verified candidate, micro-batch and accumulation, its time figures
     (step and epoch time, epochs, updates, score) replace the estimate's. Otherwise, or
