@@ -19,8 +19,17 @@ switched off in the child where an arm leaves them out:
     noautotune  as fitplan trains now, with tf.data's autotuning off on both datasets
                 (`tf.data.Options().autotune.enabled = False`): parallelism and buffer
                 sizes then stay fixed
+    noval       as fitplan trains now, without the validation pass (every callback kept:
+                those that watch a validation figure then do nothing)
+    nockpt      as fitplan trains now, without the checkpoint writes (`RunCheckpointer`)
+    notb        as fitplan trains now, without the TensorBoard callback
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
+    python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
+
+`--from-plan` trains a plan `fitplan plan` wrote (e.g. the demo's, `fitplan-demo/run/
+plan.json`) instead of the epfl-em plan the other options build: its time limit and
+early stopping are taken off, so every arm trains `--epochs` epochs of `--max-steps`.
 
 Prints one table (MiB) and writes `creep.json`. Memory figures do not depend on the
 machine's load; the wall times do.
@@ -47,7 +56,12 @@ ARMS = {  # arm: (environment, cap the arenas, trim)
     "arena2trim": ({"MALLOC_ARENA_MAX": "2"}, True, True),
     "bare": ({"MALLOC_ARENA_MAX": "2"}, True, True),
     "noautotune": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "noval": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "nockpt": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "notb": ({"MALLOC_ARENA_MAX": "2"}, True, True),
 }
+# The callback each "no..." arm drops (by class name); "noval" drops the validation data.
+WITHOUT = {"nockpt": ("RunCheckpointer",), "notb": ("TensorBoard",), "noval": ()}
 # Callbacks the "bare" arm keeps: the heap release, the throughput/peak recorder, and
 # the benchmark's own recorder; the others (validation-driven or writing files) go.
 BARE_KEEPS = ("ReleaseFreeHeap", "Throughput", "Record")
@@ -62,6 +76,19 @@ def _bare(keras) -> None:
         return fit(self, *args, callbacks=kept, **kwargs)
 
     keras.Model.fit = bare_fit
+
+
+def _without(keras, arm: str) -> None:
+    """Every `fit` trains without what the arm leaves out (`WITHOUT`)."""
+    fit = keras.Model.fit
+    dropped = WITHOUT[arm]
+
+    def partial_fit(self, *args, validation_data=None, callbacks=None, **kwargs):
+        kept = [c for c in callbacks or [] if type(c).__name__ not in dropped]
+        val = None if arm == "noval" else validation_data
+        return fit(self, *args, validation_data=val, callbacks=kept, **kwargs)
+
+    keras.Model.fit = partial_fit
 
 
 def _no_autotune() -> None:
@@ -94,6 +121,8 @@ def child(args: argparse.Namespace) -> None:
         _bare(keras)
     if args.arm == "noautotune":
         _no_autotune()
+    if args.arm in WITHOUT:
+        _without(keras, args.arm)
     process = psutil.Process()
     rows: list[dict[str, Any]] = []
 
@@ -116,7 +145,9 @@ def child(args: argparse.Namespace) -> None:
             Path(args.result).write_text(json.dumps(rows))  # a stopped run keeps its epochs
 
     plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))
-    fit.train(plan, args.run, max_epochs=args.epochs, max_steps=args.max_steps, callbacks=[Record()])
+    fit.train(
+        plan, args.run, max_epochs=args.epochs, max_steps=args.max_steps, callbacks=[Record()]
+    )
     Path(args.result).write_text(json.dumps(rows))
 
 
@@ -128,12 +159,28 @@ def make_plan_file(out: Path, side: int, mb: int, acc: int, backbone: str, data:
         "micro_batch": mb,
         "accumulation_steps": acc,
         "epochs": 100,
-        "data": {"path": str(data), "masks": "mitochondria", "mask_values": [0, 255],
-                 "val_fraction": 0.2, "cache": "stream"},
+        "data": {
+            "path": str(data),
+            "masks": "mitochondria",
+            "mask_values": [0, 255],
+            "val_fraction": 0.2,
+            "cache": "stream",
+        },
         "target": {"device": "cpu", "budget_bytes": 16 * 2**30, "budget_source": "user"},
         "prediction": {"peak_bytes": 4 * 2**30, "step_time_s": 1.0},
         "early_stopping": {"patience": 1000},
     }
+    path = out / "plan.json"
+    path.write_text(json.dumps(plan, indent=1))
+    return path
+
+
+def copy_plan_file(out: Path, source: Path) -> Path:
+    """A plan `fitplan plan` wrote, with no time limit and no early stopping."""
+    plan = json.loads(source.read_text())
+    plan.pop("time_limit_s", None)
+    plan["early_stopping"] = {**plan.get("early_stopping", {}), "patience": 1000}
+    plan["epochs"] = 100000
     path = out / "plan.json"
     path.write_text(json.dumps(plan, indent=1))
     return path
@@ -148,10 +195,16 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--accumulation", type=int, default=2)
     ap.add_argument("--backbone", default="mobilenet_v3_small")
-    ap.add_argument("--data", type=Path, default=EPFL, help="epfl-em train root (default: ../shared)")
+    ap.add_argument(
+        "--data", type=Path, default=EPFL, help="epfl-em train root (default: ../shared)"
+    )
+    ap.add_argument("--from-plan", type=Path, help="train this plan.json instead (see above)")
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--parallel", action="store_true",
-                    help="run the arms side by side (memory is per process; times are not comparable)")
+    ap.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run the arms side by side (memory is per process; times are not comparable)",
+    )
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--plan", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -161,27 +214,49 @@ def main() -> None:
         child(args)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = make_plan_file(
-        args.out, args.side, args.micro_batch, args.accumulation, args.backbone, args.data
-    )
+    if args.from_plan:
+        plan = copy_plan_file(args.out, args.from_plan)
+    else:
+        plan = make_plan_file(
+            args.out, args.side, args.micro_batch, args.accumulation, args.backbone, args.data
+        )
     results: dict[str, Any] = {}
     procs = {}
     for arm in args.arms.split(","):
         env = dict(os.environ, **ARMS[arm][0])
-        cmd = [sys.executable, __file__, "--out", str(args.out), "--arm", arm,
-               "--plan", str(plan), "--run", str(args.out / f"run-{arm}"),
-               "--result", str(args.out / f"{arm}.json"),
-               "--epochs", str(args.epochs), "--max-steps", str(args.max_steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--out",
+            str(args.out),
+            "--arm",
+            arm,
+            "--plan",
+            str(plan),
+            "--run",
+            str(args.out / f"run-{arm}"),
+            "--result",
+            str(args.out / f"{arm}.json"),
+            "--epochs",
+            str(args.epochs),
+            "--max-steps",
+            str(args.max_steps),
+        ]
         log = open(args.out / f"{arm}.log", "w")  # noqa: SIM115 - closed with the child
-        procs[arm] = (subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log),
-                      time.monotonic(), log)
+        procs[arm] = (
+            subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log),
+            time.monotonic(),
+            log,
+        )
         if not args.parallel:
             procs[arm][0].wait()
     for arm, (proc, t0, log) in procs.items():
         proc.wait()
         log.close()
         if proc.returncode != 0:
-            print(f"{arm}: exit {proc.returncode}, see {args.out / (arm + '.log')}", file=sys.stderr)
+            print(
+                f"{arm}: exit {proc.returncode}, see {args.out / (arm + '.log')}", file=sys.stderr
+            )
             continue
         rows = json.loads((args.out / f"{arm}.json").read_text())
         results[arm] = {"rows": rows, "wall_s": time.monotonic() - t0}

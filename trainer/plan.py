@@ -240,8 +240,9 @@ class LRScheduleSpec:
     """The learning-rate schedule (`trainer.train.schedule`).
 
     Args:
-        kind: `"auto"` (default): `"deadline"` when the plan has `time_limit_s` (and is
-            not multi-worker), else `"plateau"`. `"deadline"`: linear warm-up over `warmup` of the time budget,
+        kind: `"auto"` (default): `"plateau"`, with or without `time_limit_s` (the
+            deadline schedule lost the A/B, docs/benchmarks.md). `"deadline"`, by name
+            only and with a time limit: linear warm-up over `warmup` of the time budget,
             then linear decay to zero at the deadline (less the measured time of the
             final validation and checkpoint); early stopping then never ends the run
             (the best epoch is still kept). `"plateau"`: ReduceLROnPlateau on the
