@@ -188,3 +188,60 @@ def estimated_only(c: Candidate, ctx: PlanContext, why: str) -> CandidateMeasure
         for mb in presets.TRIAL_MICRO_BATCHES
     )
     return CandidateMeasurement(c, trials=trials)
+
+
+def from_sibling(
+    c: Candidate, measured: Sequence[CandidateMeasurement], ctx: PlanContext, norm: str
+) -> CandidateMeasurement | None:
+    """`c` estimated from a measured candidate of the same backbone, precision and
+    BatchNorm mode at a larger input size (its *sibling*), or `None` (measure it).
+
+    Both trial sizes: the analytic peak (`candidates.analytic_estimate`) shifted by what
+    the sibling's largest measured point had above or below its own analytic peak (the
+    fixed part, TensorFlow's runtime and the allocator, is what the estimate misses most),
+    and the sibling's seconds per sample-pixel at that point times `c`'s pixels. Only from
+    a larger sibling: per pixel a smaller input steps no slower (on the 2-vCPU EPYC,
+    mobilenet_v3_small at micro-batch 4 stepped 1.17 s at 256x256 and 3.45-3.69 s at
+    384x384, in different runs: 0.76x per pixel), so the estimate does not favour the
+    candidate it was not measured on. A candidate planned from it is chosen or passed over
+    on these figures; if chosen, its verification run measures its peak as always and
+    times its steps, which replace the estimate's (`verified_choice.time_from_verification`).
+    Saves one trial child (23-30 s there) per sibling. CPU only: the shift was checked
+    against CPU trials, and a GPU's allocator peak has no such fixed part.
+    """
+    from planner.search.candidates import analytic_estimate
+
+    if ctx.device != "cpu" or relative_cost(c, ctx.device) is None:
+        return None
+
+    def est(x: Candidate, mb: int) -> int:
+        return analytic_estimate(
+            x.backbone, x.input_size, mb, x.precision, ctx.num_classes, device=ctx.device
+        )
+
+    for m in measured:
+        s = m.candidate
+        same = (s.backbone, s.precision, m.normalization) == (c.backbone, c.precision, norm)
+        real = [r for r in m.trials if _real(r) and r.peak_bytes]
+        (sh, sw), (h, w) = s.input_size, c.input_size
+        if s == c or not same or not real or sh * sw <= h * w:
+            continue
+        r = max(real, key=lambda t: t.micro_batch)
+        shift = r.peak_bytes - est(s, r.micro_batch)
+        per_sample = r.step_time_s / r.micro_batch * (h * w) / (sh * sw)
+        why = (
+            f"not measured: estimated from {s.label}'s trial at micro-batch {r.micro_batch} "
+            "(analytic peak shifted by its error, its step time per pixel)"
+        )
+        trials = tuple(
+            TrialResult(
+                "ok",
+                mb,
+                peak_bytes=max(1, est(c, mb) + shift),
+                step_time_s=per_sample * mb,
+                details={"estimated": why, "sibling": s.label},
+            )
+            for mb in presets.TRIAL_MICRO_BATCHES
+        )
+        return CandidateMeasurement(c, trials=trials, normalization=norm)
+    return None

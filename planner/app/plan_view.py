@@ -125,7 +125,7 @@ def _reused(planning: dict[str, Any]) -> str:
     if planning.get("verification_cached"):
         parts.append("verification cached")
     if planning.get("trial_points_estimated"):
-        parts.append(f"{planning['trial_points_estimated']} point(s) estimated (analytic slope)")
+        parts.append(f"{planning['trial_points_estimated']} point(s) estimated, not measured")
     if planning.get("cap_s"):
         parts.append(f"cap {planning['cap_s']:.0f} s")
     return "; " + ", ".join(parts) if parts else ""

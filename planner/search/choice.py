@@ -47,6 +47,7 @@ class Evaluation:
     updates_possible: int | None = None  # optimizer updates in the time budget
     time_bound: bool = False  # the time budget, not max_epochs, limits those updates
     batch_reason: str = ""  # why the effective batch is `target_batch` (search/updates.py)
+    estimated: str = ""  # not measured: where its figures came from (all its trials estimated)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("candidate", "line")}

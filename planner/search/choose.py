@@ -99,6 +99,22 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
     failed = [r for r in m.trials if not r.ok]
     if not ok:
         return _every_trial_failed(c, failed)
+    e = _evaluate_line(m, ok, failed, budget, headroom, allowed, target, max_mb, replicas)
+    return dataclasses.replace(e, estimated=estimated_note(m))
+
+
+def estimated_note(m: CandidateMeasurement) -> str:
+    """Where the figures of a candidate that no trial child measured came from ("" when
+    one did): every trial point estimated (`planner.time_bound.estimated_only`,
+    `from_sibling`). The plan's table says so beside its verdict."""
+    if not m.trials or not all(r.details.get("estimated") for r in m.trials):
+        return ""
+    return str(m.trials[0].details["estimated"])
+
+
+def _evaluate_line(m, ok, failed, budget, headroom, allowed, target, max_mb, replicas):
+    """`_evaluate` once some trial finished: the micro-batch its memory line allows."""
+    c = m.candidate
     # Per replica: the replicas together should not pass the target effective batch.
     cap = min([r.micro_batch - 1 for r in failed] + [math.ceil(target / replicas), max_mb])
     line = None
@@ -295,6 +311,8 @@ def _rank(
         elif e.verdict == "feasible":
             why = f"too slow: {e.epochs_possible} epochs in {no_fit.dur(time_budget_s)} (needs {want})"
             e = dataclasses.replace(e, verdict="rejected", reason=why)
+        if e.estimated:  # never measured by a trial child: the table says so
+            e = dataclasses.replace(e, reason=f"{e.reason} ({e.estimated})")
         final.append(e)
     return best, final, notes
 

@@ -349,3 +349,68 @@ def test_when_the_leader_fails_verification_the_next_one_gets_its_second_size(
     assert len(v2) == 2 and max(v2) < min(v2_verify)
     trials = {t["backbone"]: t["results"] for t in result.plan.evidence["trials"]}
     assert not any(r["details"].get("estimated") for r in trials["efficientnetv2_b0"])
+
+
+def test_a_smaller_input_of_a_measured_backbone_is_estimated_from_it_not_measured(
+    data_dir, calls, monkeypatch
+):
+    """One backbone at two input sizes, neither bounded out (`best_possible` faked to skip
+    nothing): the larger is measured first (its prior leads), the smaller is estimated
+    from it, with no child of its own, and labelled so in the table; the chosen plan is
+    verified by its own run."""
+    monkeypatch.setattr(time_bound, "best_possible", lambda c, done, ctx: time_bound.Bound(1.0))
+    result = make_plan(data_dir, backbones=["mobilenet_v3_small"], sizes=[64, 32])
+    trials = [(b, mb) for b, mb, t in calls if t is None]
+    assert len(trials) == 1  # 64x64 at one size (its second is moot here), none at 32x32
+    evals = {tuple(e["input_size"]): e for e in result.plan.evidence["choice"]["evaluations"]}
+    small = evals[(32, 32)]
+    assert small["verdict"] == "feasible" and small["reason"].startswith("score ")
+    assert (
+        "(not measured: estimated from mobilenet_v3_small 64x64 float32's trial"
+        in (small["reason"])
+    )
+    assert small["estimated"] and not evals[(64, 64)]["estimated"]
+    assert result.plan.evidence["planning"]["trial_points_estimated"] == 3  # 32's two, 64's one
+    assert [t for t in calls if t[2] == VERIFY_TARGET]  # the choice is verified
+    assert result.plan.prediction["verified"] is True
+
+
+def test_the_sibling_estimate_shifts_the_analytic_peak_and_scales_the_step_per_pixel():
+    from planner.search.candidates import analytic_estimate
+
+    ctx = _ctx()
+    big, small = (
+        Candidate("mobilenet_v3_small", (64, 64)),
+        Candidate("mobilenet_v3_small", (32, 32)),
+    )
+    est = analytic_estimate("mobilenet_v3_small", (64, 64), 4, "float32", 2, device="cpu")
+    measured = CandidateMeasurement(
+        big,
+        trials=(
+            TrialResult("ok", 1, est - 300 * MIB, 0.5),
+            TrialResult("ok", 4, est + 200 * MIB, 2.0),  # the largest point decides
+        ),
+        normalization="batch",
+    )
+    m = time_bound.from_sibling(small, [measured], ctx, "batch")
+    by_mb = {r.micro_batch: r for r in m.trials}
+    for mb, r in by_mb.items():
+        a = analytic_estimate("mobilenet_v3_small", (32, 32), mb, "float32", 2, device="cpu")
+        assert r.peak_bytes == a + 200 * MIB
+        assert r.step_time_s == pytest.approx(2.0 / 4 * mb / 4)  # a quarter of the pixels
+        assert r.details["sibling"] == big.label and r.details["estimated"]
+    # Not from a smaller sibling, another backbone or BatchNorm mode, or on a GPU.
+    assert (
+        time_bound.from_sibling(big, [dataclasses.replace(measured, candidate=small)], ctx, "batch")
+        is None
+    )
+    eff = Candidate("efficientnet_b0", (32, 32))
+    assert time_bound.from_sibling(eff, [measured], ctx, "batch") is None
+    assert time_bound.from_sibling(small, [measured], ctx, "frozen") is None
+    assert time_bound.from_sibling(small, [measured], _ctx(device="gpu"), "batch") is None
+    # Estimated or failed points are no sibling.
+    est_only = dataclasses.replace(
+        measured,
+        trials=tuple(dataclasses.replace(r, details={"estimated": "x"}) for r in measured.trials),
+    )
+    assert time_bound.from_sibling(small, [est_only], ctx, "batch") is None
