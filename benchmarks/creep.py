@@ -23,6 +23,8 @@ switched off in the child where an arm leaves them out:
                 those that watch a validation figure then do nothing)
     nockpt      as fitplan trains now, without the checkpoint writes (`RunCheckpointer`)
     notb        as fitplan trains now, without the TensorBoard callback
+    gc          as fitplan trains now, with Python's `gc.collect()` before each heap release
+                (objects in reference cycles, e.g. of h5py's checkpoint writes, freed then)
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
     python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
@@ -59,6 +61,7 @@ ARMS = {  # arm: (environment, cap the arenas, trim)
     "noval": ({"MALLOC_ARENA_MAX": "2"}, True, True),
     "nockpt": ({"MALLOC_ARENA_MAX": "2"}, True, True),
     "notb": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "gc": ({"MALLOC_ARENA_MAX": "2"}, True, True),
 }
 # The callback each "no..." arm drops (by class name); "noval" drops the validation data.
 WITHOUT = {"nockpt": ("RunCheckpointer",), "notb": ("TensorBoard",), "noval": ()}
@@ -123,6 +126,11 @@ def child(args: argparse.Namespace) -> None:
         _no_autotune()
     if args.arm in WITHOUT:
         _without(keras, args.arm)
+    if args.arm == "gc":
+        import gc
+
+        release = callbacks.release_free_heap
+        callbacks.release_free_heap = lambda: (gc.collect(), release())[1]
     process = psutil.Process()
     rows: list[dict[str, Any]] = []
 

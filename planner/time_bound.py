@@ -200,9 +200,10 @@ def from_sibling(
     the sibling's largest measured point had above or below its own analytic peak (the
     fixed part, TensorFlow's runtime and the allocator, is what the estimate misses most),
     and the sibling's seconds per sample-pixel at that point times `c`'s pixels. Only from
-    a larger sibling: per pixel a smaller input steps no slower (on the 2-vCPU EPYC,
-    mobilenet_v3_small at micro-batch 4 stepped 1.17 s at 256x256 and 3.45-3.69 s at
-    384x384, in different runs: 0.76x per pixel), so the estimate does not favour the
+    a larger sibling: per pixel a smaller input steps about as fast or faster (on the
+    2-vCPU EPYC, mobilenet_v3_small at micro-batch 4: 4.46-4.92e-6 s per sample-pixel
+    at 256x256 and 384x384, docs/planning.md; in two other runs 1.17 s at 256x256 and
+    3.45-3.69 s at 384x384, 0.76x per pixel), so the estimate does not favour the
     candidate it was not measured on. A candidate planned from it is chosen or passed over
     on these figures; if chosen, its verification run measures its peak as always and
     times its steps, which replace the estimate's (`verified_choice.time_from_verification`).
