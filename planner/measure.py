@@ -93,8 +93,10 @@ class _Measuring:
                 self.bounds[c] = bound
             elif best is not None:
                 reason = self.stopped()
-            sib = None if reason is not None else time_bound.from_sibling(c, done, ctx, norm)
-            if sib is not None and not self._cached(spec):
+            sib = None
+            if reason is None and not order.any_cached(spec, ctx, self.cache):
+                sib = time_bound.from_sibling(c, done, ctx, norm)
+            if sib is not None:
                 # The same backbone measured at a larger input: estimated from it, and
                 # verified by its own run if chosen (time_bound.from_sibling).
                 ctx.say(f"  {c.label}: {sib.trials[0].details['estimated']}")
@@ -176,13 +178,6 @@ class _Measuring:
             del self.bounds[c]
             self.ctx.say(f"measuring {c.label} after all: the leader's score dropped")
         return again
-
-    def _cached(self, spec: TrialSpec) -> bool:
-        """Whether some trial size of `spec` is in the measurement cache (then it is used)."""
-        limit = self.ctx.budget_bytes
-        return self.cache is not None and any(
-            self.cache.has(spec, mb, limit) for mb in presets.TRIAL_MICRO_BATCHES
-        )
 
     @property
     def limits(self) -> dict:

@@ -190,12 +190,17 @@ def trial_fits(
 ) -> bool:
     """Whether a trial of `spec` fits the `--auto` planning cap beside the verification
     run (always without a cap, or with a size cached)."""
-    if ctx.planning_left() is None:
-        return True
-    limit = ctx.budget_bytes
-    if cache is not None and any(cache.has(spec, mb, limit) for mb in presets.TRIAL_MICRO_BATCHES):
+    if ctx.planning_left() is None or any_cached(spec, ctx, cache):
         return True
     return child_fits(ctx, done)
+
+
+def any_cached(spec: TrialSpec, ctx: PlanContext, cache: TrialCache | None) -> bool:
+    """Whether some trial size of `spec` is in the measurement cache (then it is used)."""
+    limit = ctx.budget_bytes
+    return cache is not None and any(
+        cache.has(spec, mb, limit) for mb in presets.TRIAL_MICRO_BATCHES
+    )
 
 
 def cap_reason(ctx: PlanContext, done: Sequence[CandidateMeasurement]) -> str:

@@ -20,7 +20,7 @@ from planner.request import Log, PlanContext, overhead_estimate
 from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
-from planner.search.choose import choose
+from planner.search.choose import choose, estimated_note
 from planner.search.memory_model import MemoryLine, VerifyStep, step_up, verify
 from planner.trials import cache as trial_cache
 from planner.trials.spec import TrialResult
@@ -189,7 +189,7 @@ VERIFY_TARGET = trial_cache.VERIFY_TARGET
 
 def _estimated_only(m: CandidateMeasurement | None) -> bool:
     """Whether `m`'s line is all estimate (no trial child: `time_bound.estimated_only`)."""
-    return m is not None and bool(m.trials) and all(r.details.get("estimated") for r in m.trials)
+    return m is not None and bool(estimated_note(m))
 
 
 def _verify(

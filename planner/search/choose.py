@@ -99,22 +99,6 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
     failed = [r for r in m.trials if not r.ok]
     if not ok:
         return _every_trial_failed(c, failed)
-    e = _evaluate_line(m, ok, failed, budget, headroom, allowed, target, max_mb, replicas)
-    return dataclasses.replace(e, estimated=estimated_note(m))
-
-
-def estimated_note(m: CandidateMeasurement) -> str:
-    """Where the figures of a candidate that no trial child measured came from ("" when
-    one did): every trial point estimated (`planner.time_bound.estimated_only`,
-    `from_sibling`). The plan's table says so beside its verdict."""
-    if not m.trials or not all(r.details.get("estimated") for r in m.trials):
-        return ""
-    return str(m.trials[0].details["estimated"])
-
-
-def _evaluate_line(m, ok, failed, budget, headroom, allowed, target, max_mb, replicas):
-    """`_evaluate` once some trial finished: the micro-batch its memory line allows."""
-    c = m.candidate
     # Per replica: the replicas together should not pass the target effective batch.
     cap = min([r.micro_batch - 1 for r in failed] + [math.ceil(target / replicas), max_mb])
     line = None
@@ -150,6 +134,15 @@ def _evaluate_line(m, ok, failed, budget, headroom, allowed, target, max_mb, rep
         need_at=at,
         target_batch=target,
     )
+
+
+def estimated_note(m: CandidateMeasurement) -> str:
+    """Where the figures of a candidate that no trial child measured came from ("" when
+    one did): every trial point estimated (`planner.time_bound.estimated_only`,
+    `from_sibling`). The plan's table says so beside its verdict."""
+    if not m.trials or not all(r.details.get("estimated") for r in m.trials):
+        return ""
+    return str(m.trials[0].details["estimated"])
 
 
 def _every_trial_failed(c: Candidate, failed: Sequence[TrialResult]) -> Evaluation:
@@ -239,6 +232,7 @@ def choose(
             max_mb=max_micro_batch,
             replicas=replicas,
         )
+        e = dataclasses.replace(e, estimated=estimated_note(m))
         if e.verdict != "feasible":
             return e
         return _with_time(
