@@ -25,6 +25,11 @@ switched off in the child where an arm leaves them out:
     notb        as fitplan trains now, without the TensorBoard callback
     gc          as fitplan trains now, with Python's `gc.collect()` before each heap release
                 (objects in reference cycles, e.g. of h5py's checkpoint writes, freed then)
+    mmap128k    as fitplan trains now, with glibc's mmap threshold fixed at 128 KiB
+                (`MALLOC_MMAP_THRESHOLD_`; setting it turns off glibc's dynamic threshold,
+                which otherwise rises to the size of each mmapped block freed, up to 32 MiB,
+                so that later tensors of that size come from the arenas and fragment them)
+    mmap1m      the same at 1 MiB
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
     python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
@@ -62,6 +67,8 @@ ARMS = {  # arm: (environment, cap the arenas, trim)
     "nockpt": ({"MALLOC_ARENA_MAX": "2"}, True, True),
     "notb": ({"MALLOC_ARENA_MAX": "2"}, True, True),
     "gc": ({"MALLOC_ARENA_MAX": "2"}, True, True),
+    "mmap128k": ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}, True, True),
+    "mmap1m": ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}, True, True),
 }
 # The callback each "no..." arm drops (by class name); "noval" drops the validation data.
 WITHOUT = {"nockpt": ("RunCheckpointer",), "notb": ("TensorBoard",), "noval": ()}
@@ -221,6 +228,7 @@ def main() -> None:
     if args.arm:
         child(args)
         return
+    args.out = args.out.resolve()  # the children run in the repository root
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_plan:
         plan = copy_plan_file(args.out, args.from_plan)

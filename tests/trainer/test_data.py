@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from tests.plans import minimal_plan
 from trainer.data.decode import infer_mask_values, load_image, load_mask, load_mask_raw
-from trainer.data.pairs import Pair
+from trainer.data.pairs import Pair, resolve_folders
 from trainer.data.pipeline import build_datasets
 from trainer.data.splits import epoch_steps, split_pairs, tile_starts, work_size
 from trainer.errors import DataError, FitplanWarning
@@ -313,6 +314,15 @@ def test_no_pairs_names_the_folder(tmp_path):
         build_datasets(_plan(tmp_path))
     with pytest.raises(DataError, match="dataset folder not found"):
         build_datasets(_plan(tmp_path), data_path=str(tmp_path / "nope"))
+
+
+def test_a_relative_dataset_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        DataError,
+        match=rf"nope: dataset folder not found \(a relative path: looked for under {re.escape(str(tmp_path))}\)",
+    ):
+        resolve_folders("nope", "images", "masks")
 
 
 def test_single_class_masks_name_the_mask_folder(tmp_path):

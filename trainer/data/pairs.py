@@ -79,7 +79,8 @@ def resolve_folders(root: str | os.PathLike, images: str, masks: str) -> tuple[P
     """The image and mask folders under `root`; `DataError` naming what is missing."""
     root = Path(root)
     if not root.exists():
-        raise DataError(f"{root}: dataset folder not found")
+        where = "" if root.is_absolute() else f" (a relative path: looked for under {Path.cwd()})"
+        raise DataError(f"{root}: dataset folder not found{where}")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     img_dir, mask_dir = root / images, root / masks
