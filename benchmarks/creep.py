@@ -4,15 +4,21 @@ Each arm is a fresh child process running `trainer.train.fit.train` on the same 
 one lever changed, recording after every epoch the process's peak RSS so far (`VmHWM`,
 what `history.csv` records as `peak_memory_bytes`), the resident set at the end of the
 epoch (`VmRSS`) and the peak within that epoch alone (`clear_refs` resets the mark at
-each epoch start). The levers are the trainer's own two settings (`trainer.train.memory`),
+each epoch start). The levers are the trainer's own settings (`trainer.train.memory`),
 switched off in the child where an arm leaves them out:
 
-    default     neither: as fitplan trained before it had them
+    default     none: as fitplan trained before it had them
     arena2      malloc arenas capped at 2 (glibc: instead of 8 x cores; fewer half-empty
                 arenas under TensorFlow's threads); also MALLOC_ARENA_MAX=2 in the
                 environment, so the cap holds from the child's first allocation
     trim        `malloc_trim(0)` before each validation pass and after each epoch
-    arena2trim  both: as fitplan trains now
+    arena2trim  both, glibc's mmap threshold left dynamic: as fitplan trained until stop 23
+    now         both, and the mmap threshold held at 8 MiB: as fitplan trains now
+                (`fix_mmap_threshold`; glibc otherwise raises it to the size of each
+                mapped block freed, up to 32 MiB, so that later tensors of that size come
+                from the arenas and fragment them)
+    mmap128k    as fitplan trains now with the threshold held at glibc's initial 128 KiB
+                (lowest memory, but every tensor above it is mapped: steps much slower)
     bare        as fitplan trains now, training steps only: no validation pass, no
                 checkpoint, no TensorBoard, no early stopping or schedule callbacks
                 (if the creep stays, it comes from training and its input pipeline)
@@ -25,11 +31,6 @@ switched off in the child where an arm leaves them out:
     notb        as fitplan trains now, without the TensorBoard callback
     gc          as fitplan trains now, with Python's `gc.collect()` before each heap release
                 (objects in reference cycles, e.g. of h5py's checkpoint writes, freed then)
-    mmap128k    as fitplan trains now, with glibc's mmap threshold fixed at 128 KiB
-                (`MALLOC_MMAP_THRESHOLD_`; setting it turns off glibc's dynamic threshold,
-                which otherwise rises to the size of each mmapped block freed, up to 32 MiB,
-                so that later tensors of that size come from the arenas and fragment them)
-    mmap1m      the same at 1 MiB
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
     python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
@@ -56,19 +57,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 EPFL = ROOT.parent / "shared" / "datasets" / "epfl-em" / "train"
 MIB = 2**20
-ARMS = {  # arm: (environment, cap the arenas, trim)
-    "default": ({}, False, False),
-    "arena2": ({"MALLOC_ARENA_MAX": "2"}, True, False),
-    "trim": ({}, False, True),
-    "arena2trim": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "bare": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "noautotune": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "noval": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "nockpt": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "notb": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "gc": ({"MALLOC_ARENA_MAX": "2"}, True, True),
-    "mmap128k": ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}, True, True),
-    "mmap1m": ({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}, True, True),
+A2 = {"MALLOC_ARENA_MAX": "2"}
+K128, M8 = 128 * 1024, 8 * 2**20
+ARMS = {  # arm: (environment, cap the arenas, trim, mmap threshold held or None: dynamic)
+    "default": ({}, False, False, None),
+    "arena2": (A2, True, False, None),
+    "trim": ({}, False, True, None),
+    "arena2trim": (A2, True, True, None),
+    "now": (A2, True, True, M8),
+    "mmap128k": (A2, True, True, K128),
+    "bare": (A2, True, True, M8),
+    "noautotune": (A2, True, True, M8),
+    "noval": (A2, True, True, M8),
+    "nockpt": (A2, True, True, M8),
+    "notb": (A2, True, True, M8),
+    "gc": (A2, True, True, M8),
 }
 # The callback each "no..." arm drops (by class name); "noval" drops the validation data.
 WITHOUT = {"nockpt": ("RunCheckpointer",), "notb": ("TensorBoard",), "noval": ()}
@@ -119,12 +122,17 @@ def child(args: argparse.Namespace) -> None:
     import psutil
 
     from trainer.plan import Plan
-    from trainer.train import callbacks, fit
+    from trainer.train import callbacks, fit, memory
     from trainer.train.memory import peak_rss_bytes, reset_peak_rss
 
-    _, cap, trim = ARMS[args.arm]
+    _, cap, trim, mmap = ARMS[args.arm]
     if not cap:  # the trainer's own setting, off for this arm
-        fit.limit_malloc_arenas = lambda *a, **k: False
+        memory.limit_malloc_arenas = lambda *a, **k: False
+    if mmap is None:  # glibc's dynamic threshold, as fitplan trained until stop 23
+        memory.fix_mmap_threshold = lambda *a, **k: False
+    elif mmap != memory.MMAP_THRESHOLD:
+        fixed = memory.fix_mmap_threshold
+        memory.fix_mmap_threshold = lambda *a, **k: fixed(mmap)
     if not trim:
         callbacks.release_free_heap = lambda: False
     if args.arm == "bare":

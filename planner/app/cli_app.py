@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from trainer.errors import FitplanError, FitplanWarning
-from trainer.train.memory import limit_malloc_arenas
+from trainer.train.memory import configure_malloc
 
 app = typer.Typer(
     name="fitplan",
@@ -122,7 +122,7 @@ def main(
     """fitplan: measure, plan, train."""
     _state["debug"] = debug
     _log_to_console()
-    limit_malloc_arenas()  # before any command starts TensorFlow's threads (trainer.train.memory)
+    configure_malloc()  # before any command starts TensorFlow's threads (trainer.train.memory)
     if not debug:
         # TensorFlow's C++ start-up chatter (CUDA stubs, CPU flags) is noise for a user;
         # set before any command imports TensorFlow. --debug keeps it.

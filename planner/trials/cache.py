@@ -57,6 +57,7 @@ _ENV_VARS = (
     "OMP_NUM_THREADS",
     "MALLOC_ARENA_MAX",
     "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
     "LD_PRELOAD",
 )
 # The code a child runs: its source is part of the key (a version number does not

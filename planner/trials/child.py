@@ -31,7 +31,7 @@ from typing import Any
 from planner.trials.spec import DEFAULT_TARGET, MARKER, PRELOAD_ENV, TrialResult, TrialSpec
 from trainer.oom import SOFT_OOM_EXIT_CODE, is_oom_error
 from trainer.train.device import configure_gpus, nvml_query, process_uuids
-from trainer.train.memory import limit_malloc_arenas, peak_rss_bytes, reset_peak_rss
+from trainer.train.memory import configure_malloc, peak_rss_bytes, reset_peak_rss
 from trainer.units import gib
 
 _POLL_S = 0.01
@@ -226,7 +226,7 @@ def _nvml_process_bytes(nvml: Any | None = None) -> int | None:
 
 
 def main() -> None:
-    limit_malloc_arenas()  # allocate as training does (trainer.train.memory)
+    configure_malloc()  # allocate as training does (trainer.train.memory)
     for name in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
         importlib.import_module(name)  # a spare (planner.trials.spare): import, then wait
     raw = sys.stdin.read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -51,9 +52,61 @@ def test_limit_malloc_arenas_is_taken_by_glibc():
     assert memory.limit_malloc_arenas() is True
 
 
-def test_without_glibc_both_settings_do_nothing(monkeypatch):
+_MMAP_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    from trainer.train import memory
+
+    def rss():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+    taken = memory.configure_malloc() if sys.argv[1] == "fixed" else None
+    big = bytearray(24 << 20)  # mapped on its own; freeing it raises a dynamic threshold
+    del big
+    blocks, pins = [], []
+    for _ in range(10):  # 160 MiB of 16 MiB tensors, each followed by a small live block
+        blocks.append(bytearray(16 << 20))
+        pins.append(bytearray(256 << 10))  # too large for a free chunk elsewhere
+    before = rss()
+    del blocks
+    print(json.dumps({"taken": taken, "freed": before - rss()}))
+    """
+)
+
+
+def _mmap_child(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _MMAP_CHILD, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    return json.loads(out)
+
+
+@glibc
+def test_a_held_mmap_threshold_gives_freed_tensors_back_at_once():
+    # glibc's dynamic threshold: after a 24 MiB mapped block is freed, 16 MiB blocks come
+    # from the heap and stay resident when freed below live blocks.
+    dynamic = _mmap_child("dynamic")
+    assert dynamic["freed"] < 40 * 2**20, dynamic
+    # Held at 8 MiB (`configure_malloc`): each 16 MiB block is mapped and unmapped.
+    fixed = _mmap_child("fixed")
+    assert fixed["taken"] is True
+    assert fixed["freed"] > 150 * 2**20, fixed
+
+
+def test_without_glibc_the_settings_do_nothing(monkeypatch):
     monkeypatch.setattr(memory, "_glibc", lambda: None)
     assert memory.limit_malloc_arenas() is False
+    assert memory.fix_mmap_threshold() is False
+    assert memory.configure_malloc() is False
     assert memory.release_free_heap() is False
 
 

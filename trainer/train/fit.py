@@ -40,7 +40,7 @@ from trainer.train.distribute import (
     worker_dir,
 )
 from trainer.train.distribute_keras import build_from_spec
-from trainer.train.memory import limit_malloc_arenas
+from trainer.train.memory import configure_malloc
 from trainer.train.preflight import GpuSetup, prepare_device, warn_plan_mismatch
 from trainer.train.run_dir import RunDir
 from trainer.train.schedule import deadline_schedule, schedule_kind, stopping_callbacks
@@ -113,7 +113,7 @@ def train(
     started_at = called_at if started_at is None else started_at
     account = TimeAccount(started_at, called_at, spent_before, origin)
     callbacks = [*callbacks, account]  # metrics.json `time_account` (_fit_phases)
-    limit_malloc_arenas()  # no-op if the command line or a child already did (docs/runs.md)
+    configure_malloc()  # no-op if the command line or a child already did (docs/runs.md)
     plan = _apply_overrides(plan, data_path, val_path, max_epochs, max_steps)
     gpu = prepare_device(plan)  # pin the GPU, read its free memory, limit it: before TF maps it
     strategy = get_strategy(plan)  # before any TF op: multi-worker must configure first
@@ -154,7 +154,7 @@ def resume(
         max_steps: a new cap on optimizer updates per epoch; recorded likewise.
         callbacks, progress: as for `train`.
     """
-    limit_malloc_arenas()
+    configure_malloc()
     gpu = _prepare_device_for_run(out)  # as in train(): before TF maps a GPU
     strategy = strategy_for_run(out)  # before any TF op, as in train()
     with worker_dir(out, strategy, resume=True) as folder:

@@ -1,5 +1,5 @@
 """This process's memory: peak RSS on the host, the allocator's peak on a GPU, and the
-two glibc settings that keep host memory from creeping over a long run.
+glibc settings that keep host memory from creeping over a long run.
 
 Why the glibc settings: TensorFlow's CPU tensors come from `malloc`, from many threads.
 glibc gives threads that contend for the heap arenas of their own (up to 8 per core),
@@ -7,9 +7,14 @@ and memory freed into an arena stays resident until the top of that arena is fre
 long run the resident set at the end of each epoch then grew step by step, and the
 epoch peaks with it. `limit_malloc_arenas` caps the arenas (glibc's `M_ARENA_MAX`, the
 `MALLOC_ARENA_MAX` environment variable's setting) and `release_free_heap` returns free
-pages of every arena to the kernel (`malloc_trim(0)`). Measured with
-`benchmarks/creep.py` (docs/benchmarks.md, "Memory over a long run"). Both are no-ops
-where the C library is not glibc.
+pages of every arena to the kernel (`malloc_trim(0)`). `fix_mmap_threshold` holds the
+size above which a block gets pages of its own (`mmap`) at glibc's initial 128 KiB:
+glibc otherwise raises that threshold to the size of each such block freed (up to
+32 MiB), after which TensorFlow's activation-sized tensors come from the arenas and
+fragment them, and which tensors did so depended on the order of the first frees, so
+two runs of one plan differed by 5-10% in their peaks. Measured with
+`benchmarks/creep.py` (docs/runs.md, "Host memory over a long run"). All are no-ops
+where the C library is not glibc; `configure_malloc` applies the two settings.
 """
 
 from __future__ import annotations
@@ -73,6 +78,40 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """
     libc = _glibc()
     return bool(libc and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+# mallopt's parameter number for the mmap threshold (glibc malloc/malloc.h: M_MMAP_THRESHOLD -3).
+_M_MMAP_THRESHOLD = -3
+# Held at 8 MiB: setting it turns the dynamic threshold off (mallopt(3): "Dynamic
+# adjustment of the mmap threshold is disabled if any of the M_TRIM_THRESHOLD, M_TOP_PAD,
+# M_MMAP_THRESHOLD, or M_MMAP_MAX parameters is set"). Not glibc's initial 128 KiB: with
+# every block above 128 KiB (or 1 MiB) mapped and unmapped on its own, the epfl-em step
+# took 3.3-3.6 s against 2.4-2.6 s (page faults on every tensor); at 8 MiB it stepped as
+# fast as with the dynamic threshold (docs/runs.md, "Host memory over a long run").
+MMAP_THRESHOLD = 8 * 2**20
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Hold glibc's mmap threshold at `threshold` bytes for this process. True if taken.
+
+    Blocks above it are mapped on their own and unmapped when freed, so they never stay
+    resident in an arena. Without it, glibc raises the threshold to the size of every
+    mapped block freed (to 32 MiB on 64-bit; mallopt(3), M_MMAP_THRESHOLD), and from then
+    on blocks of a few MiB, TensorFlow's activations and gradients, come from the arenas.
+    Measured on the demo's plan (`benchmarks/creep.py`, docs/runs.md): epoch peaks about
+    13% lower and within 1.5% of each other over 30 epochs, against 6% apart without it.
+    Can be called at any time; earlier is better (blocks already in an arena stay there).
+    """
+    libc = _glibc()
+    return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1)
+
+
+def configure_malloc() -> bool:
+    """Both glibc settings fitplan trains and measures under: the arena cap and the fixed
+    mmap threshold. True if the C library took both. Call it first thing in a process
+    that will train or measure (the command line, trial children, `train`, `resume`)."""
+    arenas = limit_malloc_arenas()
+    return fix_mmap_threshold() and arenas
 
 
 def release_free_heap() -> bool:
