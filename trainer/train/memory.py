@@ -8,11 +8,11 @@ long run the resident set at the end of each epoch then grew step by step, and t
 epoch peaks with it. `limit_malloc_arenas` caps the arenas (glibc's `M_ARENA_MAX`, the
 `MALLOC_ARENA_MAX` environment variable's setting) and `release_free_heap` returns free
 pages of every arena to the kernel (`malloc_trim(0)`). `fix_mmap_threshold` holds the
-size above which a block gets pages of its own (`mmap`) at glibc's initial 128 KiB:
+size above which a block gets pages of its own (`mmap`) at 8 MiB (`MMAP_THRESHOLD`):
 glibc otherwise raises that threshold to the size of each such block freed (up to
 32 MiB), after which TensorFlow's activation-sized tensors come from the arenas and
-fragment them, and which tensors did so depended on the order of the first frees, so
-two runs of one plan differed by 5-10% in their peaks. Measured with
+fragment them, and how far it rose depended on the order of the first frees, so two
+runs of one plan differed in their peaks. Measured with
 `benchmarks/creep.py` (docs/runs.md, "Host memory over a long run"). All are no-ops
 where the C library is not glibc; `configure_malloc` applies the two settings.
 """
@@ -98,8 +98,9 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     resident in an arena. Without it, glibc raises the threshold to the size of every
     mapped block freed (to 32 MiB on 64-bit; mallopt(3), M_MMAP_THRESHOLD), and from then
     on blocks of a few MiB, TensorFlow's activations and gradients, come from the arenas.
-    Measured on the demo's plan (`benchmarks/creep.py`, docs/runs.md): epoch peaks about
-    13% lower and within 1.5% of each other over 30 epochs, against 6% apart without it.
+    Measured (docs/runs.md, "The mmap threshold"): on the demo's plan over 30 epochs the
+    highest epoch peak rose 4.5% over epoch 1 against 12.2% without it, and sat 9% lower;
+    on epfl-em the peak was 4-10% lower at the same step time.
     Can be called at any time; earlier is better (blocks already in an arena stay there).
     """
     libc = _glibc()
