@@ -100,7 +100,7 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     on blocks of a few MiB, TensorFlow's activations and gradients, come from the arenas.
     Measured (docs/runs.md, "The mmap threshold"): on the demo's plan over 30 epochs the
     highest epoch peak rose 4.5% over epoch 1 against 12.2% without it, and sat 9% lower;
-    on epfl-em the peak was 4-10% lower at the same step time.
+    on epfl-em the peak was 3-10% lower at the same step time (within a few runs' spread).
     Can be called at any time; earlier is better (blocks already in an arena stay there).
     """
     libc = _glibc()
