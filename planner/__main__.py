@@ -1,6 +1,6 @@
 """`python -m planner ...` runs the `fitplan` command line."""
 
-from planner.app.cli import app
+from planner.app.cli import main
 
 if __name__ == "__main__":
-    app(prog_name="fitplan")
+    main()

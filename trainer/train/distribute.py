@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,25 +241,28 @@ class AgreedTimeLimit(TimeLimit):
     early stopping and the plateau schedule need nothing: they read all-reduced logs).
     """
 
-    def __init__(self, deadline: float | None, strategy: tf.distribute.Strategy):
-        super().__init__(deadline)
+    def __init__(self, deadline: float | None, strategy: tf.distribute.Strategy, **kwargs):
+        super().__init__(deadline, **kwargs)
         self.strategy = strategy
 
     def _check(self):
         if self.deadline is None:  # the same on every worker: the plan's time limit
             return
-        past = tf.constant(1.0 if time.monotonic() >= self.deadline else 0.0)
+        past = tf.constant(1.0 if self.past() else 0.0)  # each worker's own clock and reserve
         if float(self.strategy.reduce("SUM", past, axis=None)) > 0:
             self.triggered = True
             self.model.stop_training = True
 
 
-def time_limit_for(deadline: float | None) -> TimeLimit:
+def time_limit_for(
+    deadline: float | None, *, accumulation_steps: int = 1, val_batches: int = 0
+) -> TimeLimit:
     """`TimeLimit`, agreed across workers when the current strategy has several."""
     strategy = tf.distribute.get_strategy()
-    return (
-        AgreedTimeLimit(deadline, strategy) if _num_workers(strategy) > 1 else TimeLimit(deadline)
-    )
+    kw = {"accumulation_steps": accumulation_steps, "val_batches": val_batches}
+    if _num_workers(strategy) > 1:
+        return AgreedTimeLimit(deadline, strategy, **kw)
+    return TimeLimit(deadline, **kw)
 
 
 # -- the learning rate for a larger global batch ------------------------------------------

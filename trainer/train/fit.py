@@ -343,7 +343,11 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
     guard = MemoryGuard(_host_budget(plan))
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
-    time_limit = time_limit_for(deadline)  # agreed across workers (docs/distributed.md)
+    # Agreed across workers (docs/distributed.md); stops early enough for the last
+    # validation pass and checkpoint to end by the deadline (callbacks.TimeLimit).
+    time_limit = time_limit_for(
+        deadline, accumulation_steps=plan.accumulation_steps, val_batches=bundle.val_steps
+    )
     stopped_by = "epochs"
     t0 = time.monotonic() - float(state.get("wall_time_s", 0.0))
     lr_deadline = deadline_schedule(plan, t0, deadline, bundle.val_steps)  # None: plateau
@@ -409,6 +413,8 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             model.load_weights(str(run.best_path))
     metrics = run_summary(plan, bundle, state, throughput, stopped_by, steps, monitor)
     metrics["lr_schedule"] = schedule_kind(plan)
+    # Updates made in this process (a resumed run counts from its resume).
+    metrics["optimizer_updates"] = time_limit.micro_batches // time_limit.k
     if lr_deadline is not None:  # when plateau early stopping would have ended it
         metrics["optimizer_updates"] = lr_deadline.updates
         metrics["early_stopping_would_stop_epoch"] = would_stop

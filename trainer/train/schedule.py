@@ -29,6 +29,7 @@ from collections.abc import Callable
 import keras
 
 from trainer.plan import Plan
+from trainer.train.callbacks import TimeLimit
 
 
 def schedule_kind(plan: Plan) -> str:
@@ -71,11 +72,13 @@ def deadline_factor(share: float, warmup: float) -> float:
     return (1.0 - share) / (1.0 - warmup)
 
 
-class DeadlineSchedule(keras.callbacks.Callback):
+class DeadlineSchedule(TimeLimit):
     """Learning rate from the elapsed share of the time budget; stops when it reaches 0.
 
     One instance serves a whole run (the frozen and the fine-tuning phase: the phase's
-    base learning rate is set with `set_base_lr`, the clock runs on).
+    base learning rate is set with `set_base_lr`, the clock runs on). The schedule ends
+    where `TimeLimit` stops training (the deadline less one validation pass and the
+    epoch's tail), so the rate reaches 0 at the last update.
 
     Args:
         origin: `clock()` value at which training started (the schedule's share 0).
@@ -99,45 +102,15 @@ class DeadlineSchedule(keras.callbacks.Callback):
         val_batches: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        super().__init__()
-        self.origin, self.deadline, self.base_lr = origin, deadline, base_lr
-        self.k, self.warmup, self.val_batches = max(1, accumulation_steps), warmup, val_batches
-        self.clock = clock
-        self.micro_batches = 0  # seen in this process, for the update boundaries
+        super().__init__(
+            deadline, accumulation_steps=accumulation_steps, val_batches=val_batches, clock=clock
+        )
+        self.origin, self.base_lr, self.warmup = origin, base_lr, warmup
         self.updates = 0
-        self.triggered = False
-        self.val_seconds: float | None = None  # the latest validation pass
-        self.tail_seconds = 0.0  # end-of-epoch work after validation (checkpoints)
-        self._step_seconds: list[float] = []
-        self._t: dict[str, float] = {}
 
     def set_base_lr(self, lr: float) -> None:
         """The base learning rate of the phase that starts next."""
         self.base_lr = lr
-
-    # -- the reserve for the final validation and checkpoint ---------------------------
-
-    def reserve_seconds(self) -> float:
-        """Seconds kept free before the deadline: one validation pass plus the epoch's tail.
-
-        Measured once a validation pass ran; before that, `val_batches` forward passes
-        at the median training-step time (a training step costs about 3 forward passes,
-        so this over-reserves until the first measurement).
-        """
-        if self.val_seconds is not None:
-            return self.val_seconds + self.tail_seconds
-        return self.val_batches * self._median_step()
-
-    def _median_step(self) -> float:
-        """The median of the latest training-step times (the trace excluded); 0 before any."""
-        if not self._step_seconds:
-            return 0.0
-        steps = sorted(self._step_seconds)
-        return steps[len(steps) // 2]
-
-    def update_seconds(self) -> float:
-        """One optimizer update's expected seconds: k x the median step time (0 unmeasured)."""
-        return self.k * self._median_step()
 
     def end(self) -> float:
         """`clock()` value at which the learning rate reaches 0."""
@@ -151,14 +124,8 @@ class DeadlineSchedule(keras.callbacks.Callback):
     def learning_rate(self) -> float:
         return self.base_lr * deadline_factor(self.share(), self.warmup)
 
-    # -- Keras hooks ---------------------------------------------------------------
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if "epoch_end" in self._t:
-            self.tail_seconds = self.clock() - self._t.pop("epoch_end")
-
     def on_train_batch_begin(self, batch, logs=None):
-        self._t["step"] = self.clock()
+        super().on_train_batch_begin(batch, logs)
         if self.micro_batches % self.k != self.k - 1:
             return  # not the micro-batch whose step applies the update
         # Keras' optimizer reads the rate when it applies the accumulated gradients, at
@@ -166,26 +133,8 @@ class DeadlineSchedule(keras.callbacks.Callback):
         self.model.optimizer.learning_rate = self.learning_rate()
         self.updates += 1
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.micro_batches += 1
-        if "step" in self._t and self.micro_batches > 1:  # the first traces the graph
-            self._step_seconds = [*self._step_seconds[-49:], self.clock() - self._t["step"]]
-        if self.micro_batches % self.k == 0 and self.clock() + self.update_seconds() > self.end():
-            # The next update would end past the schedule's end: stop after this one, so
-            # the run ends before the deadline by less than an update, never after it by
-            # up to one (an update is k micro-batches: tens of seconds on a slow CPU).
-            self.triggered = True
-            self.model.stop_training = True
-
-    def on_test_begin(self, logs=None):
-        self._t["test"] = self.clock()
-
-    def on_test_end(self, logs=None):
-        if "test" in self._t:
-            self.val_seconds = self.clock() - self._t.pop("test")
-
     def on_epoch_end(self, epoch, logs=None):
-        self._t["epoch_end"] = self.clock()
+        super().on_epoch_end(epoch, logs)
         if logs is not None:
             logs["updates"] = float(self.updates)
 
