@@ -23,6 +23,8 @@ def fake_exit(monkeypatch):
         raise Exited(code)
 
     monkeypatch.setattr(os, "_exit", _exit)
+    # The real one would close this process's log handlers: os._exit is faked here.
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
 
 
 def test_without_tensorflow_it_exits_as_usual(monkeypatch, fake_exit):
