@@ -134,6 +134,13 @@ def fit_priors(rows: list[dict], objective=None) -> dict:
     }
 
 
+def fits_per_set(rows: list[dict], mask_sets: list[str]) -> dict[str, dict]:
+    """`fit_priors` per mask set, and over all of them (`"all"`)."""
+    fits = {m: fit_priors([r for r in rows if r["masks"] == m]) for m in mask_sets}
+    fits["all"] = fit_priors(rows)
+    return fits
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_args(parser)
@@ -150,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.refit:
         doc = json.loads(args.refit.read_text())
-        fits = {
-            m: fit_priors([r for r in doc["runs"] if r["masks"] == m])
-            for m in doc["relative_test_dice"]
-        }
-        fits["all"] = fit_priors(doc["runs"])
-        print(json.dumps(fits, indent=2))
+        print(json.dumps(fits_per_set(doc["runs"], list(doc["relative_test_dice"])), indent=2))
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"masks": masks, "seed": seed, "candidate": name, **row})
                 print(f"  test Dice {row['test_dice']:.4f}", flush=True)
     table = {m: relative([r for r in rows if r["masks"] == m]) for m in mask_sets}
-    fits = {m: fit_priors([r for r in rows if r["masks"] == m]) for m in mask_sets}
-    fits["all"] = fit_priors(rows)
+    fits = fits_per_set(rows, mask_sets)
     doc = {
         "what": "each candidate trained for the same wall time; test Dice relative to the best",
         "command": " ".join(["python", "benchmarks/backbones.py", *(argv or sys.argv[1:])]),

@@ -82,9 +82,8 @@ def train_and_score(plan, run_dir: Path, test: Path, images: str, masks: str) ->
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    counter = _micro_batch_counter()
     t0 = time.monotonic()
-    result = train(plan, run_dir, callbacks=[counter])
+    result = train(plan, run_dir)
     train_s = time.monotonic() - t0
     scores = evaluate(run_dir, test, images=images, masks=masks)
     m = result.metrics
@@ -97,28 +96,13 @@ def train_and_score(plan, run_dir: Path, test: Path, images: str, masks: str) ->
         "epochs": m.get("epochs"),
         "stopped_by": m.get("stopped_by"),
         "lr_schedule": m.get("lr_schedule"),
-        # The deadline schedule counts its updates; otherwise micro-batches / accumulation.
-        "optimizer_updates": m.get("optimizer_updates")
-        or counter.micro_batches // max(1, plan.accumulation_steps),
+        "optimizer_updates": m.get("optimizer_updates"),  # recorded by every run
         "early_stopping_would_stop_epoch": m.get("early_stopping_would_stop_epoch"),
         "learning_rate_per_epoch": [r.get("learning_rate") for r in history],
         "val_dice_per_epoch": [r.get("val_dice") for r in history],
         "train_wall_s": round(train_s, 1),
         "test_images": scores["images"],
     }
-
-
-def _micro_batch_counter():
-    """A Keras callback counting the training micro-batches a run made."""
-    import keras
-
-    class Counter(keras.callbacks.Callback):
-        micro_batches = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.micro_batches += 1
-
-    return Counter()
 
 
 def quick_subset(root: Path, images: str, masks: list[str], n: int, out: Path) -> Path:
