@@ -70,8 +70,7 @@ def time_factor(epochs: int, updates: int | None, objective=None) -> float:
     from planner.search import updates as upd
 
     obj = objective or presets.DEFAULT_OBJECTIVE
-    factor = min(1.0, max(epochs, 0) / obj.epochs_wanted) ** obj.time_exponent
-    return factor * upd.updates_factor(updates, obj)
+    return upd.epochs_factor(epochs, obj) * upd.updates_factor(updates, obj)
 
 
 def fit_priors(rows: list[dict], objective=None) -> dict:

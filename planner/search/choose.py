@@ -375,7 +375,7 @@ def _with_time(e, obj, time_budget_s, count_s, n, native_hw, replicas=1) -> Eval
         possible, factor = obj.max_epochs, 1.0
     else:
         possible = math.floor(time_budget_s / epoch_s) if epoch_s > 0 else obj.max_epochs
-        factor = min(1.0, possible / obj.epochs_wanted) ** obj.time_exponent
+        factor = updates.epochs_factor(possible, obj)
     bought, bound = None, False
     if count_s is not None:
         per_epoch = steps // e.accumulation_steps

@@ -48,6 +48,11 @@ def updates_in(time_s: float, epoch_s: float, updates_per_epoch: int, max_epochs
     return math.floor(epochs * updates_per_epoch)
 
 
+def epochs_factor(epochs: int, obj: Objective) -> float:
+    """min(1, epochs / epochs_wanted) ** time_exponent: the score's share for the epochs bought."""
+    return min(1.0, max(epochs, 0) / obj.epochs_wanted) ** obj.time_exponent
+
+
 def updates_factor(updates: int | None, obj: Objective) -> float:
     """min(1, updates / updates_wanted) ** updates_exponent; 1 without a time budget."""
     if updates is None:

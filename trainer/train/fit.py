@@ -345,12 +345,14 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
     # Agreed across workers (docs/distributed.md); stops early enough for the last
     # validation pass and checkpoint to end by the deadline (callbacks.TimeLimit).
-    time_limit = time_limit_for(
-        deadline, accumulation_steps=plan.accumulation_steps, val_batches=bundle.val_steps
-    )
     stopped_by = "epochs"
     t0 = time.monotonic() - float(state.get("wall_time_s", 0.0))
     lr_deadline = deadline_schedule(plan, t0, deadline, bundle.val_steps)  # None: plateau
+    # One clock: the deadline schedule is itself a TimeLimit (it stops where its rate
+    # reaches 0); plan validation keeps it to single-worker runs, so nothing to agree on.
+    time_limit = lr_deadline or time_limit_for(
+        deadline, accumulation_steps=plan.accumulation_steps, val_batches=bundle.val_steps
+    )
     would_stop = None
     for name, start, end, lr in phases:
         if end <= done:
@@ -388,17 +390,17 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
                 throughput,  # puts images_per_s and peak_memory_bytes in the epoch's logs
                 tensorboard_callback(run.path),  # so TensorBoard writes them (tracking.py)
                 EpochLog(plan.epochs, deadline),  # the LR used this epoch: before rlrop
-                rlrop if lr_deadline is None else lr_deadline,
+                rlrop if lr_deadline is None else lr_deadline,  # also the time limit
                 es,
                 wall,
                 ckpt,
-                time_limit,
+                *([time_limit] if lr_deadline is None else []),
                 guard,
                 *callbacks,
             ],
         )
         done = int(state.get("epochs_done", done))
-        if time_limit.triggered or (lr_deadline is not None and lr_deadline.triggered):
+        if time_limit.triggered:
             stopped_by = "time_limit"
             break
         if name != "frozen":
@@ -416,7 +418,6 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     # Updates made in this process (a resumed run counts from its resume).
     metrics["optimizer_updates"] = time_limit.micro_batches // time_limit.k
     if lr_deadline is not None:  # when plateau early stopping would have ended it
-        metrics["optimizer_updates"] = lr_deadline.updates
         metrics["early_stopping_would_stop_epoch"] = would_stop
     account = next((c for c in callbacks if isinstance(c, TimeAccount)), None)
     if account is not None:  # where the budget's time went (time_account.py)
