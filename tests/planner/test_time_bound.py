@@ -72,7 +72,13 @@ def _sizes(made, backbone):
 BUDGET_S = 300.0
 
 
-def test_a_candidate_that_cannot_win_in_the_time_budget_is_not_measured(data_dir, calls):
+def test_a_candidate_that_cannot_win_in_the_time_budget_is_not_measured(
+    data_dir, calls, monkeypatch
+):
+    # The mechanism, with priors 0.86 against 0.95 (the judgement before stop 25): with
+    # today's measured 0.69 no step-time ratio the bound allows (1.7x at 0.8x) keeps
+    # efficientnet_b0 below mobilenet_v3_small, so it is always measured.
+    monkeypatch.setitem(presets.DEFAULT_OBJECTIVE.backbone_prior, "mobilenet_v3_small", 0.86)
     result = make_plan(
         data_dir,
         backbones=["efficientnet_b0", "mobilenet_v3_small"],
