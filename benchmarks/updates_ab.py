@@ -11,7 +11,8 @@ P`, e.g. written by `fitplan plan`; default mobilenet_v3_small 256x256 on epfl-e
 mitochondria) at effective batch B (`--batches`, default 16,8,4): micro-batch min(B,
 `--micro-batch`) with accumulation to B, `optimizer.lr_scaling` "sqrt" with reference 16
 (the planner's rule; at 16 the rate is as written), `time_limit_s` = minutes x 60 and the
-plan's schedule (the deadline schedule under a time limit). Every seed trains every arm,
+plan's schedule (`lr_schedule.kind` "auto": ReduceLROnPlateau since stop 21, as under
+`train --auto`; the deadline schedule with `--plan` naming it). Every seed trains every arm,
 one after the other, each scored on the test split (`--test`, never seen in training).
 
 Which arm the planner takes: after the runs, the planner's choice
