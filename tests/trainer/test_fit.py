@@ -156,7 +156,16 @@ def test_resume_after_kill_9_continues_from_last_epoch(tmp_path, data_dir):
     save_plan(_plan(data_dir, epochs=4, steps_per_epoch=8), plan_path)
     out = tmp_path / "run"
     child = subprocess.Popen(
-        [sys.executable, "-m", "planner.app.cli", "train", "--plan", str(plan_path), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "planner.app.cli",
+            "train",
+            "--plan",
+            str(plan_path),
+            "--out",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
