@@ -29,6 +29,7 @@ DATASET_EVIDENCE = (
     "classes",
     "mask_values",
     "decoded_bytes",
+    "mask_decoded_bytes",
     "total_bytes",
     "digest",
 )
@@ -280,6 +281,23 @@ def _evidence(
     }
 
 
+def cache_bytes(fp: dict[str, Any]) -> int:
+    """What the trainer's in-RAM cache of every pair holds (`trainer.data.pipeline`: the
+    decoded images as float32, the masks as class indices, uint8 up to 256 classes).
+
+    The scan's `decoded_bytes` counts one byte per image channel and per mask pixel,
+    `mask_decoded_bytes` the masks' part. A fingerprint without the latter (scanned
+    before stop 26) is bounded as before: every byte x 4.
+    """
+    decoded = int(fp.get("decoded_bytes") or 0)
+    masks = fp.get("mask_decoded_bytes")
+    if masks is None:
+        return decoded * presets.CACHE_BYTES_PER_IMAGE_BYTE
+    masks = int(masks)
+    per_mask = 1 if len(fp.get("mask_values") or ()) <= 256 else 4
+    return (decoded - masks) * presets.CACHE_BYTES_PER_IMAGE_BYTE + masks * per_mask
+
+
 def cache_decision(
     fp: dict[str, Any], choice: Choice, budget: dict[str, Any] | None = None
 ) -> tuple[str, int]:
@@ -288,8 +306,7 @@ def cache_decision(
     The cache is host RAM: on a CPU it shares the budget with the run; on a GPU it
     comes out of the host budget beside the GPU (`host_spare_bytes`), never the GPU's.
     """
-    # The scan counts 8-bit channels; the trainer caches float32 images.
-    decoded = int(fp.get("decoded_bytes") or 0) * presets.CACHE_BYTES_PER_DECODED_BYTE
+    decoded = cache_bytes(fp)
     if budget is not None and budget.get("device") == "gpu":
         from planner.hardware.budget import host_spare_bytes
 

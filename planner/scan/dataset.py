@@ -126,6 +126,7 @@ def scan(
         "masks_decoded": sum(1 for _, _, mk in good if mk.levels is not None),
         "total_bytes": sum(f.size_bytes for f in all_files),
         "decoded_bytes": sum(decoded_bytes(im) + mk.height * mk.width for _, im, mk in good),
+        "mask_decoded_bytes": sum(mk.height * mk.width for _, _, mk in good),
         "files": len(all_files),
         "digest": _digest([(rel(f.path), f) for f in all_files]),
     }

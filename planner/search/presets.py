@@ -118,12 +118,16 @@ MAX_MICRO_BATCH = 64
 # BatchNorm: 0.29-0.38 GiB). An empirical term fitted on those runs, not derived
 # (docs/planning.md, "Measured on epfl-em"); it grows a little with the micro-batch,
 # which the headroom covers. A cache of decoded pairs (plan data.cache = "memory") comes
-# on top (`CACHE_BYTES_PER_DECODED_BYTE`). GPU: the pipeline lives in host RAM, outside
+# on top (`build.cache_bytes`). GPU: the pipeline lives in host RAM, outside
 # the allocator peak the plan predicts; not measured, so 0.
 TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.5 * GIB), "gpu": 0}
-# The trainer caches images as float32 (4 bytes per decoded 8-bit channel) and masks as
-# uint8; the scan's `decoded_bytes` counts 8-bit channels. 4 bounds it (alpha is dropped).
-CACHE_BYTES_PER_DECODED_BYTE = 4
+# The trainer caches images as float32: 4 bytes per decoded 8-bit channel (the scan's
+# count; a 16-bit sample is counted once and also takes 4; alpha is counted, not kept).
+# Masks are cached as class indices, 1 byte each up to 256 classes (`build.cache_bytes`).
+# Until stop 26 every byte, masks included, counted 4: on epfl-em (768x1024 grey) that
+# predicted 267 MiB for a cache the run held in about 101 MiB (`train --auto` on
+# mitochondria: epoch peaks 155-209 MiB over the verification run, the growth included).
+CACHE_BYTES_PER_IMAGE_BYTE = 4
 
 # Analytic estimate (no TensorFlow), used only to prune what cannot fit at micro-batch 1.
 # Runtime overhead: peak RSS at micro-batch 0 minus 16 bytes per parameter, measured

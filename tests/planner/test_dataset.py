@@ -43,6 +43,7 @@ def test_demo_set_scans_clean(demo):
     assert fp["image_size"]["histogram"] == {"32x48": 6}
     assert fp["image_size"]["median"] == [32, 48]
     assert fp["decoded_bytes"] == 6 * (32 * 48 * 3 + 32 * 48)
+    assert fp["mask_decoded_bytes"] == 6 * 32 * 48
     assert fp["total_bytes"] == sum(p.stat().st_size for p in demo.rglob("*.png"))
     assert fp["digest"].startswith("sha256:") and len(fp["digest"]) == 7 + 64
     assert fp["files"] == 12 and fp["files_per_s"] > 0

@@ -1,0 +1,67 @@
+"""The planner's in-RAM cache figure (`planner.build.cache_bytes`, from the scan) against
+what the trainer's pipeline really caches: each pair as `_loader` yields it, before the
+`tf.data` cache (`trainer.data.pipeline`). Grey images stay one channel until their crop
+is cut; masks are uint8 class indices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from planner.app.demo import make_demo_dataset
+from planner.build import cache_bytes
+from planner.scan import dataset
+from planner.search import presets
+
+
+def _grey_set(root, n=4, hw=(40, 56)):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        img = rng.integers(0, 256, hw, dtype=np.uint8)
+        Image.fromarray(img, "L").save(root / "images" / f"p{i}.png")
+        Image.fromarray(np.where(img > 128, 255, 0).astype(np.uint8), "L").save(
+            root / "masks" / f"p{i}.png"
+        )
+    return root
+
+
+def _trainer_cached_bytes(root) -> int:
+    """Bytes of every pair as the trainer's loader yields it into `ds.cache()`."""
+    import tensorflow as tf
+
+    from trainer.data import pipeline
+    from trainer.data.decode import mask_lut
+    from trainer.plan import DataSpec
+
+    data = DataSpec(path=str(root), mask_values=[0, 255], cache="memory")
+    pairs, infos = pipeline._find(str(root), data)
+    meta = pipeline._inspect(pairs, infos, 1.0, None)
+    load = pipeline._loader(meta, mask_lut([0, 255], None), data)
+    total = 0
+    for i in range(len(pairs)):
+        image, mask = load(tf.constant(i, tf.int64))
+        total += image.numpy().nbytes + mask.numpy().nbytes
+    return total
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgb"])
+def test_the_planned_cache_is_what_the_trainer_caches(tmp_path, kind):
+    root = tmp_path / kind
+    if kind == "grey":
+        _grey_set(root)
+    else:
+        make_demo_dataset(root, n=4, size=(40, 56), seed=0)
+    fp = dataset.scan(root)
+    assert cache_bytes(fp) == _trainer_cached_bytes(root)
+
+
+def test_a_fingerprint_without_the_mask_figure_keeps_the_old_bound():
+    fp = {"decoded_bytes": 1000, "mask_values": [0, 255]}
+    assert cache_bytes(fp) == 1000 * presets.CACHE_BYTES_PER_IMAGE_BYTE
+    fp["mask_decoded_bytes"] = 200
+    assert cache_bytes(fp) == 800 * presets.CACHE_BYTES_PER_IMAGE_BYTE + 200
+    fp["mask_values"] = list(range(300))  # more than 256 classes: int32 indices
+    assert cache_bytes(fp) == 800 * presets.CACHE_BYTES_PER_IMAGE_BYTE + 200 * 4
