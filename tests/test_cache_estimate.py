@@ -1,7 +1,7 @@
 """The planner's in-RAM cache figure (`planner.build.cache_bytes`, from the scan) against
-what the trainer's pipeline really caches: each pair as `_loader` yields it, before the
+what the trainer's pipeline really caches: each pair as `_loader` yields it, into the
 `tf.data` cache (`trainer.data.pipeline`). Grey images stay one channel until their crop
-is cut; masks are uint8 class indices."""
+is cut, alpha is dropped, masks are uint8 class indices."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from planner.scan import dataset
 from planner.search import presets
 
 
-def _grey_set(root, n=4, hw=(40, 56)):
+def _set(root, mode, n=4, hw=(40, 56)):
+    """`n` pairs whose images are PNGs in `mode` (L, LA or RGBA), binary masks."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     for i in range(n):
         img = rng.integers(0, 256, hw, dtype=np.uint8)
-        Image.fromarray(img, "L").save(root / "images" / f"p{i}.png")
+        Image.fromarray(img, "L").convert(mode).save(root / "images" / f"p{i}.png")
         Image.fromarray(np.where(img > 128, 255, 0).astype(np.uint8), "L").save(
             root / "masks" / f"p{i}.png"
         )
@@ -47,13 +48,15 @@ def _trainer_cached_bytes(root) -> int:
     return total
 
 
-@pytest.mark.parametrize("kind", ["grey", "rgb"])
+@pytest.mark.parametrize("kind", ["L", "LA", "RGBA", "demo"])
 def test_the_planned_cache_is_what_the_trainer_caches(tmp_path, kind):
+    """Grey with and without alpha (epfl-em's slices are LA and RGBA PNGs), RGBA and the
+    demo set's RGB: alpha is dropped, grey stays one channel."""
     root = tmp_path / kind
-    if kind == "grey":
-        _grey_set(root)
-    else:
+    if kind == "demo":
         make_demo_dataset(root, n=4, size=(40, 56), seed=0)
+    else:
+        _set(root, kind)
     fp = dataset.scan(root)
     assert cache_bytes(fp) == _trainer_cached_bytes(root)
 

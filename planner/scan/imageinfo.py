@@ -41,8 +41,9 @@ _EXT_FORMATS = {
     ".tiff": "TIFF",
 }
 _MODE_DEPTH = {"1": 1, "I": 32, "F": 32}
-# uint8 bands once decoded for training: a palette expands to RGB.
-_DECODED_BANDS = {"P": 3, "PA": 4}
+# Channels once decoded for training (`trainer.data.decode`): grey, with or without alpha,
+# is one; anything else is three (alpha dropped; a palette, bilevel or CMYK as RGB).
+_DECODED_BANDS = {"P": 3, "PA": 3, "1": 3}
 
 
 @dataclass
@@ -130,7 +131,8 @@ def _check(info: FileInfo, data: bytes | None, values: bool, palette: np.ndarray
     im = open_header(src)
     info.format, info.mode = im.format, im.mode
     info.width, info.height = im.size
-    info.bands = _DECODED_BANDS.get(im.mode, len(im.getbands()))
+    bands = len(im.getbands())
+    info.bands = _DECODED_BANDS.get(im.mode, 1 if bands <= 2 else 3)
     info.bit_depth = _bit_depth(im, data)
     expected = _EXT_FORMATS.get(info.path.suffix.lower())
     if expected and info.format not in (expected, "MPO" if expected == "JPEG" else expected):
@@ -153,5 +155,5 @@ def _bit_depth(im: Image.Image, data: bytes | None) -> int:
 
 
 def decoded_bytes(info: FileInfo) -> int:
-    """uint8 bytes this file takes once decoded at native size."""
+    """Bytes this file takes decoded at native size, one per channel the trainer keeps."""
     return info.height * info.width * max(info.bands, 1)

@@ -121,11 +121,11 @@ MAX_MICRO_BATCH = 64
 # on top (`build.cache_bytes`). GPU: the pipeline lives in host RAM, outside
 # the allocator peak the plan predicts; not measured, so 0.
 TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.5 * GIB), "gpu": 0}
-# The trainer caches images as float32: 4 bytes per decoded 8-bit channel (the scan's
-# count; a 16-bit sample is counted once and also takes 4; alpha is counted, not kept).
+# The trainer caches images as float32: 4 bytes per decoded channel (the scan's count:
+# alpha dropped, grey one channel; a 16-bit sample is counted once and also takes 4).
 # Masks are cached as class indices, 1 byte each up to 256 classes (`build.cache_bytes`).
-# Until stop 26 every byte, masks included, counted 4: on epfl-em (768x1024 grey) that
-# predicted 267 MiB for a cache the run held in about 101 MiB (`train --auto` on
+# Until stop 26 every byte, masks and alpha included, counted 4: on epfl-em (768x1024, 23
+# LA and 4 RGBA slices) that predicted 267 MiB for a cache of 125 MiB (`train --auto` on
 # mitochondria: epoch peaks 155-209 MiB over the verification run, the growth included).
 CACHE_BYTES_PER_IMAGE_BYTE = 4
 
