@@ -77,18 +77,21 @@ VERIFY_TIMEOUT_S = 600.0
 # nine plans (epfl-em, the demo set, 12-class RGB at 3/4/6 GiB); long runs +6.8% (epfl-em,
 # 3 epochs), +8.4% (epfl-em, 20 minutes, 4 epochs), +9.1% (demo, 10 epochs), +11.4%
 # (epfl-em 4 GiB, efficientnet_b0 384 4 x 4, 20 minutes, 6 epochs: 3720, 3824, 3926 MB,
-# then flat; 2026-12-03, stop 20).
+# then flat; 2026-12-03, stop 20), +13.2% (epfl-em 4 GiB, efficientnet_b0 256 4 x 1 in RAM,
+# 20 minutes, 7 epochs: 2182, 2243, 2249, 2291 MiB x4 over a 1914 MiB verification run and
+# a 125 MiB cache; 2026-12-04, stop 26).
 # Two figures, because one cannot be both a prediction and a guarantee:
 # - RUN_GROWTH, the expected rise: `prediction.peak_bytes` = run peak x (1 + 0.07), the
-#   middle of that spread (+2..+11.4%), so the prediction is within 5% of a one-epoch
-#   peak (+0.4..+4.9%) and of a long run's highest (-3.9..+0.2%) alike. It was 0.05
-#   until the 20-minute run above came out 5.7% over it.
+#   middle of that spread (+2..+13.2%), so the prediction is within 5% of a one-epoch
+#   peak (+0.4..+4.9%) and of a long run's highest (-5.2..+0.2%) nearly alike. It was
+#   0.05 until the 20-minute run above came out 5.7% over it.
 # - RUN_GROWTH_BOUND, the highest rise measured plus a point: `prediction.bound_bytes`.
-#   The verification run is held to budget / (1 + RUN_GROWTH_BOUND) (88.9%) or the
+#   It was 0.125 (from +11.4%) until stop 26's 20-minute run rose +13.2%, 0.5% over it.
+#   The verification run is held to budget / (1 + RUN_GROWTH_BOUND) (87.3%) or the
 #   user's headroom if wider (`verified_headroom`), so the bound stays inside the budget:
 #   what keeps a long run under it.
 RUN_GROWTH = 0.07
-RUN_GROWTH_BOUND = 0.125
+RUN_GROWTH_BOUND = 0.145
 
 
 def verified_headroom(headroom: float) -> float:

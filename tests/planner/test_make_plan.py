@@ -211,7 +211,8 @@ def test_a_micro_batch_that_does_not_divide_the_effective_batch_scales_the_rate(
 
     gib = 2**30
     line = lambda m: 2 * gib + 0.5 * gib * m  # noqa: E731
-    _fake_children(monkeypatch, line, lambda m: line(m) + gib // 2)
+    # the verification run: 9 -> 6.9 GiB, under 8 GiB / (1 + RUN_GROWTH_BOUND)
+    _fake_children(monkeypatch, line, lambda m: line(m) + 0.4 * gib)
     plan = make_plan(data_dir, backbones=["unet_small"], sizes=[32], use_cache=False).plan
     assert 16 % plan.micro_batch != 0 and plan.effective_batch > 16
     assert (plan.optimizer.lr_scaling, plan.optimizer.reference_batch) == ("sqrt", 16)
@@ -340,7 +341,7 @@ def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch
 
     def fake_measure_one(spec, size, **kw):
         specs.append((size, spec))
-        return TrialResult("ok", size, peak_bytes=int(1.32 * gib), step_time_s=0.3)
+        return TrialResult("ok", size, peak_bytes=int(1.29 * gib), step_time_s=0.3)
 
     monkeypatch.setattr(vc, "measure_one", fake_measure_one)
     m = CandidateMeasurement(Candidate("unet_small", (64, 64)), trials=trials)
@@ -351,7 +352,7 @@ def test_a_plan_with_accumulation_is_verified_with_that_accumulation(monkeypatch
     [(size, spec)] = specs
     assert size == 4 and spec.target_args["plan"]["accumulation_steps"] == 4
     assert spec.target_args["updates"] >= 2  # each update is 4 micro-batches
-    assert [(s.action, s.peak_bytes) for s in steps] == [("accepted", int(1.32 * gib))]
+    assert [(s.action, s.peak_bytes) for s in steps] == [("accepted", int(1.29 * gib))]
 
 
 def test_a_size_between_is_measured_when_the_second_trial_size_runs_out_of_memory():
