@@ -31,21 +31,9 @@ def _set(root, mode, n=4, hw=(40, 56)):
 
 def _trainer_cached_bytes(root) -> int:
     """Bytes of every pair as the trainer's loader yields it into `ds.cache()`."""
-    import tensorflow as tf
+    from benchmarks.cache_rss import child
 
-    from trainer.data import pipeline
-    from trainer.data.decode import mask_lut
-    from trainer.plan import DataSpec
-
-    data = DataSpec(path=str(root), mask_values=[0, 255], cache="memory")
-    pairs, infos = pipeline._find(str(root), data)
-    meta = pipeline._inspect(pairs, infos, 1.0, None)
-    load = pipeline._loader(meta, mask_lut([0, 255], None), data)
-    total = 0
-    for i in range(len(pairs)):
-        image, mask = load(tf.constant(i, tf.int64))
-        total += image.numpy().nbytes + mask.numpy().nbytes
-    return total
+    return child("memory", str(root), "masks", "images")["tensor_bytes"]
 
 
 @pytest.mark.parametrize("kind", ["L", "LA", "RGBA", "demo"])
