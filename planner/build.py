@@ -294,6 +294,8 @@ def cache_bytes(fp: dict[str, Any]) -> int:
     if masks is None:
         return decoded * presets.CACHE_BYTES_PER_IMAGE_BYTE
     masks = int(masks)
+    # The twin of `trainer.data.decode.mask_lut`'s uint8-or-int32 rule (TensorFlow is not
+    # imported here); an ignore value above 255 (int32 there) is not known at this point.
     per_mask = 1 if len(fp.get("mask_values") or ()) <= 256 else 4
     return (decoded - masks) * presets.CACHE_BYTES_PER_IMAGE_BYTE + masks * per_mask
 

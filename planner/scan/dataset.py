@@ -104,6 +104,7 @@ def scan(
     )
     notes += values.pop("notes")
     all_files = [f for pair in checked for f in pair] + loose
+    mask_bytes = sum(mk.height * mk.width for _, _, mk in good)  # 1 byte per mask pixel
     fp: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
         "root": str(root.resolve()),
@@ -125,8 +126,8 @@ def scan(
         **values,
         "masks_decoded": sum(1 for _, _, mk in good if mk.levels is not None),
         "total_bytes": sum(f.size_bytes for f in all_files),
-        "decoded_bytes": sum(decoded_bytes(im) + mk.height * mk.width for _, im, mk in good),
-        "mask_decoded_bytes": sum(mk.height * mk.width for _, _, mk in good),
+        "decoded_bytes": sum(decoded_bytes(im) for _, im, _ in good) + mask_bytes,
+        "mask_decoded_bytes": mask_bytes,
         "files": len(all_files),
         "digest": _digest([(rel(f.path), f) for f in all_files]),
     }
