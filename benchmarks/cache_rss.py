@@ -1,7 +1,7 @@
 """What an in-RAM cache (plan `data.cache = "memory"`) really costs, against the planner's figure.
 
 Each arm is a fresh child process that runs the trainer's own loader
-(`trainer.data.pipeline._loader`: decode, normalise, class indices) over every pair of a
+(`trainer.data.pipeline.decoded_pairs`: decode, normalise, class indices) over every pair of a
 dataset, with `ds.cache()` after it (`memory`) or without (`stream`), for two passes. It
 reports the process's resident set after TensorFlow's start-up and one element, the
 resident set after the two passes and the peak (`VmHWM`), and the bytes of the tensors
@@ -30,14 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 
 
-def child(arm: str, root: str, masks: str, images: str) -> dict:
+def child(arm: str, root: str, masks: str, images: str, ignore_index: int | None = None) -> dict:
     """One arm, in this process (called as the child)."""
     import psutil
-    import tensorflow as tf
 
-    from trainer.data import pipeline
-    from trainer.data.decode import mask_lut
-    from trainer.data.labels import resolve_labels
+    from trainer.data.pipeline import decoded_pairs
     from trainer.plan import DataSpec
     from trainer.train.memory import configure_malloc
 
@@ -49,12 +46,11 @@ def child(arm: str, root: str, masks: str, images: str) -> dict:
                 return int(line.split()[1]) * 1024
         return 0
 
-    data = DataSpec(path=root, images=images, masks=masks, cache="memory")
-    pairs, infos = pipeline._find(root, data)
-    mask_values, ignore = resolve_labels(data, pairs, root, infos)
-    meta = pipeline._inspect(pairs, infos, data.image_scale, None)
-    load = pipeline._loader(meta, mask_lut(mask_values, ignore), data)
-    ds = tf.data.Dataset.range(len(pairs)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    data = DataSpec(
+        path=root, images=images, masks=masks, cache="memory", ignore_index=ignore_index
+    )
+    ds = decoded_pairs(data)
+    pairs = int(ds.cardinality())
     if arm == "memory":
         ds = ds.cache()
     proc = psutil.Process()
@@ -67,7 +63,7 @@ def child(arm: str, root: str, masks: str, images: str) -> dict:
                 nbytes += image.numpy().nbytes + mask.numpy().nbytes
     return {
         "arm": arm,
-        "pairs": len(pairs),
+        "pairs": pairs,
         "tensor_bytes": nbytes,
         "rss_before": rss0,
         "rss_after": proc.memory_info().rss,

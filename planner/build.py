@@ -295,8 +295,11 @@ def cache_bytes(fp: dict[str, Any]) -> int:
         return decoded * presets.CACHE_BYTES_PER_IMAGE_BYTE
     masks = int(masks)
     # The twin of `trainer.data.decode.mask_lut`'s uint8-or-int32 rule (TensorFlow is not
-    # imported here); an ignore value above 255 (int32 there) is not known at this point.
-    per_mask = 1 if len(fp.get("mask_values") or ()) <= 256 else 4
+    # imported here): int32 above 256 classes or when the ignore value (kept as itself in
+    # the class-index mask) does not fit in a byte.
+    ignore = fp.get("ignore_index")
+    small = len(fp.get("mask_values") or ()) <= 256 and (ignore is None or ignore <= 255)
+    per_mask = 1 if small else 4
     return (decoded - masks) * presets.CACHE_BYTES_PER_IMAGE_BYTE + masks * per_mask
 
 

@@ -43,7 +43,7 @@ _EXT_FORMATS = {
 _MODE_DEPTH = {"1": 1, "I": 32, "F": 32}
 # Channels once decoded for training (`trainer.data.decode`): grey, with or without alpha,
 # is one; anything else is three (alpha dropped; a palette, bilevel or CMYK as RGB).
-_DECODED_BANDS = {"P": 3, "PA": 3, "1": 3}
+_DECODED_CHANNELS = {"P": 3, "PA": 3, "1": 3}
 
 
 @dataclass
@@ -58,7 +58,7 @@ class FileInfo:
     height: int = 0
     width: int = 0
     bit_depth: int = 0
-    bands: int = 0
+    channels: int = 0  # channels the trainer keeps once decoded (`_DECODED_CHANNELS`)
     problem: str | None = None
     note: str | None = None
     # Mask value counts as (values, counts), when decoded: sparse, so 100k masks stay small.
@@ -132,7 +132,7 @@ def _check(info: FileInfo, data: bytes | None, values: bool, palette: np.ndarray
     info.format, info.mode = im.format, im.mode
     info.width, info.height = im.size
     bands = len(im.getbands())
-    info.bands = _DECODED_BANDS.get(im.mode, 1 if bands <= 2 else 3)
+    info.channels = _DECODED_CHANNELS.get(im.mode, 1 if bands <= 2 else 3)
     info.bit_depth = _bit_depth(im, data)
     expected = _EXT_FORMATS.get(info.path.suffix.lower())
     if expected and info.format not in (expected, "MPO" if expected == "JPEG" else expected):
@@ -156,4 +156,4 @@ def _bit_depth(im: Image.Image, data: bytes | None) -> int:
 
 def decoded_bytes(info: FileInfo) -> int:
     """Bytes this file takes decoded at native size, one per channel the trainer keeps."""
-    return info.height * info.width * max(info.bands, 1)
+    return info.height * info.width * max(info.channels, 1)

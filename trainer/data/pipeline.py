@@ -220,6 +220,24 @@ def _loader(meta: _Meta, lut: tf.Tensor, data: DataSpec):
     return load
 
 
+def decoded_pairs(data: DataSpec, root: str | Path | None = None) -> tf.data.Dataset:
+    """Every usable pair under `root` (default `data.path`) as training decodes it before
+    `cache()`: `(image, mask)`, the image float32 in the channels it keeps (grey stays one
+    channel, alpha is dropped), the mask as class indices (`mask_lut`: uint8 unless more
+    than 256 classes or an ignore value above 255). One element per pair, not cached.
+
+    What `data.cache == "memory"` keeps of each training pair; `benchmarks/cache_rss.py`
+    and `tests/test_cache_estimate.py` hold the planner's cache figure against it.
+    """
+    root = data.path if root is None else root
+    pairs, infos = _find(root, data)
+    mask_values, ignore = resolve_labels(data, pairs, root, infos)
+    load = _loader(
+        _inspect(pairs, infos, data.image_scale, None), mask_lut(mask_values, ignore), data
+    )
+    return tf.data.Dataset.range(len(pairs)).map(load, num_parallel_calls=AUTOTUNE)
+
+
 def _train_dataset(
     meta: _Meta, lut: tf.Tensor, crops: list[int], plan: Plan, steps: int, batch: int
 ) -> tf.data.Dataset:
