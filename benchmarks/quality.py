@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": list(os.getloadavg()),
         "wall_s": round(time.monotonic() - t0, 1),
         "dice": {arm: arms[arm]["dice"] for arm in arms},
-        "winner": max(arms, key=lambda a: arms[a]["dice"]),
+        "winner": winner(arms),
         "arms": arms,
     }
     write_text(args.out / "quality.json", json.dumps(doc, indent=2) + "\n")
@@ -368,8 +368,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{arm:9s} Dice {a['dice']:.4f} (per-image mean {a['per_image_dice_mean']:.4f}), "
             f"{a['epochs']} epochs, trained {a['train_wall_s']:.0f} s, scored in {a['score_wall_s']:.0f} s"
         )
-    print(f"winner: {doc['winner']}; wrote {args.out / 'quality.json'}")
+    won = doc["winner"] or "none (one arm in this folder; run the other with --arms)"
+    print(f"winner: {won}; wrote {args.out / 'quality.json'}")
     return 0
+
+
+def winner(arms: dict[str, dict]) -> str | None:
+    """The arm with the higher test Dice; `None` with one arm (`--arms`: nothing to beat)."""
+    return max(arms, key=lambda a: arms[a]["dice"]) if len(arms) > 1 else None
 
 
 if __name__ == "__main__":
