@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from planner.request import PlanContext, PlanRequest, overhead_estimate
 from planner.scan.labels import label_fields
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
 from planner.search.finetune import freeze_epochs, plan_weights
 from planner.search.memory_model import VerifyStep
+from trainer.data.masks import mask_index_dtype
 from trainer.errors import FitplanError
 from trainer.plan import Plan
 from trainer.units import gib
@@ -294,12 +297,9 @@ def cache_bytes(fp: dict[str, Any]) -> int:
     if masks is None:
         return decoded * presets.CACHE_BYTES_PER_IMAGE_BYTE
     masks = int(masks)
-    # The twin of `trainer.data.decode.mask_lut`'s uint8-or-int32 rule (TensorFlow is not
-    # imported here): int32 above 256 classes or when the ignore value (kept as itself in
-    # the class-index mask) does not fit in a byte.
-    ignore = fp.get("ignore_index")
-    small = len(fp.get("mask_values") or ()) <= 256 and (ignore is None or ignore <= 255)
-    per_mask = 1 if small else 4
+    # The dtype `trainer.data.decode.mask_lut` gives the cached class-index masks.
+    dtype = mask_index_dtype(len(fp.get("mask_values") or ()), fp.get("ignore_index"))
+    per_mask = np.dtype(dtype).itemsize
     return (decoded - masks) * presets.CACHE_BYTES_PER_IMAGE_BYTE + masks * per_mask
 
 

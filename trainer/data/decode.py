@@ -32,6 +32,7 @@ from trainer.data.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, SAMPLE_PIXEL
 from trainer.data.masks import (
     MAX_CLASSES,
     class_values_from_histogram,
+    mask_index_dtype,
     nearest_class_lut,
     palette_colours,
     palette_indices,
@@ -252,9 +253,8 @@ def mask_lut(mask_values: list[int] | tuple[int, ...], ignore: int | None = None
     `ignore` (a raw value) maps to itself, so ignored pixels keep that value in the
     class-index mask (`nearest_class_lut`).
     """
-    small = len(mask_values) <= 256 and (ignore is None or ignore <= 255)
     lut = nearest_class_lut(list(mask_values), depth=MASK_DEPTH, ignore=ignore)
-    return tf.constant(lut.astype(np.uint8 if small else np.int32))
+    return tf.constant(lut.astype(mask_index_dtype(len(mask_values), ignore)))
 
 
 def to_classes(raw: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:

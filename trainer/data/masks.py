@@ -37,6 +37,14 @@ def default_ignore_index(values: list[int]) -> int | None:
     return None
 
 
+def mask_index_dtype(num_values: int, ignore: int | None = None) -> type[np.integer]:
+    """The dtype of class-index masks (`decode.mask_lut`, what an in-RAM cache holds):
+    uint8 up to 256 classes, int32 above, or when the ignore value (kept as itself in
+    the mask) does not fit in a byte. The planner's cache figure uses it too."""
+    small = num_values <= 256 and (ignore is None or ignore <= 255)
+    return np.uint8 if small else np.int32
+
+
 def resolve_ignore(setting: int | None, values: list[int]) -> int | None:
     """The ignore value in effect: the plan's (`-1`: none) or `default_ignore_index`."""
     if setting is None:
