@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import keras  # this module runs only in the child (the parent names it as a tar
 
 from planner.trials.child import ChildContext, configure_gpu
 from planner.trials.spec import TrialResult, TrialSpec
+from trainer.train.memory import peak_rss_bytes
 
 
 def run(spec: TrialSpec, ctx: ChildContext) -> None:
@@ -68,6 +70,7 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
         "checkpoint_bytes": checkpoint_bytes,
         "seconds": round(time.monotonic() - t0, 2),
         "phases_s": counter.phases(t0),
+        "phase_peak_bytes": counter.phase_peaks(),
         "train_step_s": [round(t, 4) for t in counter.step_times],
     }
     peak = host["peak_bytes"]
@@ -92,11 +95,15 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
 class _Counter(keras.callbacks.Callback):
     """Counts training and validation batches; ends validation after `max_val` batches.
 
-    Also notes when each phase of the run starts (`phases`), to say where its seconds go.
+    Also notes when each phase of the run ends (`phases`), to say where its seconds go,
+    and the process's peak so far at each end (`phase_peaks`, host peak RSS), to say
+    which phase set the peak: the train steps, the validation pass or the checkpoint write.
     """
 
-    def __init__(self, max_val: int):
+    def __init__(self, max_val: int, peak: Callable[[], int | None] = peak_rss_bytes):
         super().__init__()
+        self._peak = peak
+        self._peaks: dict[str, int | None] = {}
         self.max_val = max_val
         self.train_batches = 0
         self.step_times: list[float] = []  # each train batch's seconds, the first included
@@ -106,7 +113,14 @@ class _Counter(keras.callbacks.Callback):
         self._marks: dict[str, float] = {}
 
     def mark(self, name: str) -> None:
-        self._marks.setdefault(name, time.monotonic())
+        if name not in self._marks:
+            self._marks[name] = time.monotonic()
+            self._peaks[name] = self._peak()
+
+    def _update(self, name: str) -> None:
+        """Move mark `name` to now (a phase whose end is its last batch's end)."""
+        self._marks[name] = time.monotonic()
+        self._peaks[name] = self._peak()
 
     def phases(self, t0: float) -> dict[str, float]:
         """Seconds of: start-up (TensorFlow, pipeline, model), the first train step (its
@@ -121,6 +135,17 @@ class _Counter(keras.callbacks.Callback):
                 last = self._marks[mark]
         return out
 
+    def phase_peaks(self) -> dict[str, int]:
+        """The host peak so far (bytes) at the end of each phase reached, by the names of
+        `phases`: where it rises most is the phase that set the run's peak."""
+        order = ["train_begin", "first_step_end", "train_end", "test_end", "end"]
+        names = ["startup", "first_step", "train_steps", "validation", "checkpoint"]
+        return {
+            name: int(self._peaks[mark])
+            for mark, name in zip(order, names, strict=True)
+            if self._peaks.get(mark) is not None
+        }
+
     def on_train_begin(self, logs=None):
         self.mark("train_begin")
 
@@ -133,10 +158,10 @@ class _Counter(keras.callbacks.Callback):
             self.first_step_s = time.monotonic() - self._t
             self.mark("first_step_end")
         self.train_batches += 1
-        self._marks["train_end"] = time.monotonic()  # the last train batch's end
+        self._update("train_end")  # the last train batch's end
 
     def on_test_batch_end(self, batch, logs=None):
         self.val_batches += 1
-        self._marks["test_end"] = time.monotonic()
+        self._update("test_end")
         if self.val_batches >= self.max_val:
             self.model.stop_evaluating = True  # Keras 3: ends this evaluation pass

@@ -2,11 +2,11 @@
 
     python -m tests.faults.slow_writer MARKER NAME fitplan-arguments...
 
-When a checkpoint's bytes (`trainer.train.run_dir`: HDF5 writes into memory, then one
-`Path.write_bytes` puts them on disk) go to a file whose name contains NAME, only the
-first half is written (what a kill during the write leaves on disk), MARKER is written
-with the file's path, and the writer stalls until the test kills the process. Every
-other write is untouched.
+When a checkpoint (`trainer.train.run_dir.write_weights`: HDF5 writes straight into a
+temporary file) goes to a file whose name contains NAME, the file is left with only its
+first half (what a kill during the write leaves on disk), MARKER is written with the
+file's path, and the writer stalls until the test kills the process. Every other write
+is untouched.
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from pathlib import Path
 
 def main() -> None:
     marker, name, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    original = Path.write_bytes
+    from trainer.train import run_dir
 
-    def write_bytes(self, data):
-        if name in self.name and self.name.endswith(".weights.h5"):
-            original(self, data[: len(data) // 2])
-            original(Path(marker), str(self).encode())
+    original = run_dir.write_weights
+
+    def write_weights(model, path: Path, reserve: int) -> None:
+        original(model, path, reserve)
+        if name in path.name and path.name.endswith(".weights.h5"):
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+            Path(marker).write_bytes(str(path).encode())
             time.sleep(3600)
-        return original(self, data)
 
-    Path.write_bytes = write_bytes
+    run_dir.write_weights = write_weights
     from planner.app.cli import app
 
     sys.argv = ["fitplan", *args]

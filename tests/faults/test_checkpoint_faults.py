@@ -131,13 +131,58 @@ FILLED_DURING_WRITE_CHILD = FULL_DISK_CHILD.replace(
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs")
 def test_a_disk_filled_during_the_write_ends_with_a_clear_error_and_nothing_torn(tmp_path):
     """Issue 16, the fault suite's open case: HDF5 met ENOSPC half-way and the process
-    crashed at exit (SIGSEGV, 139). HDF5 now writes into memory and the bytes go to disk
-    with a plain write, whose ENOSPC is an ordinary error."""
+    crashed at exit (SIGSEGV, 139). The file's space is now reserved before HDF5 writes
+    (`run_dir.write_weights`), so the full disk is an ordinary error found there."""
     done = _run_on_small_tmpfs(tmp_path, FILLED_DURING_WRITE_CHILD)
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert "best.weights.h5: disk full while writing" in (report["error"] or "")
     assert report["kept"] and report["files"] == ["best.weights.h5"]
+
+
+# And where no space is reserved (the estimate too small, or no `posix_fallocate`), HDF5
+# itself meets the full disk half-way through its writes: the case that crashed at exit.
+UNRESERVED_WRITE_CHILD = FILLED_DURING_WRITE_CHILD.replace(
+    "run = RunDir(sys.argv[1])",
+    "import os\ndel os.posix_fallocate\nrun = RunDir(sys.argv[1])",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs")
+def test_a_full_disk_inside_hdf5s_own_writes_is_kept_from_hdf5_and_raised_after(tmp_path):
+    """The sink HDF5 writes through keeps the ENOSPC from HDF5, which closes normally; the
+    error is raised after `save_weights` returns: exit 0, not 139, and nothing torn."""
+    done = _run_on_small_tmpfs(tmp_path, UNRESERVED_WRITE_CHILD)
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "best.weights.h5: disk full while writing" in (report["error"] or "")
+    assert report["kept"] and report["files"] == ["best.weights.h5"]
+
+
+def test_weights_go_straight_to_the_file_and_read_back_the_same(tmp_path, model):
+    """`write_weights` (HDF5 through the file sink, space reserved) writes the bytes HDF5
+    writes into memory (the same file-object driver), cut to HDF5's own end despite the
+    reservation, and they load back as the same weights."""
+    import io
+
+    from trainer.train.run_dir import write_weights
+
+    direct = tmp_path / "direct.weights.h5"
+    direct.touch()
+    write_weights(model, direct, 10 * 2**20)
+
+    class Memory(io.BytesIO):
+        def __str__(self):
+            return "memory.weights.h5"
+
+    memory = Memory()
+    model.save_weights(memory)
+    assert direct.read_bytes() == memory.getvalue()
+    before = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in before])
+    model.load_weights(str(direct))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before, strict=True))
 
 
 def test_weights_bytes_estimate_covers_the_file(tmp_path, model):

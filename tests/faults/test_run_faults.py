@@ -76,15 +76,16 @@ def test_disk_full_during_a_checkpoint_write_exits_8_and_keeps_the_previous_one(
     killed_mid_write, monkeypatch
 ):
     run, _ = killed_mid_write
-    original = Path.write_bytes  # a checkpoint's bytes reach the disk here (run_dir)
+    original = os.posix_fallocate  # a checkpoint's space is reserved here (run_dir)
 
-    def full_disk(self, data):
-        if "last-e0002" in self.name:
-            original(self, b"\0" * 4096)  # what got written before the disk filled
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return original(self, data)
+    def full_disk(fd, offset, length):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if "last-e0002" in name:
+            os.write(fd, b"\0" * 4096)  # what got written before the disk filled
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+        return original(fd, offset, length)
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(os, "posix_fallocate", full_disk)
     result = cli("train", "--resume", run)
     assert result.exit_code == 8, result.output
     assert "last-e0002.weights.h5: disk full while writing; the previous version was kept" in (

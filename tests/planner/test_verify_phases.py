@@ -7,19 +7,23 @@ def test_the_verification_run_splits_its_seconds_into_phases(monkeypatch):
     clock = {"t": 0.0}
     monkeypatch.setattr(verify_run.time, "monotonic", lambda: clock["t"])
 
-    def at(t, call, *args):
+    def at(t, call, *args, rss=None):
         clock["t"] = t
+        if rss is not None:
+            peak["b"] = rss
         call(*args)
 
-    c = verify_run._Counter(max_val=8)
-    at(10.0, c.on_train_begin)  # start-up since t0 = 0: 10 s
+    peak = {"b": 0}
+    c = verify_run._Counter(max_val=8, peak=lambda: peak["b"])
+    at(10.0, c.on_train_begin, rss=100)  # start-up since t0 = 0: 10 s
     at(11.0, c.on_train_batch_begin, 0)
-    at(30.0, c.on_train_batch_end, 0)  # the first step (its trace): 19 s
+    at(30.0, c.on_train_batch_end, 0, rss=300)  # the first step (its trace): 19 s
     at(31.0, c.on_train_batch_begin, 1)
-    at(34.0, c.on_train_batch_end, 1)  # the other steps: 4 s
-    at(40.0, c.on_test_batch_end, 0)
-    at(45.0, c.on_test_batch_end, 1)  # validation: 11 s
-    at(50.0, c.mark, "end")  # checkpoint and the end of train: 5 s
+    at(34.0, c.on_train_batch_end, 1, rss=350)  # the other steps: 4 s
+    at(40.0, c.on_test_batch_end, 0, rss=360)
+    at(45.0, c.on_test_batch_end, 1, rss=380)  # validation: 11 s
+    at(50.0, c.mark, "end", rss=500)  # checkpoint and the end of train: 5 s
+    at(60.0, c.mark, "end", rss=900)  # a second mark keeps the first's time and peak
     assert c.first_step_s == 19.0 and (c.train_batches, c.val_batches) == (2, 2)
     assert c.phases(0.0) == {
         "startup_s": 10.0,
@@ -27,4 +31,13 @@ def test_the_verification_run_splits_its_seconds_into_phases(monkeypatch):
         "train_steps_s": 4.0,
         "validation_s": 11.0,
         "checkpoint_s": 5.0,
+    }
+    # The peak so far at each phase's end (its last batch for the steps and validation):
+    # here the checkpoint write set the run's peak.
+    assert c.phase_peaks() == {
+        "startup": 100,
+        "first_step": 300,
+        "train_steps": 350,
+        "validation": 380,
+        "checkpoint": 500,
     }
