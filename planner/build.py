@@ -172,8 +172,10 @@ def _prediction(
     if run is not None and run.peak_bytes is not None:
         run_peak, source = int(run.peak_bytes), "measured by the verification run"
     else:
-        run_peak = step + overhead_estimate(budget)
-        source = "estimated (presets.TRAINING_OVERHEAD_BYTES)"
+        run_peak = step + overhead_estimate(
+            budget, choice.candidate.backbone, choice.accumulation_steps
+        )
+        source = "estimated (presets.TRAINING_OVERHEAD_BYTES, ACCUMULATION_PARAM_COPIES)"
     growth = int(run_peak * presets.RUN_GROWTH)
     on_gpu = budget["device"] == "gpu"  # the cache is host RAM, not the GPU's
     cache = 0 if on_gpu else int(cache_bytes)
@@ -235,7 +237,7 @@ def _unused_reason(
             f"the micro-batch reached the effective batch ({target_batch}) with no accumulation "
             "left to trade: a larger one changes the training, it does not fit more"
         )
-    estimate = overhead_estimate(budget)
+    estimate = overhead_estimate(budget, choice.candidate.backbone, choice.accumulation_steps)
     if overhead < estimate:
         return (
             f"the micro-batch was sized with the estimated training overhead "

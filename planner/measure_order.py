@@ -272,6 +272,7 @@ def choose_now(
             fixed_effective_batch=req.batch_fixed,
             replicas=ctx.replicas,
             weights=req.weights,
+            device=ctx.device,
         )
     except FitplanError:  # nothing feasible (yet)
         return None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.search import presets
+from planner.search.candidates import accumulation_bytes
 from planner.search.memory_model import allowed_bytes
 
 Log = Callable[[str], None]
@@ -171,10 +172,17 @@ class PlanContext:
         return min(full, max(left, presets.VERIFY_MIN_TIMEOUT_S))
 
 
-def overhead_estimate(budget: dict[str, Any]) -> int:
+def overhead_estimate(
+    budget: dict[str, Any], backbone: str | None = None, accumulation_steps: int = 1
+) -> int:
     """What a run is estimated to hold beyond its train step, before the verification run
-    measures it (`presets.TRAINING_OVERHEAD_BYTES` for the budget's device)."""
-    return presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+    measures it: `presets.TRAINING_OVERHEAD_BYTES` for the budget's device, plus, for a
+    plan that accumulates, what accumulation adds to `backbone`'s train step
+    (`search.candidates.accumulation_bytes`)."""
+    base = presets.TRAINING_OVERHEAD_BYTES.get(budget["device"], 0)
+    if backbone is None or accumulation_steps <= 1:
+        return base
+    return base + accumulation_bytes(budget["device"], backbone)
 
 
 def step_headroom(budget: dict[str, Any], headroom: float) -> float:

@@ -179,6 +179,7 @@ def _choose(measurements: Sequence[CandidateMeasurement], ctx: PlanContext) -> C
         fixed_effective_batch=req.batch_fixed,
         replicas=ctx.replicas,
         weights=req.weights,
+        device=ctx.device,
         say=ctx.say,
     )
 
@@ -249,7 +250,7 @@ def _verify(
             children.add(r.child_pid)
         return r
 
-    overhead = overhead_estimate(ctx.budget)
+    overhead = overhead_estimate(ctx.budget, choice.candidate.backbone, choice.accumulation_steps)
     step_line = choice.line or MemoryLine(  # one measured size: step down one at a time
         a=choice.predicted_peak_bytes,
         b=0.0,

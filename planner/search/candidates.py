@@ -163,6 +163,14 @@ def analytic_estimate(
     )
 
 
+def accumulation_bytes(device: str, backbone: str) -> int:
+    """What Keras' gradient accumulation adds to `backbone`'s train step on `device`
+    (`presets.ACCUMULATION_PARAM_COPIES` float32 copies of its parameters): trials
+    measure the step with accumulation 1, plans often accumulate."""
+    copies = presets.ACCUMULATION_PARAM_COPIES.get(device, 1)
+    return int(copies * 4 * backbone_info(backbone)["params"])
+
+
 def trial_normalization(
     candidate: Candidate,
     *,

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from planner.search import no_fit, presets, updates
-from planner.search.candidates import Candidate
+from planner.search.candidates import Candidate, accumulation_bytes
 from planner.search.choice import CandidateMeasurement, Choice, Evaluation
 from planner.search.memory_model import allowed_bytes, fit_line, largest_fitting
 from planner.trials.spec import TrialResult
@@ -84,8 +84,14 @@ def score_bound(c: Candidate, objective: presets.Objective = presets.DEFAULT_OBJ
     return prior * _size_prior(c.input_size, objective)
 
 
-def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Evaluation:
-    """Memory side of one candidate: its (per-replica) micro-batch, or why it has none."""
+def _evaluate(
+    m, *, budget, headroom, allowed, target, max_mb, replicas=1, device=None
+) -> Evaluation:
+    """Memory side of one candidate: its (per-replica) micro-batch, or why it has none.
+
+    With a `device`, a micro-batch that needs accumulation must also hold what
+    accumulation adds to the train step (`candidates.accumulation_bytes`), which the
+    trials (accumulation 1) did not measure."""
     c = m.candidate
     if m.pruned_reason is not None:
         return Evaluation(
@@ -109,6 +115,9 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
             line = fit_line([(r.micro_batch, r.peak_bytes) for r in ok])
         mb = max(mb, largest_fitting(line, budget, headroom, max_micro_batch=cap))
     mb = min(mb, cap)
+    extra = accumulation_bytes(device, c.backbone) if device is not None else 0
+    if extra and mb >= 1 and accumulation_for(mb, target, replicas) > 1:
+        mb = min(mb, _largest_with(ok, line, extra, budget, headroom, allowed, cap))
     # Measured beats modelled: a measured size's own peak wherever there is one.
     measured = {r.micro_batch: r.peak_bytes for r in ok}
     smallest = min(measured)
@@ -117,6 +126,8 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
     else:
         need, at = measured[smallest], f"micro-batch {smallest}"
     if mb < 1:
+        if extra and accumulation_for(1, target, replicas) > 1:
+            need, at = need + extra, f"{at} with accumulation"
         reason = f"needs {need / GIB:.2f} GiB at {at} > allowed {allowed / GIB:.2f} GiB"
         return Evaluation(c, "rejected", reason, line=line, need_bytes=need, need_at=at)
     peak = measured[mb] if mb in measured else int(line.predict(mb))
@@ -134,6 +145,17 @@ def _evaluate(m, *, budget, headroom, allowed, target, max_mb, replicas=1) -> Ev
         need_at=at,
         target_batch=target,
     )
+
+
+def _largest_with(ok, line, extra, budget, headroom, allowed, cap) -> int:
+    """The largest micro-batch whose train step plus `extra` bytes fits `allowed`."""
+    mb = max((r.micro_batch for r in ok if r.peak_bytes + extra <= allowed), default=0)
+    if line is not None:
+        shifted = dataclasses.replace(
+            line, a=line.a + extra, points=tuple((n, p + extra) for n, p in line.points)
+        )
+        mb = max(mb, largest_fitting(shifted, budget, headroom, max_micro_batch=cap))
+    return min(mb, cap)
 
 
 def estimated_note(m: CandidateMeasurement) -> str:
@@ -178,6 +200,7 @@ def choose(
     weights: str = "none",
     budget_for: Callable[[int], float] | None = None,
     updates_time_s: float | None = None,
+    device: str | None = None,
 ) -> Choice:
     """Pick the candidate that should reach the best validation quality within the budgets.
 
@@ -231,6 +254,7 @@ def choose(
             target=target,
             max_mb=max_micro_batch,
             replicas=replicas,
+            device=device,
         )
         e = dataclasses.replace(e, estimated=estimated_note(m))
         if e.verdict != "feasible":

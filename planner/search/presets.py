@@ -113,17 +113,30 @@ HEADROOM = 0.10
 MAX_MICRO_BATCH = 64
 
 # Memory a real training run uses beyond the trial's train-step peak at the same
-# micro-batch: the tf.data pipeline (decoded full-size images being cropped, prefetched
-# batches; 0.11-0.13 GiB alone), the validation pass (its own traced function), Keras
-# callbacks and checkpoint writes. Measured on epfl-em (768x1024 pairs, efficientnet_b0
-# 384x384, streamed, from scratch with training BatchNorm), real run minus the verified
-# train-step peak: 0.45, 0.53 and 0.60 GiB at micro-batch 1, 3 and 7 (with frozen
-# BatchNorm: 0.29-0.38 GiB). An empirical term fitted on those runs, not derived
-# (docs/planning.md, "Measured on epfl-em"); it grows a little with the micro-batch,
-# which the headroom covers. A cache of decoded pairs (plan data.cache = "memory") comes
-# on top (`build.cache_bytes`). GPU: the pipeline lives in host RAM, outside
-# the allocator peak the plan predicts; not measured, so 0.
-TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.5 * GIB), "gpu": 0}
+# micro-batch, estimated before the verification run measures it (it only guides the
+# choice and pruning; the plan's prediction is the verification run's own peak). Two
+# parts (stop 28; docs/planning.md, "The training-overhead estimate"):
+# - TRAINING_OVERHEAD_BYTES: what every run adds (the tf.data pipeline, the validation
+#   pass, callbacks, the checkpoint write). Measured by the verification runs of plans
+#   without accumulation (2-vCPU AMD EPYC, AVX-512, stop 27): efficientnet_b0 16 x 1
+#   178 and 271 MiB, mobilenet_v3_small 4-16 x 1 -26 to 49 MiB; the largest part of
+#   efficientnet_b0's was its checkpoint write into memory, which stop 28 removed
+#   (`trainer.train.run_dir.write_weights`). 0.25 GiB covers all of those.
+#   Until stop 28 one 0.5 GiB term held both parts, fitted on efficientnet_b0 plans that
+#   all accumulated (0.45-0.60 GiB at micro-batch 1, 3 and 7), and it over-stated
+#   mobilenet_v3_small's plans without accumulation by ~0.45 GiB, which cost a trial child.
+# - ACCUMULATION_PARAM_COPIES: what Keras' gradient accumulation adds to the train step,
+#   which trials (accumulation 1) do not measure, in float32 copies of the parameters.
+#   Measured (synthetic tensors, one process per arm, peak RSS, accumulation k against
+#   1 at the same micro-batch): mobilenet_v3_small 256 (4.27M parameters) +141 MiB at
+#   4 x 4, +147 at 2 x 2, +155 at 2 x 8; efficientnet_b0 (10.1M) +339 MiB at 256 4 x 4,
+#   +257 at 384 4 x 4: 6.7-9.5 copies, the same for any k >= 2, so 8. The accumulators
+#   are one copy; the rest is what the conditional update step holds at once. On a GPU
+#   not measured: the accumulators alone (1 copy), and no run overhead (the pipeline
+#   lives in host RAM, outside the allocator peak the plan predicts).
+# A cache of decoded pairs (plan data.cache = "memory") comes on top (`build.cache_bytes`).
+TRAINING_OVERHEAD_BYTES: dict[str, int] = {"cpu": int(0.25 * GIB), "gpu": 0}
+ACCUMULATION_PARAM_COPIES: dict[str, int] = {"cpu": 8, "gpu": 1}
 # The trainer caches images as float32: 4 bytes per decoded channel (the scan's count:
 # alpha dropped, grey one channel; a 16-bit sample is counted once and also takes 4).
 # Masks are cached as class indices, 1 byte each up to 256 classes (`build.cache_bytes`).
