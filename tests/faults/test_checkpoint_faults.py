@@ -239,3 +239,33 @@ def test_commit_promotes_the_new_best(tmp_path, model):
     run.commit_state(state, [{"epoch": 1, "loss": 1.0}])
     assert run.best_path.exists() and not run.next_best_path(1).exists()
     assert "best_pending" not in state  # the next commit does not name it again
+
+
+def test_a_file_system_that_cannot_reserve_space_still_gets_the_checkpoint(
+    tmp_path, model, monkeypatch
+):
+    """`posix_fallocate` unsupported (EOPNOTSUPP, e.g. some network file systems): the
+    write goes on without the reservation; ENOSPC from it is never swallowed."""
+    import errno
+    import os
+
+    from trainer.train import run_dir as rd
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    run = RunDir(tmp_path)
+    run.save_weights(model, run.best_path, None, 0)
+    before = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in before])
+    model.load_weights(str(run.best_path))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before, strict=True))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(rd.DiskFullError, match="disk full while writing"):
+        run.save_weights(model, run.best_path, None, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.weights.h5"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -240,11 +241,19 @@ def write_weights(model: Any, path: Path, reserve: int) -> None:
     through `_FileSink` into blocks that are already the file's; the file is cut to what
     HDF5 wrote. Should a write still fail inside HDF5 (an estimate too small and the disk
     full), the sink keeps the error from HDF5, which closes normally, and it is raised
-    here instead; the caller's `write_with` removes the file.
+    here instead; the caller's `write_with` removes the file. Where the file system
+    cannot reserve (EOPNOTSUPP, EINVAL, ENOSYS), HDF5 writes without the reservation and
+    that kept error is the protection.
     """
     with open(path, "r+b") as fh:
         if reserve > 0 and hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fh.fileno(), 0, reserve)
+            try:
+                os.posix_fallocate(fh.fileno(), 0, reserve)
+            except OSError as exc:
+                # A file system that cannot reserve: the sink below still keeps a full
+                # disk from HDF5. Any other error (ENOSPC above all) is the caller's.
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
         sink = _FileSink(fh)
         model.save_weights(sink)
         if sink.error is not None:
