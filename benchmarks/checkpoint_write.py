@@ -11,8 +11,9 @@ transient (peak during the write minus the resident set before it), and their me
     python benchmarks/checkpoint_write.py --backbone efficientnet_b0 --side 384
 
 Measured (stop 28, 2026-12-04, 2-vCPU AMD EPYC with AVX-512, efficientnet_b0 384x384,
-116 MiB file, 4 repeats, alone on the machine): into memory 0.76-1.15 s (median 0.79),
-transient 205-212 MiB; straight to the file 0.66-0.88 s (median 0.70), 50 MiB.
+116 MiB file, 4 repeats, alone on the machine; two runs, the first by a draft of this
+script): transient into memory 193-212 MiB, straight to the file 48-50 MiB; time about
+the same: medians 0.79 and 0.68 s into memory, 0.70 and 0.74 s to the file.
 """
 
 from __future__ import annotations
