@@ -30,13 +30,6 @@ from pathlib import Path
 MIB = 2**20
 
 
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def measure(backbone: str, side: int, repeats: int, folder: Path) -> dict:
     """Both arms on one model; returns seconds and transients (bytes) per arm."""
     from trainer.train.memory import configure_malloc
@@ -44,10 +37,11 @@ def measure(backbone: str, side: int, repeats: int, folder: Path) -> dict:
     configure_malloc()
     import keras
     import numpy as np
+    import psutil
 
     from trainer.models.unet import build_unet
     from trainer.train.memory import peak_rss_bytes, release_free_heap, reset_peak_rss
-    from trainer.train.run_dir import write_weights
+    from trainer.train.run_dir import _expected_bytes, write_weights
 
     model = build_unet(backbone, (side, side, 3), 2, output="logits")
     model.compile(
@@ -72,6 +66,7 @@ def measure(backbone: str, side: int, repeats: int, folder: Path) -> dict:
         path.touch()
         write_weights(model, path, reserve)
 
+    process = psutil.Process()
     reserve = 0
     arms = {"into_memory": into_memory, "to_file": to_file}
     out: dict = {name: {"seconds": [], "transient_bytes": []} for name in arms}
@@ -79,7 +74,7 @@ def measure(backbone: str, side: int, repeats: int, folder: Path) -> dict:
         for name, write in arms.items():
             path = folder / f"{name}-{i}.weights.h5"
             release_free_heap()
-            before = _rss()
+            before = process.memory_info().rss
             reset_peak_rss()
             t = time.perf_counter()
             write(path)
@@ -89,7 +84,7 @@ def measure(backbone: str, side: int, repeats: int, folder: Path) -> dict:
             out[name]["seconds"].append(round(time.perf_counter() - t, 3))
             out[name]["transient_bytes"].append(peak_rss_bytes() - before)
             out["file_bytes"] = path.stat().st_size
-            reserve = int(out["file_bytes"] * 1.05) + 64 * 1024  # as run_dir reserves
+            reserve = _expected_bytes(model, [path])  # what `RunDir.save_weights` reserves
             path.unlink()
     return out
 

@@ -108,16 +108,14 @@ def _evaluate(
     # Per replica: the replicas together should not pass the target effective batch.
     cap = min([r.micro_batch - 1 for r in failed] + [math.ceil(target / replicas), max_mb])
     line = None
-    mb = max((r.micro_batch for r in ok if r.peak_bytes <= allowed), default=0)
     if len({r.micro_batch for r in ok}) >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # kept in line.warnings
             line = fit_line([(r.micro_batch, r.peak_bytes) for r in ok])
-        mb = max(mb, largest_fitting(line, budget, headroom, max_micro_batch=cap))
-    mb = min(mb, cap)
+    mb = _largest_with(ok, line, 0, budget, headroom, allowed, cap)
     extra = accumulation_bytes(device, c.backbone) if device is not None else 0
     if extra and mb >= 1 and accumulation_for(mb, target, replicas) > 1:
-        mb = min(mb, _largest_with(ok, line, extra, budget, headroom, allowed, cap))
+        mb = _largest_with(ok, line, extra, budget, headroom, allowed, cap)
     # Measured beats modelled: a measured size's own peak wherever there is one.
     measured = {r.micro_batch: r.peak_bytes for r in ok}
     smallest = min(measured)
@@ -148,13 +146,17 @@ def _evaluate(
 
 
 def _largest_with(ok, line, extra, budget, headroom, allowed, cap) -> int:
-    """The largest micro-batch whose train step plus `extra` bytes fits `allowed`."""
+    """The largest micro-batch up to `cap` whose train step plus `extra` bytes fits
+    `allowed`: a measured size's own peak, or the line where there is one (0: none).
+    The line and the measured peaks only grow with the micro-batch, so a larger `extra`
+    never gives a larger size."""
     mb = max((r.micro_batch for r in ok if r.peak_bytes + extra <= allowed), default=0)
     if line is not None:
-        shifted = dataclasses.replace(
-            line, a=line.a + extra, points=tuple((n, p + extra) for n, p in line.points)
-        )
-        mb = max(mb, largest_fitting(shifted, budget, headroom, max_micro_batch=cap))
+        if extra:
+            line = dataclasses.replace(
+                line, a=line.a + extra, points=tuple((n, p + extra) for n, p in line.points)
+            )
+        mb = max(mb, largest_fitting(line, budget, headroom, max_micro_batch=cap))
     return min(mb, cap)
 
 

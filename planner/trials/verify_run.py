@@ -92,6 +92,16 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
     )
 
 
+# The mark at which each phase of the run ends, and the phase's name, in order.
+_PHASE_ENDS = (
+    ("train_begin", "startup"),
+    ("first_step_end", "first_step"),
+    ("train_end", "train_steps"),
+    ("test_end", "validation"),
+    ("end", "checkpoint"),
+)
+
+
 class _Counter(keras.callbacks.Callback):
     """Counts training and validation batches; ends validation after `max_val` batches.
 
@@ -126,23 +136,19 @@ class _Counter(keras.callbacks.Callback):
         """Seconds of: start-up (TensorFlow, pipeline, model), the first train step (its
         trace), the other train steps, validation (its trace and batches), and the rest
         (checkpoint write, end of `train`). Phases not reached are left out."""
-        order = ["train_begin", "first_step_end", "train_end", "test_end", "end"]
-        names = ["startup_s", "first_step_s", "train_steps_s", "validation_s", "checkpoint_s"]
         out, last = {}, t0
-        for mark, name in zip(order, names, strict=True):
+        for mark, name in _PHASE_ENDS:
             if mark in self._marks:
-                out[name] = round(self._marks[mark] - last, 2)
+                out[f"{name}_s"] = round(self._marks[mark] - last, 2)
                 last = self._marks[mark]
         return out
 
     def phase_peaks(self) -> dict[str, int]:
         """The host peak so far (bytes) at the end of each phase reached, by the names of
         `phases`: where it rises most is the phase that set the run's peak."""
-        order = ["train_begin", "first_step_end", "train_end", "test_end", "end"]
-        names = ["startup", "first_step", "train_steps", "validation", "checkpoint"]
         return {
             name: int(self._peaks[mark])
-            for mark, name in zip(order, names, strict=True)
+            for mark, name in _PHASE_ENDS
             if self._peaks.get(mark) is not None
         }
 

@@ -288,9 +288,9 @@ class _FileSink(io.BytesIO):
         if self.error is None:
             try:
                 self._fh.write(data)
+                self.size = max(self.size, self._fh.tell())
             except OSError as exc:
                 self.error = exc
-        self.size = max(self.size, self._fh.tell() if self.error is None else self.size)
         return n
 
     def read(self, n: int | None = -1) -> bytes:
