@@ -31,6 +31,10 @@ switched off in the child where an arm leaves them out:
     notb        as fitplan trains now, without the TensorBoard callback
     gc          as fitplan trains now, with Python's `gc.collect()` before each heap release
                 (objects in reference cycles, e.g. of h5py's checkpoint writes, freed then)
+    bfc         as fitplan trains now, with TensorFlow's own best-fit-with-coalescing
+                allocator for CPU tensors (`TF_CPU_ALLOCATOR_USE_BFC=true`, read by
+                tensorflow/core/common_runtime/process_state.cc; the default is malloc):
+                tensors then come from regions TensorFlow keeps and reuses, not glibc's
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
     python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
@@ -72,6 +76,7 @@ ARMS = {  # arm: (environment, cap the arenas, trim, mmap threshold held or None
     "nockpt": (A2, True, True, M8),
     "notb": (A2, True, True, M8),
     "gc": (A2, True, True, M8),
+    "bfc": ({**A2, "TF_CPU_ALLOCATOR_USE_BFC": "true"}, True, True, M8),
 }
 # The callback each "no..." arm drops (by class name); "noval" drops the validation data.
 WITHOUT = {"nockpt": ("RunCheckpointer",), "notb": ("TensorBoard",), "noval": ()}

@@ -218,22 +218,32 @@ def run(args, log=print) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trials = TrialMemo(measure_one, TRIAL_TIMEOUT_S, log=log)
+    rejudged = rejudge_rows(args.rejudge) if args.rejudge else None
+    if rejudged:
+        budgets = [r["budget_bytes"] for r in rejudged[0]]
     trainings = TrainingMemo(
         out,
         max_steps=args.max_steps,
         cap_bytes=int(WATCHDOG_FACTOR * max(budgets)),
         timeout_s=args.train_timeout,
+        minutes=args.train_minutes,
         log=log,
     )
+    if rejudged:
+        rows, bases = rejudged
+        first = next(iter(bases.values()))
+        args.data, args.masks = first.data.path, first.data.masks  # the header says what trained
+        judge_rows(rows, bases, trainings)
+        return document(args, rows, trials, trainings, started, load_start)
     rows: list[dict[str, Any]] = []
-    bases: dict[tuple[Candidate, int], Plan] = {}
+    bases: dict[tuple[str, int], Plan] = {}
     for cand in cands:
         for budget in budgets:
             log(f"{cand.label}, budget {budget / 2**30:.2f} GiB: fitplan")
             fp = run_fitplan(cand, budget, args, out, log=log)
             plan = fp.pop("_plan", None)
             if plan is not None:
-                bases[(cand, budget)] = plan
+                bases[(cand.label, budget)] = plan
             num_classes = (plan.data.num_classes if plan is not None else None) or 2
             if "fitplan" in strategies:
                 rows.append(
@@ -263,16 +273,50 @@ def run(args, log=print) -> dict[str, Any]:
                         **{k: v for k, v in res.to_dict().items() if k != "micro_batch"},
                     }
                 )
+    judge_rows(rows, bases, trainings)
+    return document(args, rows, trials, trainings, started, load_start)
+
+
+def judge_rows(
+    rows: list[dict[str, Any]], bases: dict[tuple[str, int], Plan], trainings: TrainingMemo
+) -> None:
+    """One training run per distinct micro-batch (fitplan's plan for the candidate and
+    budget, or for another budget of that candidate), each row judged against its budget."""
     for row in rows:
-        cand = next(c for c in cands if c.label == row["candidate"])
-        base = bases.get((cand, row["budget_bytes"])) or next(
-            (p for (c, _), p in bases.items() if c == cand), None
+        base = bases.get((row["candidate"], row["budget_bytes"])) or next(
+            (p for (label, _), p in bases.items() if label == row["candidate"]), None
         )
         if not row.get("micro_batch") or base is None:
             row["training"] = None
             continue
         t = trainings.run(training_plan(base, row["micro_batch"]))
         row["training"] = {**judge(t, row["budget_bytes"]), "run": t["run"]}
+
+
+def rejudge_rows(path: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, int], Plan]]:
+    """An earlier `peers.json`'s choices without their training runs, and fitplan's plans
+    (the `plan_file` of its rows) to train them with: `--rejudge` trains the same choices
+    again, e.g. for longer (`--train-minutes`), without planning or searching again."""
+    from trainer.plan import load_plan
+
+    try:
+        doc = json.loads(Path(path).read_text())
+        old_rows = doc["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FitplanError(f"{path}: not a peers.json ({exc})") from None
+    rows = [{k: v for k, v in r.items() if k != "training"} for r in old_rows]
+    bases = {
+        (r["candidate"], r["budget_bytes"]): load_plan(r["plan_file"])
+        for r in rows
+        if r.get("strategy") == "fitplan" and r.get("plan_file")
+    }
+    if not bases:
+        raise FitplanError(f"{path}: no fitplan row with a plan file to train the choices with")
+    return rows, bases
+
+
+def document(args, rows, trials, trainings, started: float, load_start: float) -> dict[str, Any]:
+    """The results document `peers.json` holds."""
     from benchmarks.run import machine
 
     return {
@@ -284,6 +328,8 @@ def run(args, log=print) -> dict[str, Any]:
         "data": str(args.data),
         "masks": args.masks,
         "quick": bool(args.quick),
+        "train_minutes": args.train_minutes,
+        "rejudged": str(args.rejudge) if args.rejudge else None,
         "effective_batch": EFFECTIVE_BATCH,
         "memo": {
             "note": MEMO_NOTE,
@@ -315,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--train-timeout", type=float, default=4 * 3600.0, help="seconds per training run"
+    )
+    p.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        help="train each choice this long (the plan's epochs and early stopping) instead of one epoch",
+    )
+    p.add_argument(
+        "--rejudge",
+        type=Path,
+        default=None,
+        help="an earlier peers.json: train its choices again (e.g. with --train-minutes), no planning",
     )
     p.add_argument(
         "--quick",

@@ -25,7 +25,7 @@ def _gib(b: int | None) -> str:
     return "-" if b is None else f"{b / GIB:.2f} GiB"
 
 
-def _row(r: dict[str, Any]) -> str:
+def _row(r: dict[str, Any], minutes: float | None = None) -> str:
     mb = r.get("micro_batch")
     acc = r.get("accumulation_steps") or 1
     chosen = "none" if mb is None else f"{mb}" + (f" x {acc}" if acc > 1 else "")
@@ -47,11 +47,24 @@ def _row(r: dict[str, Any]) -> str:
         "-" if planning is None else f"{planning:.0f}",
         "-" if r.get("trials") is None else str(r["trials"]),
         "-" if r.get("ooms") is None else str(r["ooms"]),
-        _gib(t.get("peak_bytes")),
+        _gib(t.get("peak_bytes"))
+        + (f" ({t['epochs']} epochs)" if minutes and t.get("epochs") else ""),
         "-" if share is None else f"{share:.0%}",
         over,
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _training(doc: dict[str, Any]) -> str:
+    minutes = doc.get("train_minutes")
+    what = (
+        "`fitplan train --max-epochs 1`"
+        if not minutes
+        else f"a {minutes:g}-minute `fitplan train` (the plan's epochs and early stopping)"
+    )
+    if doc.get("rejudged"):
+        what += f"; the choices (and their planning figures) are those of {doc['rejudged']}"
+    return what
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -75,11 +88,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "| strategy | candidate | budget | micro-batch | planning s | trials | OOMs in planning "
         "| training peak | % of budget | over? |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *(_row(r) for r in doc["rows"]),
+        *(_row(r, doc.get("train_minutes")) for r in doc["rows"]),
         "",
         "planning s: fitplan's own planning time (cold cache); for a peer, the sum of its "
         "trials' wall times. trials: child processes. training peak: the highest epoch peak "
-        "(history.csv) of `fitplan train --max-epochs 1` at that micro-batch.",
+        f"(history.csv) of {_training(doc)} at that micro-batch.",
         "",
     ]
     return "\n".join(lines)

@@ -10,11 +10,18 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import peers_search as ps
-from benchmarks.peers import TrialMemo, fitplan_ooms, parse_candidates, parse_strategies
+from benchmarks.peers import (
+    TrialMemo,
+    fitplan_ooms,
+    judge_rows,
+    parse_candidates,
+    parse_strategies,
+    rejudge_rows,
+)
 from benchmarks.peers_report import render_markdown
-from benchmarks.peers_train import judge, training_plan
+from benchmarks.peers_train import judge, train_length_args, training_plan
 from trainer.errors import FitplanError
-from trainer.plan import Plan
+from trainer.plan import Plan, save_plan
 
 MIB = 2**20
 A, B = 1000, 100  # MiB, MiB per sample
@@ -246,3 +253,118 @@ def test_markdown_table_has_one_row_per_result():
     }
     md = render_markdown(doc)
     assert "| accelerate | c | 3.03 GiB | 8 x 2 | 12 | 3 | 2 | 6.05 GiB | 200% | **over** |" in md
+
+
+def test_a_long_run_is_a_time_limit_not_one_epoch():
+    assert train_length_args(None) == ["--max-epochs", "1"]
+    assert train_length_args(25) == ["--set", "time_limit_s=1500"]
+    assert train_length_args(0.5) == ["--set", "time_limit_s=30"]
+
+
+class _FakeTrainings:
+    """`TrainingMemo.run` without a child: the peak grows with the micro-batch."""
+
+    def __init__(self):
+        self.plans = []
+
+    def run(self, plan):
+        self.plans.append(plan)
+        peaks = [(1000 + 100 * plan.micro_batch) * MIB, (1100 + 100 * plan.micro_batch) * MIB]
+        return {
+            "run": f"r{plan.micro_batch}",
+            "peak_bytes": max(peaks),
+            "epochs": 2,
+            "epoch_peaks_bytes": peaks,
+        }
+
+
+def _peers_json(tmp_path, rows):
+    path = tmp_path / "peers.json"
+    path.write_text(__import__("json").dumps({"rows": rows}))
+    return path
+
+
+def test_rejudge_trains_an_earlier_tables_choices_with_fitplans_plans(tmp_path):
+    save_plan(_plan(), tmp_path / "fp.json")
+    old = {"peak_bytes": 1, "share": 0.1, "over": False, "why": ""}
+    rows = [
+        {
+            "strategy": "fitplan",
+            "candidate": "c",
+            "budget_bytes": BUDGET,
+            "micro_batch": 16,
+            "plan_file": str(tmp_path / "fp.json"),
+            "training": old,
+        },
+        {
+            "strategy": "accelerate",
+            "candidate": "c",
+            "budget_bytes": BUDGET,
+            "micro_batch": 21,
+            "training": old,
+        },
+        {
+            "strategy": "accelerate",
+            "candidate": "c",
+            "budget_bytes": 2 * BUDGET,
+            "micro_batch": 8,
+            "training": old,
+        },
+        {"strategy": "opennmt", "candidate": "c", "budget_bytes": BUDGET, "micro_batch": None},
+    ]
+    new_rows, bases = rejudge_rows(_peers_json(tmp_path, rows))
+    assert list(bases) == [("c", BUDGET)]
+    assert all("training" not in r for r in new_rows)  # the old one-epoch verdicts go
+    fake = _FakeTrainings()
+    judge_rows(new_rows, bases, fake)
+    # every choice trains from fitplan's plan (the other budget's too), at its own micro-batch
+    assert [(p.micro_batch, p.accumulation_steps) for p in fake.plans] == [(16, 1), (21, 1), (8, 2)]
+    t = [r["training"] for r in new_rows]
+    assert t[0]["over"] is False and t[0]["epochs"] == 2  # 2700 MiB of 3100
+    assert t[1]["over"] is True and t[1]["peak_bytes"] == 3200 * MIB  # the second epoch passed it
+    assert t[2]["over"] is False and t[3] is None
+
+
+def test_rejudge_of_a_bad_file_names_it(tmp_path):
+    bad = tmp_path / "peers.json"
+    bad.write_text("{")
+    with pytest.raises(FitplanError, match="peers.json: not a peers.json"):
+        rejudge_rows(bad)
+    no_plan = _peers_json(tmp_path, [{"strategy": "accelerate", "candidate": "c"}])
+    with pytest.raises(FitplanError, match="no fitplan row"):
+        rejudge_rows(no_plan)
+
+
+def test_markdown_says_how_long_each_choice_trained():
+    doc = {
+        "date": "d",
+        "machine": {},
+        "data": "d",
+        "masks": "m",
+        "effective_batch": 16,
+        "load_average_start": 1.0,
+        "load_average_end": 1.0,
+        "wall_s": 1,
+        "memo": {},
+        "train_minutes": 25,
+        "rejudged": "old/peers.json",
+        "rows": [
+            {
+                "strategy": "fitplan",
+                "candidate": "c",
+                "budget_bytes": BUDGET,
+                "micro_batch": 2,
+                "accumulation_steps": 8,
+                "training": {
+                    "peak_bytes": BUDGET // 2,
+                    "share": 0.5,
+                    "over": False,
+                    "why": "",
+                    "epochs": 7,
+                },
+            }
+        ],
+    }
+    md = render_markdown(doc)
+    assert "| 1.51 GiB (7 epochs) | 50% | no |" in md
+    assert "a 25-minute `fitplan train`" in md and "those of old/peers.json" in md
