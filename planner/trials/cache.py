@@ -59,6 +59,8 @@ _ENV_VARS = (
     "MALLOC_TRIM_THRESHOLD_",
     "MALLOC_MMAP_THRESHOLD_",
     "LD_PRELOAD",
+    "TF_CPU_ALLOCATOR_USE_BFC",
+    "TF_CPU_BFC_MEM_LIMIT_IN_MB",
 )
 # The code a child runs: its source is part of the key (a version number does not
 # change while fitplan is developed).

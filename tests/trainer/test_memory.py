@@ -103,6 +103,7 @@ def test_a_held_mmap_threshold_gives_freed_tensors_back_at_once():
 
 
 def test_without_glibc_the_settings_do_nothing(monkeypatch):
+    monkeypatch.setenv(memory.TF_CPU_BFC_ENV, "true")  # restored afterwards
     monkeypatch.setattr(memory, "_glibc", lambda: None)
     assert memory.limit_malloc_arenas() is False
     assert memory.fix_mmap_threshold() is False
@@ -121,3 +122,44 @@ def test_release_callback_trims_before_validation_and_after_each_epoch(monkeypat
     cb.on_test_begin()
     cb.on_epoch_end(0)
     assert calls == ["trim", "trim"]
+
+
+def test_tensorflows_cpu_allocator_is_asked_for_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv(memory.TF_CPU_BFC_ENV, raising=False)  # restored afterwards
+    assert memory.use_tf_cpu_bfc() is True
+    assert os.environ[memory.TF_CPU_BFC_ENV] == "true"  # children inherit it
+    monkeypatch.setenv(memory.TF_CPU_BFC_ENV, "false")
+    assert memory.use_tf_cpu_bfc() is False
+    assert os.environ[memory.TF_CPU_BFC_ENV] == "false"  # the user's choice stays
+
+
+_BFC_CHILD = textwrap.dedent(
+    """
+    from trainer.train.memory import configure_malloc
+
+    configure_malloc()
+    import tensorflow as tf
+
+    print(int(tf.reduce_sum(tf.ones([1024, 1024]))))
+    """
+)
+
+
+def _allocator_log(env_value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != memory.TF_CPU_BFC_ENV}
+    if env_value is not None:
+        env[memory.TF_CPU_BFC_ENV] = env_value
+    # TensorFlow logs each BFC allocator it creates, with its name, at verbosity 1.
+    env.update(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="bfc_allocator=1")
+    r = subprocess.run(
+        [sys.executable, "-c", _BFC_CHILD], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0 and "1048576" in r.stdout, r.stderr[-2000:]
+    return r.stderr
+
+
+def test_configure_malloc_switches_tensorflow_to_its_bfc_allocator_for_cpu_tensors():
+    # The allocator ProcessState creates when TF_CPU_ALLOCATOR_USE_BFC is true
+    # (tensorflow/core/common_runtime/process_state.cc) is named "bfc_cpu_allocator_for_gpu".
+    assert "bfc_cpu_allocator_for_gpu" in _allocator_log(None)
+    assert "bfc_cpu_allocator_for_gpu" not in _allocator_log("false")

@@ -14,7 +14,10 @@ glibc otherwise raises that threshold to the size of each such block freed (up t
 fragment them, and how far it rose depended on the order of the first frees, so two
 runs of one plan differed in their peaks. Measured with
 `benchmarks/creep.py` (docs/runs.md, "Host memory over a long run"). All are no-ops
-where the C library is not glibc; `configure_malloc` applies the two settings.
+where the C library is not glibc. `configure_malloc` applies the two settings and asks
+TensorFlow for its own BFC allocator for every CPU tensor (`use_tf_cpu_bfc`), which kept
+a long run's peak at its first epoch's (docs/runs.md, "TensorFlow's allocator for CPU
+tensors").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import resource
 import sys
 from pathlib import Path
@@ -107,10 +111,35 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1)
 
 
+# TensorFlow's own best-fit-with-coalescing allocator for every CPU tensor, read once when
+# TensorFlow creates its CPU device (tensorflow/core/common_runtime/process_state.cc,
+# `ProcessState::GetCPUAllocator`: "TF_CPU_ALLOCATOR_USE_BFC", default false). Without
+# it, TensorFlow's oneDNN build gives large tensors a BFC pool of its own
+# (`MklCPUAllocator`, "mklcpu") and small ones (below 256 KiB) to malloc, and the pool
+# and glibc's arenas fragment over the first epochs: the epoch peak of epfl-em's 4 GiB
+# plan rose 3024 -> 3200 MiB over 9 epochs. With one BFC allocator for all tensors the
+# same run peaked at 3178-3191 MiB from epoch 1 on (docs/runs.md, "TensorFlow's allocator
+# for CPU tensors"), so a short run (a trial, the verification run) sees more of what a
+# long run reaches. A user's own setting of the variable wins (`false` restores TensorFlow's
+# default).
+TF_CPU_BFC_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
+
+
+def use_tf_cpu_bfc() -> bool:
+    """Ask TensorFlow for its BFC allocator for CPU tensors (`TF_CPU_BFC_ENV`) unless the
+    user set the variable. True if it is on. Only takes effect before TensorFlow creates
+    its CPU device (its first operation); a later call changes nothing in this process
+    (its children inherit it)."""
+    value = os.environ.setdefault(TF_CPU_BFC_ENV, "true")
+    return value.strip().lower() in ("1", "true")
+
+
 def configure_malloc() -> bool:
-    """Both glibc settings fitplan trains and measures under: the arena cap and the fixed
-    mmap threshold. True if the C library took both. Call it first thing in a process
-    that will train or measure (the command line, trial children, `train`, `resume`)."""
+    """The allocator settings fitplan trains and measures under: glibc's arena cap and
+    fixed mmap threshold, and TensorFlow's BFC allocator for CPU tensors. True if the C
+    library took both glibc settings. Call it first thing in a process that will train or
+    measure (the command line, trial children, `train`, `resume`)."""
+    use_tf_cpu_bfc()
     arenas = limit_malloc_arenas()
     return fix_mmap_threshold() and arenas
 
