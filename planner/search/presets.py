@@ -82,26 +82,23 @@ VERIFY_TIMEOUT_S = 600.0
 # a 125 MiB cache; 2026-12-04, stop 26).
 # Those figures were measured with TensorFlow's default CPU allocator. Since stop 29 every
 # process that trains or measures uses TensorFlow's BFC allocator for CPU tensors
-# (`trainer.train.memory.use_tf_cpu_bfc`; docs/runs.md), which reached in its first epoch
-# the level the default reached after a few. Measured with it on the 2-vCPU EPYC
-# with AVX-512 (2026-12-05, docs/planning.md, "stop 29"): the one-epoch peak of the nine
-# plans above -1.7..+5.8% over the verification run and the cache (median +0.8%; with the
-# default allocator on the same kind -1.3..+6.4%, median +1.7%); the 4 GiB epfl-em plan
-# (efficientnet_b0 384, 4 x 4, in RAM) over 20 minutes: 3626 MiB in epoch 1, highest 3658
-# (epoch 13 of 16), +5.4% over its verification run and cache, +0.9% after epoch 1.
+# (`trainer.train.memory.use_tf_cpu_bfc`; docs/runs.md). Measured with it on the 2-vCPU
+# EPYC with AVX-512 (2026-12-05, docs/planning.md, "stop 29"), over the verification run
+# and the cache: nine one-epoch peaks -0.2..+4.8%; 20-minute runs +5.4% (efficientnet_b0
+# 384, 4 x 4) and +11.6% (efficientnet_b0 384, 4 x 1: +6.6% in epoch 1, then up to epoch
+# 18); `fitplan demo` +1.5%. No single figure puts all of them within 5% of the
+# prediction: 3% (tried) fits the nine one-epoch peaks and leaves the 4 x 1 run 7.8% over
+# it; 6.5% fits the three long runs and 4 of the 9 one-epoch peaks; 7%, 2 of 3 and 3 of 9.
 # Two figures, because one cannot be both a prediction and a guarantee:
-# - RUN_GROWTH, the expected rise: `prediction.peak_bytes` = run peak x (1 + RUN_GROWTH).
-#   0.03 since stop 29, which puts all nine one-epoch peaks within 5% (-2.7..+4.6%) and
-#   that 20-minute run's highest 2.4% over the prediction;
-#   0.07 before (the middle of +2..+13.2% with the default allocator), and 0.05 until
-#   stop 20's 20-minute run came out 5.7% over it. Not yet measured with the BFC
-#   allocator: the AVX2 kind, whose long runs rose most.
+# - RUN_GROWTH, the expected rise: `prediction.peak_bytes` = run peak x (1 + 0.07), the
+#   middle of that spread, unchanged at stop 29 (a plan is judged over the whole run). It
+#   was 0.05 until stop 20's 20-minute run came out 5.7% over it.
 # - RUN_GROWTH_BOUND, the highest rise measured plus a point: `prediction.bound_bytes`.
 #   It was 0.125 (from +11.4%) until stop 26's 20-minute run rose +13.2%, 0.5% over it.
 #   The verification run is held to budget / (1 + RUN_GROWTH_BOUND) (87.3%) or the
 #   user's headroom if wider (`verified_headroom`), so the bound stays inside the budget:
 #   what keeps a long run under it.
-RUN_GROWTH = 0.03
+RUN_GROWTH = 0.07
 RUN_GROWTH_BOUND = 0.145
 
 

@@ -16,8 +16,8 @@ runs of one plan differed in their peaks. Measured with
 `benchmarks/creep.py` (docs/runs.md, "Host memory over a long run"). All are no-ops
 where the C library is not glibc. `configure_malloc` applies the two settings and asks
 TensorFlow for its own BFC allocator for every CPU tensor (`use_tf_cpu_bfc`), which kept
-a long run's peak at its first epoch's (docs/runs.md, "TensorFlow's allocator for CPU
-tensors").
+one long run's peak at its first epoch's (docs/runs.md, "TensorFlow's allocator for CPU
+tensors"; not every plan's).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
 # and glibc's arenas fragment over the first epochs: the epoch peak of epfl-em's 4 GiB
 # plan rose 3024 -> 3200 MiB over 9 epochs. With one BFC allocator for all tensors the
 # same run peaked at 3178-3191 MiB from epoch 1 on (docs/runs.md, "TensorFlow's allocator
-# for CPU tensors"), so a short run (a trial, the verification run) sees more of what a
-# long run reaches. A user's own setting of the variable wins (`false` restores TensorFlow's
+# for CPU tensors"). Not for every plan: an efficientnet_b0 plan still rose 11.6% over its
+# verification run in 20 minutes (docs/planning.md, stop 29). A user's own setting of the variable wins (`false` restores TensorFlow's
 # default).
 TF_CPU_BFC_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 
