@@ -173,5 +173,4 @@ def judge(training: dict[str, Any], budget: int) -> dict[str, Any]:
         "over": peak > budget,
         "why": "",
         "epochs": training.get("epochs"),
-        "epoch_peaks_bytes": training.get("epoch_peaks_bytes"),
     }

@@ -114,14 +114,14 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
 # TensorFlow's own best-fit-with-coalescing allocator for every CPU tensor, read once when
 # TensorFlow creates its CPU device (tensorflow/core/common_runtime/process_state.cc,
 # `ProcessState::GetCPUAllocator`: "TF_CPU_ALLOCATOR_USE_BFC", default false). Without
-# it, TensorFlow's oneDNN build gives large tensors a BFC pool of its own
-# (`MklCPUAllocator`, "mklcpu") and small ones (below 256 KiB) to malloc, and the pool
-# and glibc's arenas fragment over the first epochs: the epoch peak of epfl-em's 4 GiB
-# plan rose 3024 -> 3200 MiB over 9 epochs. With one BFC allocator for all tensors the
-# same run peaked at 3178-3191 MiB from epoch 1 on (docs/runs.md, "TensorFlow's allocator
-# for CPU tensors"). Not for every plan: an efficientnet_b0 plan still rose 11.6% over its
-# verification run in 20 minutes (docs/planning.md, stop 29). A user's own setting of the variable wins (`false` restores TensorFlow's
-# default).
+# it, TensorFlow's oneDNN build gives tensors of 4 KiB and more a BFC pool of its own
+# (`MklCPUAllocator`, "mklcpu"; tensorflow/core/common_runtime/mkl_cpu_allocator.h,
+# `kSmallAllocationsThreshold`) and smaller ones to malloc, and the epoch peak of
+# epfl-em's 4 GiB plan rose 3024 -> 3200 MiB over 9 epochs. With one BFC allocator for all
+# tensors the same run peaked at 3178-3191 MiB from epoch 1 on (docs/runs.md,
+# "TensorFlow's allocator for CPU tensors"). Not for every plan: an efficientnet_b0 plan
+# still rose 11.6% over its verification run in 20 minutes (docs/planning.md, stop 29).
+# A user's own setting of the variable wins (`false` restores TensorFlow's default).
 TF_CPU_BFC_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 
 
