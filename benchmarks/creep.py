@@ -39,6 +39,15 @@ switched off in the child where an arm leaves them out:
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
     python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
 
+`--trace-allocator` also records, for arms with TensorFlow's BFC allocator, what the
+allocator holds: the bytes of tensors in use at each epoch's end and their peak within the
+epoch (`tf.config.experimental.get_memory_info("CPU:0")`, reset at each epoch start), the
+regions it reserved (its own log, `TF_CPP_VMODULE=bfc_allocator=1`: "Allocated memory at A
+to B"), how much of the memory mapped over those regions is resident (`/proc/self/smaps`),
+and glibc's heap (`mallinfo2`). It says whether a rise comes from more tensor bytes, from
+new regions, from pages of reserved regions touched for the first time, or from outside
+TensorFlow's tensors.
+
 `--from-plan` trains a plan `fitplan plan` wrote (e.g. the demo's, `fitplan-demo/run/
 plan.json`) instead of the epfl-em plan the other options build: its time limit and
 early stopping are taken off, so every arm trains `--epochs` epochs of `--max-steps`.
@@ -122,6 +131,70 @@ def _no_autotune() -> None:
         setattr(pipeline, name, lambda *a, _b=build, **k: _b(*a, **k).with_options(opts))
 
 
+def _resident(ranges: list[tuple[int, int]]) -> int:
+    """Bytes of these address ranges that are resident: one bit per page in
+    `/proc/self/pagemap` (bit 63, "page present"; docs: kernel.org admin-guide/mm/pagemap)."""
+    import numpy as np
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    with open("/proc/self/pagemap", "rb") as f:
+        for a, b in ranges:
+            f.seek(a // page * 8)
+            words = np.frombuffer(f.read((b - a) // page * 8), dtype=np.uint64)
+            total += int(np.count_nonzero(words >> np.uint64(63))) * page
+    return total
+
+
+def _mallinfo() -> dict[str, int]:
+    """glibc's heap: arena bytes from the system, in use, and mapped blocks (`mallinfo2`)."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in (
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+            ).split()
+        ]
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = Info
+    info = fn()
+    return {"arena": info.arena, "in_use": info.uordblks, "mapped": info.hblkhd}
+
+
+def _tf_cpu_memory(reset: bool = False) -> dict[str, int]:
+    """TensorFlow's CPU allocator: tensor bytes in use now and at peak (BFC only)."""
+    import tensorflow as tf
+
+    try:
+        if reset:
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            return {}
+        info = tf.config.experimental.get_memory_info("CPU:0")
+    except (ValueError, RuntimeError):  # not the BFC allocator: no statistics
+        return {}
+    return {"tf_current": int(info["current"]), "tf_peak": int(info["peak"])}
+
+
+def _regions(log: Path) -> list[tuple[float, int, int]]:
+    """(time, start, end) of each region TensorFlow's BFC allocator reserved, from its
+    VLOG(1) lines ("Allocated memory at 0x... to 0x...", bfc_allocator.cc `Extend`)."""
+    import re
+
+    pat = re.compile(r"^I\d+ \S+:(\d+\.\d+)\s.*Allocated memory at (0x[0-9a-f]+) to (0x[0-9a-f]+)")
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = pat.match(line)
+        if m:
+            out.append((float(m[1]), int(m[2], 16), int(m[3], 16)))
+    return out
+
+
 def child(args: argparse.Namespace) -> None:
     import keras
     import psutil
@@ -158,6 +231,8 @@ def child(args: argparse.Namespace) -> None:
         def on_epoch_begin(self, epoch, logs=None):
             self.hwm_before = rows[-1]["hwm_total"] if rows else peak_rss_bytes()
             reset_peak_rss()
+            if args.trace_allocator:
+                _tf_cpu_memory(reset=True)
             self.epoch_start = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -170,6 +245,17 @@ def child(args: argparse.Namespace) -> None:
                     "epoch_s": time.monotonic() - self.epoch_start,
                 }
             )
+            if args.trace_allocator:
+                regions = [(a, b) for _, a, b in _regions(Path(args.out) / f"{args.arm}.log")]
+                pool_rss = _resident(regions)
+                rows[-1].update(
+                    pool=sum(b - a for a, b in regions),
+                    regions=len(regions),
+                    pool_rss=pool_rss,
+                    other_rss=rows[-1]["rss_end"] - pool_rss,
+                    malloc_in_use=_mallinfo().get("in_use", 0),
+                    **_tf_cpu_memory(),
+                )
             Path(args.result).write_text(json.dumps(rows))  # a stopped run keeps its epochs
 
     plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))
@@ -233,6 +319,11 @@ def main() -> None:
         action="store_true",
         help="run the arms side by side (memory is per process; times are not comparable)",
     )
+    ap.add_argument(
+        "--trace-allocator",
+        action="store_true",
+        help="record TensorFlow's BFC pool, its tensors and glibc's heap per epoch (see above)",
+    )
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--plan", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -253,6 +344,8 @@ def main() -> None:
     procs = {}
     for arm in args.arms.split(","):
         env = dict(os.environ, **ARMS[arm][0])
+        if args.trace_allocator:
+            env["TF_CPP_VMODULE"] = "bfc_allocator=1"
         cmd = [
             sys.executable,
             __file__,
@@ -271,6 +364,8 @@ def main() -> None:
             "--max-steps",
             str(args.max_steps),
         ]
+        if args.trace_allocator:
+            cmd.append("--trace-allocator")
         log = open(args.out / f"{arm}.log", "w")  # noqa: SIM115 - closed with the child
         procs[arm] = (
             subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log),
@@ -295,6 +390,17 @@ def main() -> None:
         print(f"{arm:11s} peak so far: " + " ".join(f"{v:5.0f}" for v in hwm))
         print(f"{'':11s} epoch peak:  " + " ".join(f"{v:5.0f}" for v in ep))
         print(f"{'':11s} rss at end:  " + " ".join(f"{v:5.0f}" for v in rss), flush=True)
+        if args.trace_allocator and any("tf_peak" in r for r in rows):
+            for key, label in (
+                ("tf_peak", "tensors peak"),
+                ("tf_current", "tensors end "),
+                ("pool", "BFC pool    "),
+                ("pool_rss", "pool rss    "),
+                ("other_rss", "other rss   "),
+                ("malloc_in_use", "malloc used "),
+            ):
+                vals = [r.get(key, 0) for r in rows]
+                print(f"{'':11s} {label}: " + " ".join(f"{v / MIB:5.0f}" for v in vals))
     (args.out / "creep.json").write_text(json.dumps(results, indent=1))
 
 
