@@ -35,6 +35,8 @@ switched off in the child where an arm leaves them out:
                 allocator for CPU tensors (`TF_CPU_ALLOCATOR_USE_BFC=true`, read by
                 tensorflow/core/common_runtime/process_state.cc; the default is malloc):
                 tensors then come from regions TensorFlow keeps and reuses, not glibc's
+    fixedio     as `bfc`, with tf.data's parallelism and prefetch buffers held at 2
+                (`trainer.data.pipeline.AUTOTUNE` = 2) instead of autotuned
 
     python benchmarks/creep.py --out /tmp/creep [--epochs 10] [--max-steps 12] [--arms a,b]
     python benchmarks/creep.py --out /tmp/creep --from-plan RUN/plan.json --epochs 40
@@ -86,6 +88,7 @@ ARMS = {  # arm: (environment, cap the arenas, trim, mmap threshold held or None
     "notb": (A2, True, True, M8),
     "gc": (A2, True, True, M8),
     "bfc": ({**A2, "TF_CPU_ALLOCATOR_USE_BFC": "true"}, True, True, M8),
+    "fixedio": ({**A2, "TF_CPU_ALLOCATOR_USE_BFC": "true"}, True, True, M8),
 }
 # The callback each "no..." arm drops (by class name); "noval" drops the validation data.
 WITHOUT = {"nockpt": ("RunCheckpointer",), "notb": ("TensorBoard",), "noval": ()}
@@ -167,20 +170,6 @@ def _mallinfo() -> dict[str, int]:
     return {"arena": info.arena, "in_use": info.uordblks, "mapped": info.hblkhd}
 
 
-def _tf_cpu_memory(reset: bool = False) -> dict[str, int]:
-    """TensorFlow's CPU allocator: tensor bytes in use now and at peak (BFC only)."""
-    import tensorflow as tf
-
-    try:
-        if reset:
-            tf.config.experimental.reset_memory_stats("CPU:0")
-            return {}
-        info = tf.config.experimental.get_memory_info("CPU:0")
-    except (ValueError, RuntimeError):  # not the BFC allocator: no statistics
-        return {}
-    return {"tf_current": int(info["current"]), "tf_peak": int(info["peak"])}
-
-
 def _regions(log: Path) -> list[tuple[float, int, int]]:
     """(time, start, end) of each region TensorFlow's BFC allocator reserved, from its
     VLOG(1) lines ("Allocated memory at 0x... to 0x...", bfc_allocator.cc `Extend`)."""
@@ -217,6 +206,10 @@ def child(args: argparse.Namespace) -> None:
         _bare(keras)
     if args.arm == "noautotune":
         _no_autotune()
+    if args.arm == "fixedio":
+        from trainer.data import pipeline
+
+        pipeline.AUTOTUNE = 2
     if args.arm in WITHOUT:
         _without(keras, args.arm)
     if args.arm == "gc":
@@ -232,7 +225,7 @@ def child(args: argparse.Namespace) -> None:
             self.hwm_before = rows[-1]["hwm_total"] if rows else peak_rss_bytes()
             reset_peak_rss()
             if args.trace_allocator:
-                _tf_cpu_memory(reset=True)
+                memory.reset_cpu_tensor_peak()
             self.epoch_start = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -254,8 +247,10 @@ def child(args: argparse.Namespace) -> None:
                     pool_rss=pool_rss,
                     other_rss=rows[-1]["rss_end"] - pool_rss,
                     malloc_in_use=_mallinfo().get("in_use", 0),
-                    **_tf_cpu_memory(),
                 )
+                stats = memory.cpu_tensor_bytes()
+                if stats is not None:
+                    rows[-1].update(tf_current=stats[0], tf_peak=stats[1])
             Path(args.result).write_text(json.dumps(rows))  # a stopped run keeps its epochs
 
     plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))

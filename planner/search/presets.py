@@ -89,6 +89,12 @@ VERIFY_TIMEOUT_S = 600.0
 # 18); `fitplan demo` +1.5%. No single figure puts all of them within 5% of the
 # prediction: 3% (tried) fits the nine one-epoch peaks and leaves the 4 x 1 run 7.8% over
 # it; 6.5% fits the three long runs and 4 of the 9 one-epoch peaks; 7%, 2 of 3 and 3 of 9.
+# Why (stop 30, docs/runs.md, "Where a long run's rise comes from"): the memory outside
+# tensors stays flat; the BFC pool's resident part is the highest tensor peak of any step
+# so far, and that differs from step to step by up to ~10% with fixed shapes, so the run's
+# peak grows with the number of steps it has seen (2-5 in verification, ~30 in an epoch
+# of epfl-em, ~540 in 20 minutes). The verification run records each step's tensor peak
+# (`tensor_step_peak_bytes`), the sample a per-plan figure would start from.
 # Two figures, because one cannot be both a prediction and a guarantee:
 # - RUN_GROWTH, the expected rise: `prediction.peak_bytes` = run peak x (1 + 0.07), the
 #   middle of that spread, unchanged at stop 29 (a plan is judged over the whole run). It

@@ -30,7 +30,7 @@ import keras  # this module runs only in the child (the parent names it as a tar
 
 from planner.trials.child import ChildContext, configure_gpu
 from planner.trials.spec import TrialResult, TrialSpec
-from trainer.train.memory import peak_rss_bytes
+from trainer.train.memory import cpu_tensor_bytes, peak_rss_bytes, reset_cpu_tensor_peak
 
 
 def run(spec: TrialSpec, ctx: ChildContext) -> None:
@@ -45,7 +45,11 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
     args = spec.target_args
     plan = Plan.from_dict(args["plan"])
     gpu = configure_gpu(tf, spec, ctx.memory_limit_bytes)
-    counter = _Counter(int(args["validation_batches"]))
+    counter = _Counter(
+        int(args["validation_batches"]),
+        tensors=None if gpu else cpu_tensor_bytes,
+        reset_tensors=None if gpu else reset_cpu_tensor_peak,
+    )
     ctx.emit("ready", build_time_s=0.0, device=spec.device)
     ctx.start(plan.micro_batch)
     with tempfile.TemporaryDirectory(prefix="fitplan-verify-") as tmp:
@@ -73,6 +77,8 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
         "phase_peak_bytes": counter.phase_peaks(),
         "train_step_s": [round(t, 4) for t in counter.step_times],
     }
+    if counter.tensor_peaks:
+        details["tensor_step_peak_bytes"] = counter.tensor_peaks
     peak = host["peak_bytes"]
     if gpu:
         peak = gpu_peak_bytes() or 0
@@ -108,11 +114,24 @@ class _Counter(keras.callbacks.Callback):
     Also notes when each phase of the run ends (`phases`), to say where its seconds go,
     and the process's peak so far at each end (`phase_peaks`, host peak RSS), to say
     which phase set the peak: the train steps, the validation pass or the checkpoint write.
+    On the CPU, each train batch's peak of tensor bytes (`tensor_peaks`, TensorFlow's
+    allocator, reset at each batch): with the same shapes in every step it still differs
+    from step to step, and a long run's peak is the highest of many steps (docs/runs.md,
+    "Where a long run's rise comes from").
     """
 
-    def __init__(self, max_val: int, peak: Callable[[], int | None] = peak_rss_bytes):
+    def __init__(
+        self,
+        max_val: int,
+        peak: Callable[[], int | None] = peak_rss_bytes,
+        tensors: Callable[[], tuple[int, int] | None] | None = None,
+        reset_tensors: Callable[[], bool] | None = None,
+    ):
         super().__init__()
         self._peak = peak
+        self._tensors = tensors
+        self._reset_tensors = reset_tensors
+        self.tensor_peaks: list[int] = []  # bytes, one per train batch (CPU only)
         self._peaks: dict[str, int | None] = {}
         self.max_val = max_val
         self.train_batches = 0
@@ -156,10 +175,15 @@ class _Counter(keras.callbacks.Callback):
         self.mark("train_begin")
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._reset_tensors is not None and not self._reset_tensors():
+            self._tensors = self._reset_tensors = None  # this allocator keeps no peak
         self._t = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         self.step_times.append(time.monotonic() - self._t)
+        stats = self._tensors() if self._tensors is not None else None
+        if stats is not None:
+            self.tensor_peaks.append(stats[1])
         if self.train_batches == 0:
             self.first_step_s = time.monotonic() - self._t
             self.mark("first_step_end")

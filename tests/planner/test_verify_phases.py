@@ -41,3 +41,54 @@ def test_the_verification_run_splits_its_seconds_into_phases(monkeypatch):
         "validation": 380,
         "checkpoint": 500,
     }
+
+
+class _Allocator:
+    """A fake of TensorFlow's CPU allocator statistics: in use now, and the peak since the
+    last reset."""
+
+    def __init__(self):
+        self.current, self.peak, self.resets = 100, 100, 0
+
+    def use(self, n: int) -> None:
+        self.current += n
+        self.peak = max(self.peak, self.current)
+
+    def free(self, n: int) -> None:
+        self.current -= n
+
+    def stats(self):
+        return self.current, self.peak
+
+    def reset(self):
+        self.resets += 1
+        self.peak = self.current
+        return True
+
+
+def test_the_verification_run_records_each_train_steps_tensor_peak():
+    alloc = _Allocator()
+    c = verify_run._Counter(
+        max_val=8, peak=lambda: 0, tensors=alloc.stats, reset_tensors=alloc.reset
+    )
+    for activations in (900, 1000, 950):  # the same shapes, a different peak per step
+        c.on_train_batch_begin(0)
+        alloc.use(activations)
+        alloc.free(activations)
+        c.on_train_batch_end(0)
+    assert c.tensor_peaks == [1000, 1100, 1050]  # each step's own, the weights (100) in
+    assert alloc.resets == 3
+
+
+def test_without_allocator_statistics_no_tensor_peaks_are_recorded():
+    calls = []
+    c = verify_run._Counter(
+        max_val=8,
+        peak=lambda: 0,
+        tensors=lambda: calls.append("stats") or (1, 2),
+        reset_tensors=lambda: False,  # this allocator keeps no peak
+    )
+    for _ in range(2):
+        c.on_train_batch_begin(0)
+        c.on_train_batch_end(0)
+    assert c.tensor_peaks == [] and calls == []

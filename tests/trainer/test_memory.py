@@ -163,3 +163,38 @@ def test_configure_malloc_switches_tensorflow_to_its_bfc_allocator_for_cpu_tenso
     # (tensorflow/core/common_runtime/process_state.cc) is named "bfc_cpu_allocator_for_gpu".
     assert "bfc_cpu_allocator_for_gpu" in _allocator_log(None)
     assert "bfc_cpu_allocator_for_gpu" not in _allocator_log("false")
+
+
+class _FakeConfig:
+    """`tf.config.experimental` of a build whose CPU allocator keeps statistics or not."""
+
+    def __init__(self, stats):
+        self.stats, self.resets = stats, 0
+
+    def get_memory_info(self, device):
+        assert device == "CPU:0"
+        if self.stats is None:
+            raise ValueError("No allocator statistics")
+        return {"current": self.stats[0], "peak": self.stats[1]}
+
+    def reset_memory_stats(self, device):
+        assert device == "CPU:0"
+        if self.stats is None:
+            raise ValueError("No allocator statistics")
+        self.resets += 1
+
+
+def _fake_tf(stats):
+    import types
+
+    exp = _FakeConfig(stats)
+    return types.SimpleNamespace(config=types.SimpleNamespace(experimental=exp)), exp
+
+
+def test_cpu_tensor_bytes_reads_the_allocators_statistics_or_none():
+    tf, exp = _fake_tf((300, 700))
+    assert memory.cpu_tensor_bytes(tf) == (300, 700)
+    assert memory.reset_cpu_tensor_peak(tf) and exp.resets == 1
+    tf, _ = _fake_tf(None)
+    assert memory.cpu_tensor_bytes(tf) is None
+    assert memory.reset_cpu_tensor_peak(tf) is False

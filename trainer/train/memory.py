@@ -154,6 +154,38 @@ def release_free_heap() -> bool:
     return bool(libc and libc.malloc_trim(0) == 1)
 
 
+def cpu_tensor_bytes(tf: object = None) -> tuple[int, int] | None:
+    """Bytes of CPU tensors in use now and at peak (since start or the last
+    `reset_cpu_tensor_peak`), as TensorFlow's CPU allocator counts them
+    (`tf.config.experimental.get_memory_info("CPU:0")`; with `use_tf_cpu_bfc` every
+    tensor, with oneDNN's default allocator only those of 4 KiB and more); `None` where
+    the allocator keeps no statistics (the call raises). With `use_tf_cpu_bfc` on, the
+    resident part of the allocator's pool follows this peak, and it is the part of a long
+    run's resident set that rises (docs/runs.md, "Where a long run's rise comes from").
+    `tf`: the module (a fake in tests).
+    """
+    if tf is None:
+        import tensorflow as tf
+
+    try:
+        info = tf.config.experimental.get_memory_info("CPU:0")
+    except (ValueError, RuntimeError):
+        return None
+    return int(info["current"]), int(info["peak"])
+
+
+def reset_cpu_tensor_peak(tf: object = None) -> bool:
+    """Restart the CPU allocator's peak (`cpu_tensor_bytes`); False where it keeps none."""
+    if tf is None:
+        import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except (ValueError, RuntimeError):
+        return False
+    return True
+
+
 def gpu_peak_bytes(device: str = "GPU:0") -> int | None:
     """TensorFlow allocator's peak bytes on `device`, or `None` without a GPU."""
     import tensorflow as tf
