@@ -45,8 +45,8 @@ switched off in the child where an arm leaves them out:
 allocator holds: the bytes of tensors in use at each epoch's end and their peak within the
 epoch (`tf.config.experimental.get_memory_info("CPU:0")`, reset at each epoch start), the
 regions it reserved (its own log, `TF_CPP_VMODULE=bfc_allocator=1`: "Allocated memory at A
-to B"), how much of the memory mapped over those regions is resident (`/proc/self/smaps`),
-and glibc's heap (`mallinfo2`). It says whether a rise comes from more tensor bytes, from
+to B"), how much of those regions is resident (`/proc/self/pagemap`), and glibc's heap
+in use (`mallinfo2`). It says whether a rise comes from more tensor bytes, from
 new regions, from pages of reserved regions touched for the first time, or from outside
 TensorFlow's tensors.
 
@@ -149,8 +149,9 @@ def _resident(ranges: list[tuple[int, int]]) -> int:
     return total
 
 
-def _mallinfo() -> dict[str, int]:
-    """glibc's heap: arena bytes from the system, in use, and mapped blocks (`mallinfo2`)."""
+def _malloc_in_use() -> int:
+    """Bytes glibc's heap has handed out and not had back (`mallinfo2().uordblks`); 0
+    where the C library has no `mallinfo2`."""
     import ctypes
 
     class Info(ctypes.Structure):
@@ -164,10 +165,9 @@ def _mallinfo() -> dict[str, int]:
     try:
         fn = ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):
-        return {}
+        return 0
     fn.restype = Info
-    info = fn()
-    return {"arena": info.arena, "in_use": info.uordblks, "mapped": info.hblkhd}
+    return int(fn().uordblks)
 
 
 def _regions(log: Path) -> list[tuple[float, int, int]]:
@@ -246,7 +246,7 @@ def child(args: argparse.Namespace) -> None:
                     regions=len(regions),
                     pool_rss=pool_rss,
                     other_rss=rows[-1]["rss_end"] - pool_rss,
-                    malloc_in_use=_mallinfo().get("in_use", 0),
+                    malloc_in_use=_malloc_in_use(),
                 )
                 stats = memory.cpu_tensor_bytes()
                 if stats is not None:
@@ -284,14 +284,19 @@ def make_plan_file(out: Path, side: int, mb: int, acc: int, backbone: str, data:
     return path
 
 
-def copy_plan_file(out: Path, source: Path) -> Path:
+def plan_without_limits(source: Path) -> dict[str, Any]:
     """A plan `fitplan plan` wrote, with no time limit and no early stopping."""
     plan = json.loads(source.read_text())
     plan.pop("time_limit_s", None)
     plan["early_stopping"] = {**plan.get("early_stopping", {}), "patience": 1000}
     plan["epochs"] = 100000
+    return plan
+
+
+def copy_plan_file(out: Path, source: Path) -> Path:
+    """`plan_without_limits(source)`, written to `out/plan.json` for the arms."""
     path = out / "plan.json"
-    path.write_text(json.dumps(plan, indent=1))
+    path.write_text(json.dumps(plan_without_limits(source), indent=1))
     return path
 
 

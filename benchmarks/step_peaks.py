@@ -73,6 +73,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
+    from benchmarks.creep import plan_without_limits
     from trainer.data import pipeline
     from trainer.plan import Plan
     from trainer.train import fit
@@ -91,10 +92,7 @@ def main() -> None:
 
         pipeline._train_dataset = one_batch
 
-    plan_dict = json.loads(args.plan.read_text())
-    plan_dict.pop("time_limit_s", None)
-    plan_dict["early_stopping"] = {**plan_dict.get("early_stopping", {}), "patience": 10**6}
-    plan = Plan.from_dict(plan_dict)
+    plan = Plan.from_dict(plan_without_limits(args.plan))
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
 
