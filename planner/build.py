@@ -21,6 +21,7 @@ from planner.search.finetune import freeze_epochs, plan_weights
 from planner.search.memory_model import VerifyStep
 from trainer.data.masks import mask_index_dtype
 from trainer.errors import FitplanError
+from trainer.peak import growth_bytes
 from trainer.plan import Plan
 from trainer.units import gib
 
@@ -158,9 +159,17 @@ def _prediction(
     *,
     target_batch: int,
 ) -> dict[str, Any]:
-    """The whole run's predicted peak: the verification run's measured peak, what a long
-    run is expected to add to it (`presets.RUN_GROWTH`), and the cache; `bound_bytes`
-    adds the highest growth measured instead (`presets.RUN_GROWTH_BOUND`).
+    """The planned run's predicted peak: the verification run's measured peak, what a run
+    of the planned length is expected to add to it, and the cache; `bound_bytes` adds the
+    highest growth measured instead (`presets.RUN_GROWTH_BOUND`), or the expected peak if
+    that is higher.
+
+    What a run adds grows with the train steps it makes (`trainer.peak`): on a CPU the
+    verification run's highest tensor peak per step (`tensor_step_peak_bytes`) scales
+    the curve, `prediction.growth` carries it so the trainer can predict a run of another
+    length (`--max-epochs 1`, a resume), and `peak_bytes` is its value at the planned
+    steps. Without that record (a GPU, where nothing was measured yet, or a verification
+    run cached before it was recorded) the constant `presets.RUN_GROWTH` stands in.
 
     The verification run (`planner.trials.verify_run`) streams, so an in-RAM cache's
     bytes come on top. Without an accepted verification run (a provisional plan, built
@@ -176,15 +185,22 @@ def _prediction(
             budget, choice.candidate.backbone, choice.accumulation_steps
         )
         source = "estimated (presets.TRAINING_OVERHEAD_BYTES, ACCUMULATION_PARAM_COPIES)"
-    growth = int(run_peak * presets.RUN_GROWTH)
     on_gpu = budget["device"] == "gpu"  # the cache is host RAM, not the GPU's
     cache = 0 if on_gpu else int(cache_bytes)
-    peak = run_peak + growth + cache
+    steps = int(choice.epochs) * int(choice.micro_batches_per_epoch)
+    growth = None if on_gpu else _growth_curve(run, run_peak + cache, choice.accumulation_steps)
+    if growth is not None:
+        grown = growth_bytes(growth, steps)
+    else:
+        grown = int(run_peak * presets.RUN_GROWTH)
+    peak = run_peak + grown + cache
     return {
         "peak_bytes": peak,
-        "bound_bytes": run_peak + int(run_peak * presets.RUN_GROWTH_BOUND) + cache,
+        "bound_bytes": max(peak, run_peak + int(run_peak * presets.RUN_GROWTH_BOUND) + cache),
         "run_peak_bytes": run_peak,
-        "run_growth_bytes": growth,
+        "run_growth_bytes": grown,
+        "planned_steps": steps,
+        "growth": growth,
         "train_step_peak_bytes": step,
         "training_overhead_bytes": run_peak - step,
         "training_overhead_source": source,
@@ -201,6 +217,24 @@ def _prediction(
         ),
         "verified": run is not None,
         **(_host_prediction(budget, run, cache_bytes) if on_gpu else {}),
+    }
+
+
+def _growth_curve(run: VerifyStep | None, base: int, accumulation: int) -> dict[str, Any] | None:
+    """`prediction.growth` (`trainer.peak`) from a CPU verification run's tensor peaks per
+    step, or `None` where the run did not record them."""
+    details = (run.details or {}) if run is not None else {}
+    peaks = [int(p) for p in details.get("tensor_step_peak_bytes") or [] if p]
+    if not peaks:
+        return None
+    return {
+        "base_bytes": int(base),
+        "tensor_bytes": max(peaks),
+        "verified_steps": int(
+            details.get("micro_batches") or presets.VERIFY_UPDATES * accumulation
+        ),
+        "per_e_fold": presets.GROWTH_PER_E_FOLD,
+        "max_steps": presets.GROWTH_MAX_STEPS,
     }
 
 

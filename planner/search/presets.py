@@ -109,6 +109,29 @@ VERIFY_TIMEOUT_S = 600.0
 RUN_GROWTH = 0.07
 RUN_GROWTH_BOUND = 0.145
 
+# Since stop 31 a CPU plan's expected rise depends on the run's length (`trainer.peak`):
+# the verification run's highest tensor peak per step x GROWTH_PER_E_FOLD x ln(steps /
+# the verification run's steps), written into `prediction.growth` so that `fitplan train`
+# predicts the run it trains (`--max-epochs 1` as well as the planned 20 minutes).
+# RUN_GROWTH stays where no tensor peaks were recorded (a GPU: nothing measured there yet;
+# a verification run cached before stop 30) and as the step-up's threshold.
+# GROWTH_PER_E_FOLD fitted on the 2-vCPU AMD EPYC with AVX-512 (docs/planning.md, "The
+# rise as a function of steps"), rise over the verification run and the cache divided by
+# its highest tensor peak and ln(steps / verified steps):
+# - epfl-em 4 GiB / 20 min, efficientnet_b0 384 4 x 1 (tensor peak 1827 MiB over 2
+#   verified steps, stop 31): stop 30's 20-minute run, 510 steps, +321 MiB -> 0.032;
+#   stop 29's, 540 steps, +360 MiB -> 0.035;
+# - the demo's mobilenet_v3_small 128 8 x 1 (255 MiB over 5 steps, stop 30): trained
+#   alone 180 steps, +56 MiB -> 0.061; under `fitplan demo` 540 steps, +94 MiB, of which
+#   about 48 the planning process holds -> 0.039 (0.079 with it).
+# 0.035 puts the epfl-em runs within 1% and is the largest value that keeps the expected
+# rise under RUN_GROWTH_BOUND at GROWTH_MAX_STEPS when tensors are 61% of the run's peak
+# (epfl-em's share) over 2 verified steps: 0.035 x ln(500) x 0.61 = 13.3%.
+# GROWTH_MAX_STEPS: the curve is held flat past the longest runs measured (stop 27's 960
+# steps over 20 minutes, flat after epoch 23); longer runs are not measured.
+GROWTH_PER_E_FOLD = 0.035
+GROWTH_MAX_STEPS = 1000
+
 
 def verified_headroom(headroom: float) -> float:
     """The share of the budget a verification run may not use: the user's headroom, or

@@ -169,6 +169,7 @@ def test_the_plan_predicts_the_verification_childs_peak(
     growth = int(verified_peak * presets.RUN_GROWTH)
     assert pred["peak_bytes"] == verified_peak + growth + pred["cache_bytes"] == _run_peak(plan)
     assert pred["run_peak_bytes"] == verified_peak and pred["run_growth_bytes"] == growth
+    assert pred["growth"] is None  # no tensor peaks recorded: the constant stands in
     # The prediction is the expected peak; the bound adds the highest growth measured.
     bound = verified_peak + int(verified_peak * presets.RUN_GROWTH_BOUND) + pred["cache_bytes"]
     assert pred["bound_bytes"] == bound > pred["peak_bytes"]
@@ -189,6 +190,48 @@ def test_the_plan_predicts_the_verification_childs_peak(
     trials = len(presets.TRIAL_MICRO_BATCHES)
     assert result.children == ev["children"] == trials + 1  # one child each, and verification
     assert result.traces == ev["traces"] == trials + 1
+
+
+def test_a_cpu_plan_predicts_the_rise_from_the_verification_runs_tensor_peaks(
+    data_dir, monkeypatch
+):
+    """A verification run that recorded its tensor peak per step gives the plan a curve
+    (`trainer.peak`): `peak_bytes` is its value at the planned steps, and a one-epoch
+    run of the same plan is expected lower, by the curve, not by a constant."""
+    import math
+
+    from planner import verified_choice as vc
+    from planner.search import presets
+    from planner.trials.spec import TrialResult
+    from trainer.peak import expected_peak_bytes, growth_bytes
+
+    gib, mib = 2**30, 2**20
+    _fake_children(monkeypatch, lambda m: gib + 100 * mib * m)
+    verified_peak = 2 * gib
+    details = {"tensor_step_peak_bytes": [700 * mib, 760 * mib, 730 * mib], "micro_batches": 3}
+    monkeypatch.setattr(
+        vc,
+        "measure_one",
+        lambda spec, m, **kw: TrialResult("ok", m, verified_peak, 0.1, 1.0, details=details),
+    )
+    plan = make_plan(data_dir, backbones=["unet_small"], sizes=[32], use_cache=False).plan
+    pred = plan.prediction
+    g = pred["growth"]
+    assert g["tensor_bytes"] == 760 * mib and g["verified_steps"] == 3
+    assert g["base_bytes"] == verified_peak + pred["cache_bytes"]
+    assert (g["per_e_fold"], g["max_steps"]) == (
+        presets.GROWTH_PER_E_FOLD,
+        presets.GROWTH_MAX_STEPS,
+    )
+    steps = pred["planned_steps"]
+    assert steps == pred["epochs"] * pred["micro_batches_per_epoch"] > 3
+    expected_rise = int(760 * mib * presets.GROWTH_PER_E_FOLD * math.log(min(steps, 1000) / 3))
+    assert pred["run_growth_bytes"] == growth_bytes(g, steps) == expected_rise > 0
+    assert pred["peak_bytes"] == verified_peak + expected_rise + pred["cache_bytes"]
+    assert expected_peak_bytes(pred, steps) == pred["peak_bytes"]
+    assert pred["bound_bytes"] >= pred["peak_bytes"]
+    one_epoch = expected_peak_bytes(pred, pred["micro_batches_per_epoch"])
+    assert g["base_bytes"] <= one_epoch < pred["peak_bytes"]
 
 
 def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monkeypatch):

@@ -22,6 +22,7 @@ import keras
 
 from trainer.errors import DataError
 from trainer.oom import is_oom_error
+from trainer.peak import expected_peak_bytes, planned_steps
 from trainer.plan import Plan, load_plan
 from trainer.train import stepdown
 from trainer.train.callbacks import (
@@ -55,6 +56,7 @@ from trainer.train.tracking import (
     tensorboard_callback,
 )
 from trainer.train.tracking import log as run_logger
+from trainer.units import gib
 
 # build_model_for_plan is re-exported: the planner's dry runs build the model as training does.
 __all__ = ["TrainResult", "build_model_for_plan", "resume", "train"]
@@ -315,6 +317,33 @@ def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainR
         return _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model)
 
 
+def run_prediction(plan: Plan, steps: int, done: int, deadline: float | None) -> dict[str, Any]:
+    """The expected peak of the run about to start (`trainer.peak`): the epochs left
+    (`--max-epochs` included), fewer when the time left ends it first at the plan's epoch
+    time. A resumed run counts from its resume: a new process starts a new pool."""
+    prediction = plan.prediction or {}
+    time_left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    n = planned_steps(max(0, plan.epochs - done), steps, prediction.get("epoch_time_s"), time_left)
+    return {
+        "predicted_peak_bytes": expected_peak_bytes(prediction, n),
+        "predicted_steps": n,
+        "plan_predicted_peak_bytes": prediction.get("peak_bytes"),
+        "plan_predicted_steps": prediction.get("planned_steps"),
+    }
+
+
+def expected_peak_line(expected: dict[str, Any]) -> str:
+    """The log line saying what peak the run is expected to reach, and the plan's."""
+    line = (
+        f"expected peak {gib(expected['predicted_peak_bytes'])} over "
+        f"{expected['predicted_steps']} train steps"
+    )
+    plan_steps = expected.get("plan_predicted_steps")
+    if plan_steps and plan_steps != expected["predicted_steps"]:
+        line += f" (the plan's {plan_steps} steps: {gib(expected['plan_predicted_peak_bytes'])})"
+    return line
+
+
 def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model):
     from trainer.models import set_encoder_trainable
 
@@ -343,6 +372,9 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
     guard = MemoryGuard(_host_budget(plan))
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
+    expected = run_prediction(plan, steps, done, deadline)
+    if expected["predicted_peak_bytes"] is not None:
+        run_logger.info(expected_peak_line(expected))
     # Agreed across workers (docs/distributed.md); stops early enough for the last
     # validation pass and checkpoint to end by the deadline (callbacks.TimeLimit).
     stopped_by = "epochs"
@@ -414,6 +446,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(run.best_path))
     metrics = run_summary(plan, bundle, state, throughput, stopped_by, steps, monitor)
+    metrics.update(expected)  # the prediction for this run's length (trainer/peak.py)
     metrics["lr_schedule"] = schedule_kind(plan)
     # Updates made in this process (a resumed run counts from its resume).
     metrics["optimizer_updates"] = time_limit.micro_batches // time_limit.k
