@@ -235,6 +235,9 @@ def _growth_curve(run: VerifyStep | None, base: int, accumulation: int) -> dict[
         ),
         "per_e_fold": presets.GROWTH_PER_E_FOLD,
         "max_steps": presets.GROWTH_MAX_STEPS,
+        # its process's peak when training began (model built): `train --auto` compares
+        # the planning process with it (trainer.train.fit.run_prediction)
+        "startup_bytes": (details.get("phase_peak_bytes") or {}).get("startup"),
     }
 
 

@@ -83,6 +83,9 @@ def _summary_table(plan_dict: dict[str, Any]) -> Table:
         f" ({target.get('budget_source')}), headroom {_gib(pred.get('headroom_bytes'))} GiB"
         + (f", at most {_gib(pred['bound_bytes'])} GiB" if pred.get("bound_bytes") else ""),
     )
+    rise = _rise_line(pred)
+    if rise:
+        summary.add_row("", rise)
     if pred.get("unused_budget_reason"):
         share = pred.get("budget_share") or 0
         summary.add_row("", f"{share:.0%} of the budget: {pred['unused_budget_reason']}")
@@ -129,3 +132,19 @@ def _reused(planning: dict[str, Any]) -> str:
     if planning.get("cap_s"):
         parts.append(f"cap {planning['cap_s']:.0f} s")
     return "; " + ", ".join(parts) if parts else ""
+
+
+def _rise_line(pred: dict[str, Any]) -> str | None:
+    """What the run's length adds (`trainer.peak`): the verification run's peak and the
+    expected peak of the planned run and of one epoch, or `None` without the curve."""
+    from trainer.peak import expected_peak_bytes
+
+    growth, steps = pred.get("growth"), pred.get("planned_steps")
+    if not growth or not steps:
+        return None
+    one_epoch = expected_peak_bytes(pred, pred.get("micro_batches_per_epoch"))
+    return (
+        f"rises with the train steps: {_gib(growth['base_bytes'])} GiB verified "
+        f"({growth['verified_steps']} steps, with the cache), {_gib(pred['peak_bytes'])} GiB "
+        f"expected over the planned {steps}, {_gib(one_epoch)} GiB over one epoch"
+    )

@@ -82,7 +82,8 @@ def _curves(run: LoadedRun) -> str:
 def _memory(run: LoadedRun) -> str:
     p, m = run.plan, run.metrics
     budget = p.target.budget_bytes
-    predicted = (p.prediction or {}).get("peak_bytes") or m.get("predicted_peak_bytes")
+    # This run's length (metrics.json, trainer/peak.py), else the plan's one figure.
+    predicted = m.get("predicted_peak_bytes") or (p.prediction or {}).get("peak_bytes")
     measured = m.get("peak_memory_bytes")
     rows = [
         ("device", f"{p.target.device} {p.target.device_name or ''}".strip()),

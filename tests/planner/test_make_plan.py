@@ -232,6 +232,16 @@ def test_a_cpu_plan_predicts_the_rise_from_the_verification_runs_tensor_peaks(
     assert pred["bound_bytes"] >= pred["peak_bytes"]
     one_epoch = expected_peak_bytes(pred, pred["micro_batches_per_epoch"])
     assert g["base_bytes"] <= one_epoch < pred["peak_bytes"]
+    # `fitplan plan` says so, with both lengths.
+    from rich.console import Console
+
+    from planner.app.plan_view import plan_table
+
+    console = Console(width=300, record=True)
+    console.print(plan_table(plan.to_dict()))
+    text = console.export_text()
+    assert f"expected over the planned {steps}, " in text
+    assert f"{one_epoch / gib:.2f} GiB over one epoch" in text
 
 
 def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monkeypatch):

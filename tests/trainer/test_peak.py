@@ -72,3 +72,31 @@ def test_a_run_is_predicted_for_the_epochs_it_has_left_and_the_time_it_has(monke
     assert fit.run_prediction(plan, 30, 12, None)["predicted_steps"] == 90  # resumed at 12
     timed = fit.run_prediction(plan, 30, 0, now + 300.0)  # 300 s left: 5 epochs of 70 s
     assert timed["predicted_steps"] == 150
+
+
+def test_training_in_the_planning_process_adds_what_that_process_holds_beyond_the_childs():
+    """Under `train --auto` the trainer runs where planning ran: what it holds at the start
+    beyond the verification child's peak at the same point is added; nothing when it
+    holds less, and nothing for a fresh `fitplan train` process."""
+    from tests.plans import minimal_plan
+    from trainer.train import fit
+
+    growth = {**GROWTH, "startup_bytes": 1000 * MIB}
+    plan = minimal_plan(epochs=1, prediction={"peak_bytes": 3400 * MIB, "growth": growth})
+    base = 3000 * MIB + growth_bytes(growth, 30)
+    auto = fit.run_prediction(plan, 30, 0, None, after_planning=True, rss=lambda: 1048 * MIB)
+    assert auto["planning_process_bytes"] == 48 * MIB
+    assert auto["predicted_peak_bytes"] == base + 48 * MIB
+    less = fit.run_prediction(plan, 30, 0, None, after_planning=True, rss=lambda: 990 * MIB)
+    assert less["planning_process_bytes"] == 0 and less["predicted_peak_bytes"] == base
+    fresh = fit.run_prediction(plan, 30, 0, None, rss=lambda: 1048 * MIB)
+    assert fresh["planning_process_bytes"] is None and fresh["predicted_peak_bytes"] == base
+    unread = fit.run_prediction(plan, 30, 0, None, after_planning=True, rss=lambda: None)
+    assert unread["predicted_peak_bytes"] == base
+
+
+def test_the_current_resident_size_is_read_and_below_the_peak():
+    from trainer.train.memory import current_rss_bytes, peak_rss_bytes
+
+    now = current_rss_bytes()
+    assert now is not None and 0 < now <= peak_rss_bytes()

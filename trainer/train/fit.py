@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from trainer.train.distribute import (
     worker_dir,
 )
 from trainer.train.distribute_keras import build_from_spec
-from trainer.train.memory import configure_malloc
+from trainer.train.memory import configure_malloc, current_rss_bytes
 from trainer.train.preflight import GpuSetup, prepare_device, warn_plan_mismatch
 from trainer.train.run_dir import RunDir
 from trainer.train.schedule import deadline_schedule, schedule_kind, stopping_callbacks
@@ -317,16 +317,39 @@ def _run(run, plan, bundle, state, callbacks, started_at, adjustments) -> TrainR
         return _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, model)
 
 
-def run_prediction(plan: Plan, steps: int, done: int, deadline: float | None) -> dict[str, Any]:
+def run_prediction(
+    plan: Plan,
+    steps: int,
+    done: int,
+    deadline: float | None,
+    *,
+    after_planning: bool = False,
+    rss: Callable[[], int | None] = current_rss_bytes,
+) -> dict[str, Any]:
     """The expected peak of the run about to start (`trainer.peak`): the epochs left
     (`--max-epochs` included), fewer when the time left ends it first at the plan's epoch
-    time. A resumed run counts from its resume: a new process starts a new pool."""
+    time. A resumed run counts from its resume: a new process starts a new pool.
+
+    `after_planning`: training runs in the process that planned (`train --auto`), which
+    holds what planning left (measured 48 MiB more than a fresh process under `fitplan
+    demo`, docs/planning.md). What it holds now beyond the verification child's peak at
+    the same point (`growth.startup_bytes`, both with the model built, before the first
+    step) is added, as `planning_process_bytes`.
+    """
     prediction = plan.prediction or {}
     time_left = None if deadline is None else max(0.0, deadline - time.monotonic())
     n = planned_steps(max(0, plan.epochs - done), steps, prediction.get("epoch_time_s"), time_left)
+    expected = expected_peak_bytes(prediction, n)
+    extra = None
+    startup = (prediction.get("growth") or {}).get("startup_bytes")
+    if after_planning and startup and expected is not None:
+        now = rss()
+        extra = max(0, int(now) - int(startup)) if now else None
+        expected += extra or 0
     return {
-        "predicted_peak_bytes": expected_peak_bytes(prediction, n),
+        "predicted_peak_bytes": expected,
         "predicted_steps": n,
+        "planning_process_bytes": extra,
         "plan_predicted_peak_bytes": prediction.get("peak_bytes"),
         "plan_predicted_steps": prediction.get("planned_steps"),
     }
@@ -372,7 +395,9 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
     guard = MemoryGuard(_host_budget(plan))
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
-    expected = run_prediction(plan, steps, done, deadline)
+    account = next((c for c in callbacks if isinstance(c, TimeAccount)), None)
+    after_planning = account is not None and "planning_s" in account.before_training
+    expected = run_prediction(plan, steps, done, deadline, after_planning=after_planning)
     if expected["predicted_peak_bytes"] is not None:
         run_logger.info(expected_peak_line(expected))
     # Agreed across workers (docs/distributed.md); stops early enough for the last

@@ -46,6 +46,17 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def current_rss_bytes() -> int | None:
+    """The process's resident set size now (Linux `VmRSS`), or `None` where unreadable."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (Linux: write 5 to clear_refs). True if it worked."""
     try:
