@@ -20,11 +20,12 @@ from planner.request import Log, PlanContext, overhead_estimate
 from planner.search import candidates as cand
 from planner.search import presets
 from planner.search.choice import CandidateMeasurement, Choice
-from planner.search.choose import choose, estimated_note
+from planner.search.choose import choose, crops_per_epoch, estimated_note
 from planner.search.memory_model import MemoryLine, VerifyStep, step_up, verify
 from planner.trials import cache as trial_cache
 from planner.trials.spec import TrialResult
 from planner.trials.trial import measure_one
+from trainer.data.splits import epoch_steps
 from trainer.errors import BudgetError
 from trainer.plan import accumulation_for, normalization_for
 from trainer.units import gib
@@ -325,21 +326,30 @@ def _target(choice: Choice, ctx: PlanContext) -> int:
 
 
 def _at_size(choice: Choice, size: int, ctx: PlanContext) -> Choice:
-    """`choice` at micro-batch `size`: its accumulation, BatchNorm mode and step peak there."""
+    """`choice` at micro-batch `size`: its accumulation, BatchNorm mode and step peak there,
+    and its micro-batches per epoch (the run's train steps, which the expected peak's rise
+    counts, `trainer.peak`) with the step time per sample kept."""
     req = ctx.request
     accum = accumulation_for(size, _target(choice, ctx), ctx.replicas)
+    same = size == choice.micro_batch
     step_peak = (
-        choice.predicted_peak_bytes
-        if size == choice.micro_batch or choice.line is None
-        else choice.line.predict(size)
+        choice.predicted_peak_bytes if same or choice.line is None else choice.line.predict(size)
     )
-    return dataclasses.replace(
+    resized = dataclasses.replace(
         choice,
         micro_batch=size,
         accumulation_steps=accum,
         effective_batch=size * ctx.replicas * accum,
         normalization=normalization_for(size, req.weights),
         predicted_peak_bytes=int(step_peak),
+    )
+    if same:
+        return resized
+    crops = crops_per_epoch(ctx.n_train, ctx.native_hw, choice.candidate.input_size)
+    return dataclasses.replace(
+        resized,
+        micro_batches_per_epoch=epoch_steps(crops, size * ctx.replicas, accum),
+        step_time_s=choice.step_time_s * size / choice.micro_batch,
     )
 
 

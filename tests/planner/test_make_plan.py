@@ -265,6 +265,46 @@ def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monke
     assert plan.prediction["bound_bytes"] <= 8 * gib
 
 
+def test_a_verified_size_other_than_the_chosen_one_counts_its_own_train_steps():
+    """A step down from 16 x 1 to 4 x 4 keeps 48 crops an epoch: 12 micro-batches instead
+    of 3 (the expected rise counts train steps, `trainer.peak`), at the same time per sample."""
+    from types import SimpleNamespace
+
+    from planner.request import PlanRequest
+    from planner.search.candidates import Candidate
+    from planner.search.choice import Choice
+    from planner.verified_choice import _at_size
+
+    choice = Choice(
+        candidate=Candidate("unet_small", (32, 32), "float32"),
+        micro_batch=16,
+        accumulation_steps=1,
+        effective_batch=16,
+        normalization="batch",
+        epochs=10,
+        predicted_peak_bytes=2**30,
+        budget_bytes=2**33,
+        allowed_bytes=2**32,
+        headroom_bytes=2**32,
+        step_time_s=1.6,
+        epoch_time_s=4.8,
+        micro_batches_per_epoch=3,
+        score=1.0,
+        line=None,
+        evaluations=(),
+        target_batch=16,
+    )
+    ctx = SimpleNamespace(request=PlanRequest("."), replicas=1, n_train=48, native_hw=None)
+    small = _at_size(choice, 4, ctx)
+    assert (small.micro_batch, small.accumulation_steps, small.micro_batches_per_epoch) == (
+        4,
+        4,
+        12,
+    )
+    assert small.step_time_s == pytest.approx(0.4) and small.epoch_time_s == 4.8
+    assert _at_size(choice, 16, ctx).micro_batches_per_epoch == 3
+
+
 def test_a_micro_batch_that_does_not_divide_the_effective_batch_scales_the_rate(
     data_dir, monkeypatch, second_size_needed
 ):
