@@ -188,7 +188,8 @@ def _prediction(
     on_gpu = budget["device"] == "gpu"  # the cache is host RAM, not the GPU's
     cache = 0 if on_gpu else int(cache_bytes)
     steps = int(choice.epochs) * int(choice.micro_batches_per_epoch)
-    growth = None if on_gpu else _growth_curve(run, run_peak + cache, choice.accumulation_steps)
+    details = run.details if run is not None else None
+    growth = None if on_gpu else growth_curve(details, run_peak + cache, choice.accumulation_steps)
     if growth is not None:
         grown = growth_bytes(growth, steps)
     else:
@@ -220,10 +221,12 @@ def _prediction(
     }
 
 
-def _growth_curve(run: VerifyStep | None, base: int, accumulation: int) -> dict[str, Any] | None:
-    """`prediction.growth` (`trainer.peak`) from a CPU verification run's tensor peaks per
-    step, or `None` where the run did not record them."""
-    details = (run.details or {}) if run is not None else {}
+def growth_curve(
+    details: dict[str, Any] | None, base: int, accumulation: int
+) -> dict[str, Any] | None:
+    """`prediction.growth` (`trainer.peak`) from a CPU verification run's details (its
+    tensor peaks per step), or `None` where the run did not record them."""
+    details = details or {}
     peaks = [int(p) for p in details.get("tensor_step_peak_bytes") or [] if p]
     if not peaks:
         return None
@@ -239,6 +242,22 @@ def _growth_curve(run: VerifyStep | None, base: int, accumulation: int) -> dict[
         # the planning process with it (trainer.train.fit.run_prediction)
         "startup_bytes": (details.get("phase_peak_bytes") or {}).get("startup"),
     }
+
+
+def planned_run_peak(
+    ctx: PlanContext, choice: Choice, peak_bytes: int, details: dict[str, Any] | None
+) -> tuple[int, int] | None:
+    """A verification run's measured peak as the planned run's expected peak (`trainer.peak`,
+    the cache included) and the planned train steps, or `None` without the curve (a GPU,
+    no tensor peaks recorded)."""
+    if ctx.budget["device"] == "gpu":
+        return None
+    _, cache = cache_decision(ctx.fingerprint, choice, ctx.budget)
+    curve = growth_curve(details, int(peak_bytes) + cache, choice.accumulation_steps)
+    if curve is None:
+        return None
+    steps = int(choice.epochs) * int(choice.micro_batches_per_epoch)
+    return int(curve["base_bytes"]) + growth_bytes(curve, steps), steps
 
 
 def _host_prediction(budget: dict[str, Any], run: VerifyStep | None, cache: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 
-from planner.build import build_plan
+from planner.build import build_plan, planned_run_peak
 from planner.request import Log, PlanContext, overhead_estimate
 from planner.search import candidates as cand
 from planner.search import presets
@@ -265,11 +265,27 @@ def _verify(
         source="train-step line + estimated training overhead",
     )
     headroom = presets.verified_headroom(req.headroom)  # the bound inside the budget
-    got, _, steps = verify(run_line, choice.micro_batch, measure, ctx.budget_bytes, headroom)
+
+    def over(size: int, r: TrialResult) -> str | None:
+        """Why a measured size within the allowed bytes fails the planned run: its
+        expected peak over the planned steps (`trainer.peak`) passes the budget."""
+        run = planned_run_peak(ctx, _at_size(choice, size, ctx), int(r.peak_bytes or 0), r.details)
+        if run is None or run[0] <= ctx.budget_bytes:
+            return None
+        return (
+            f"expected {gib(run[0])} over the planned {run[1]} train steps > budget "
+            f"{gib(ctx.budget_bytes)}"
+        )
+
+    got, _, steps = verify(
+        run_line, choice.micro_batch, measure, ctx.budget_bytes, headroom, over=over
+    )
     if got >= 1:
         # The trials' slope through the verified point: the refitted run line mixes the
         # estimated points with the measured one and can pass below the latter's slope.
-        got, steps = _step_up(step_line, got, steps, measure, ctx, _target(choice, ctx), headroom)
+        got, steps = _step_up(
+            step_line, got, steps, measure, ctx, _target(choice, ctx), headroom, over
+        )
     for s in steps:
         ctx.say(f"  verify micro-batch {s.micro_batch}: {s.action} ({s.reason})")
     if got < 1:
@@ -285,6 +301,7 @@ def _step_up(
     ctx: PlanContext,
     target: int,
     headroom: float,
+    over: Callable[[int, TrialResult], str | None] | None = None,
 ) -> tuple[int, list[VerifyStep]]:
     """One larger size when the verified run left budget unused (`memory_model.step_up`).
 
@@ -312,6 +329,7 @@ def _step_up(
         max_micro_batch=cap,
         use_below=presets.STEP_UP_BELOW,
         growth=presets.RUN_GROWTH,
+        over=over,
     )
     if step is None:
         return got, steps

@@ -159,6 +159,7 @@ def verify(
     budget_bytes: int,
     headroom_fraction: float = 0.1,
     max_steps: int = 3,
+    over: Callable[[int, TrialResult], str | None] | None = None,
 ) -> tuple[int, MemoryLine, list[VerifyStep]]:
     """Measure the chosen micro-batch; while it exceeds the allowed budget, refit and step down.
 
@@ -169,6 +170,9 @@ def verify(
         budget_bytes: the memory budget.
         headroom_fraction: see `largest_fitting`. Defaults to `0.1`.
         max_steps: most measurements to make. Defaults to `3`.
+        over: why a measured size within `allowed` still does not hold for the planned
+            run (its expected peak over the planned steps passes the budget), or `None`
+            when it does; such a size steps down by one.
 
     Returns:
         `(micro_batch, line, history)`: the verified size (0 if none verified within
@@ -193,7 +197,10 @@ def verify(
         )
         if r.ok and r.peak_bytes is not None:
             line = _refit(line, mb, r.peak_bytes)
-            if r.peak_bytes <= allowed:
+            too_long = over(mb, r) if over is not None and r.peak_bytes <= allowed else None
+            if too_long is not None:
+                nxt, why = mb - 1, too_long
+            elif r.peak_bytes <= allowed:
                 history.append(
                     VerifyStep(
                         **step,
@@ -202,14 +209,17 @@ def verify(
                     )
                 )
                 return mb, line, history
-            # Step from a line through the new point with the refitted slope: the
-            # least-squares line may still pass below it.
-            through = dataclasses.replace(line, a=r.peak_bytes - line.b * mb)
-            nxt = min(
-                mb - 1,
-                largest_fitting(through, budget_bytes, headroom_fraction, max_micro_batch=mb),
-            )
-            why = f"measured {gib(r.peak_bytes)} > allowed {gib(allowed)} (predicted {gib(pred)})"
+            else:
+                # Step from a line through the new point with the refitted slope: the
+                # least-squares line may still pass below it.
+                through = dataclasses.replace(line, a=r.peak_bytes - line.b * mb)
+                nxt = min(
+                    mb - 1,
+                    largest_fitting(through, budget_bytes, headroom_fraction, max_micro_batch=mb),
+                )
+                why = (
+                    f"measured {gib(r.peak_bytes)} > allowed {gib(allowed)} (predicted {gib(pred)})"
+                )
         elif r.status == "oom":
             nxt = min(mb - 1, math.floor(mb * OOM_STEP_FACTOR))
             why = f"out of memory: {r.reason}"
@@ -234,6 +244,7 @@ def step_up(
     max_micro_batch: int,
     use_below: float,
     growth: float,
+    over: Callable[[int, TrialResult], str | None] | None = None,
 ) -> tuple[int, int, VerifyStep | None]:
     """After a verified size, try one larger size when the verified run left the budget unused.
 
@@ -257,7 +268,9 @@ def step_up(
             micro-batch cap).
         use_below: step up only when `verified_peak x (1 + growth)` is below this
             share of the budget.
-        growth: what a long run adds to the verified peak (`presets.RUN_GROWTH`).
+        growth: what a long run adds to the verified peak (`presets.RUN_GROWTH`): the
+            trigger only; `over` holds the larger size to the planned run's own rise.
+        over: as in `verify`: the larger size is refused when it says why.
 
     Returns:
         `(micro_batch, peak_bytes, step)`: the larger size and its peak when it was
@@ -283,7 +296,8 @@ def step_up(
         details=dict(r.details or {}),
     )
     share = verified_peak * (1 + growth) / budget_bytes
-    if r.ok and r.peak_bytes is not None and r.peak_bytes <= allowed:
+    too_long = over(target, r) if over is not None and r.ok and r.peak_bytes is not None else None
+    if too_long is None and r.ok and r.peak_bytes is not None and r.peak_bytes <= allowed:
         why = (
             f"micro-batch {verified_mb} used {share:.0%} of the budget with growth; "
             f"measured {gib(r.peak_bytes)} <= allowed {gib(allowed)}"
@@ -291,7 +305,9 @@ def step_up(
         return target, r.peak_bytes, VerifyStep(**fields, action="accepted", reason=why)
     got = gib(r.peak_bytes) if r.ok and r.peak_bytes is not None else f"{r.status} ({r.reason})"
     why = (
-        f"stepping up from {verified_mb}: {got} over allowed {gib(allowed)}; keeping {verified_mb}"
+        f"stepping up from {verified_mb}: {too_long}; keeping {verified_mb}"
+        if too_long is not None
+        else f"stepping up from {verified_mb}: {got} over allowed {gib(allowed)}; keeping {verified_mb}"
     )
     return verified_mb, verified_peak, VerifyStep(**fields, action="step up refused", reason=why)
 

@@ -244,6 +244,34 @@ def test_a_cpu_plan_predicts_the_rise_from_the_verification_runs_tensor_peaks(
     assert f"{one_epoch / gib:.2f} GiB over one epoch" in text
 
 
+def test_a_size_whose_planned_run_would_pass_the_budget_steps_down(data_dir, monkeypatch):
+    """Verified within the allowed bytes (87% of 8 GiB), but with its peak all tensors the
+    rise over the planned run's 200 or more train steps (`trainer.peak`: x 1.161 at 200) would pass the
+    budget: verification steps down until the planned run's expected peak fits."""
+    from planner import verified_choice as vc
+    from planner.trials.spec import TrialResult
+
+    gib, mib = 2**30, 2**20
+    _fake_children(monkeypatch, lambda m: gib + 100 * mib * m)
+    peak = {m: int(0.87 * 8 * gib) - (16 - m) * int(0.3 * gib) for m in range(1, 17)}
+
+    def run(spec, m, **kw):
+        details = {"tensor_step_peak_bytes": [peak[m]], "micro_batches": 2}
+        return TrialResult("ok", m, peak[m], 0.1, 1.0, details=details)
+
+    monkeypatch.setattr(vc, "measure_one", run)
+    plan = make_plan(data_dir, backbones=["unet_small"], sizes=[32], use_cache=False).plan
+    ev = plan.evidence["verification"]
+    assert (ev[0]["micro_batch"], ev[0]["action"]) == (16, "step down")
+    assert (
+        "train steps > budget" in ev[0]["reason"] and ev[0]["peak_bytes"] <= ev[0]["allowed_bytes"]
+    )
+    assert plan.micro_batch < 16 and ev[-1]["action"] == "accepted"
+    pred = plan.prediction
+    assert pred["planned_steps"] == plan.epochs * pred["micro_batches_per_epoch"] >= 200
+    assert plan.prediction["peak_bytes"] <= 8 * gib
+
+
 def test_the_verification_run_leaves_room_for_the_highest_growth(data_dir, monkeypatch):
     """A verified peak of 89.5% of the budget passed the user's 10% headroom, but with the
     highest long-run growth measured (`RUN_GROWTH_BOUND`) the run would pass the budget:

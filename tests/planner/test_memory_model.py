@@ -136,6 +136,46 @@ def test_verify_returns_zero_when_even_one_is_over_budget():
     assert got == 0 and history[-1].action == "step down"
 
 
+def test_verify_steps_down_a_size_whose_planned_run_would_pass_the_budget():
+    """17 measures 2700 <= allowed 2700, but `over` says the planned run's expected peak
+    (its rise with the train steps) passes the budget at 17 and 16: one down each time."""
+    line = MemoryLine(a=1000, b=100, points=((1, 1100), (4, 1400)))
+    device = FakeDevice(1000, 100)
+    seen = []
+
+    def over(mb, r):
+        seen.append((mb, r.peak_bytes))
+        return f"expected over the budget at {mb}" if mb > 15 else None
+
+    got, _, history = verify(line, 17, device, 3000, 0.1, over=over)
+    assert device.calls == [17, 16, 15] and got == 15
+    assert [h.action for h in history] == ["step down", "step down", "accepted"]
+    assert "expected over the budget at 17; next micro-batch 16" in history[0].reason
+    assert seen == [(17, 2700), (16, 2600), (15, 2500)]
+    # A size over the allowed bytes is not asked: the budget check says enough.
+    seen.clear()
+    verify(line, 17, FakeDevice(1000, 110), 3000, 0.1, over=over)
+    assert (17, 2870) not in seen
+
+
+def test_step_up_is_refused_when_the_planned_run_would_pass_the_budget():
+    line = MemoryLine(a=1000, b=100, points=((1, 1100), (4, 1400)))
+    mb, peak, step = step_up(
+        line,
+        4,
+        1400,
+        FakeDevice(1000, 100),
+        3000,
+        0.1,
+        max_micro_batch=16,
+        use_below=0.85,
+        growth=0.1,
+        over=lambda mb, r: "expected 3.1 GiB over the planned 1000 train steps > budget",
+    )
+    assert (mb, peak) == (4, 1400) and step.action == "step up refused"
+    assert "1000 train steps > budget; keeping 4" in step.reason
+
+
 def test_scale_line_scales_only_the_per_sample_part():
     line = MemoryLine(a=GIB, b=100 * MIB, points=((1, 1), (4, 4)))
     big = scale_line(line, (256, 256), (512, 512))
