@@ -238,9 +238,9 @@ def growth_curve(
         ),
         "per_e_fold": presets.GROWTH_PER_E_FOLD,
         "max_steps": presets.GROWTH_MAX_STEPS,
-        # its process's peak when training began (model built): `train --auto` compares
-        # the planning process with it (trainer.train.fit.run_prediction)
-        "startup_bytes": (details.get("phase_peak_bytes") or {}).get("startup"),
+        # its resident set with the model built, before the first step: `train --auto`
+        # compares the planning process with it (trainer.train.fit.run_prediction)
+        "start_rss_bytes": details.get("start_rss_bytes"),
     }
 
 

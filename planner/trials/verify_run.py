@@ -76,6 +76,8 @@ def run(spec: TrialSpec, ctx: ChildContext) -> None:
         "phases_s": counter.phases(t0),
         "phase_peak_bytes": counter.phase_peaks(),
         "train_step_s": [round(t, 4) for t in counter.step_times],
+        # the resident set where every run records it (trainer.train.fit.run_prediction)
+        "start_rss_bytes": result.metrics.get("start_rss_bytes"),
     }
     if counter.tensor_peaks:
         details["tensor_step_peak_bytes"] = counter.tensor_peaks

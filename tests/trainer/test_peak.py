@@ -76,21 +76,24 @@ def test_a_run_is_predicted_for_the_epochs_it_has_left_and_the_time_it_has(monke
 
 def test_training_in_the_planning_process_adds_what_that_process_holds_beyond_the_childs():
     """Under `train --auto` the trainer runs where planning ran: what it holds at the start
-    beyond the verification child's peak at the same point is added; nothing when it
+    beyond the verification child at the same point is added; nothing when it
     holds less, and nothing for a fresh `fitplan train` process."""
     from tests.plans import minimal_plan
     from trainer.train import fit
 
-    growth = {**GROWTH, "startup_bytes": 1000 * MIB}
+    growth = {**GROWTH, "start_rss_bytes": 1000 * MIB}
     plan = minimal_plan(epochs=1, prediction={"peak_bytes": 3400 * MIB, "growth": growth})
     base = 3000 * MIB + growth_bytes(growth, 30)
     auto = fit.run_prediction(plan, 30, 0, None, after_planning=True, rss=lambda: 1048 * MIB)
-    assert auto["planning_process_bytes"] == 48 * MIB
+    assert auto["planning_process_bytes"] == 48 * MIB and auto["start_rss_bytes"] == 1048 * MIB
     assert auto["predicted_peak_bytes"] == base + 48 * MIB
     less = fit.run_prediction(plan, 30, 0, None, after_planning=True, rss=lambda: 990 * MIB)
     assert less["planning_process_bytes"] == 0 and less["predicted_peak_bytes"] == base
     fresh = fit.run_prediction(plan, 30, 0, None, rss=lambda: 1048 * MIB)
     assert fresh["planning_process_bytes"] is None and fresh["predicted_peak_bytes"] == base
+    assert (
+        fresh["start_rss_bytes"] == 1048 * MIB
+    )  # every run records it: a child's is the reference
     unread = fit.run_prediction(plan, 30, 0, None, after_planning=True, rss=lambda: None)
     assert unread["predicted_peak_bytes"] == base
 

@@ -331,25 +331,28 @@ def run_prediction(
     time. A resumed run counts from its resume: a new process starts a new pool.
 
     `after_planning`: training runs in the process that planned (`train --auto`), which
-    holds what planning left (measured 48 MiB more than a fresh process under `fitplan
-    demo`, docs/planning.md). What it holds now beyond the verification child's peak at
-    the same point (`growth.startup_bytes`, both with the model built, before the first
-    step) is added, as `planning_process_bytes`.
+    holds what planning left (about 50-60 MiB under `fitplan demo`, docs/planning.md).
+    Every run records its resident set here, with the model built and before the first
+    step (`start_rss_bytes`); the verification child's is in the plan
+    (`growth.start_rss_bytes`), and what this process holds beyond it is added, as
+    `planning_process_bytes`. (A peak would not do: the child's peak so far includes
+    TensorFlow's start-up transients, which the current resident set does not.)
     """
     prediction = plan.prediction or {}
     time_left = None if deadline is None else max(0.0, deadline - time.monotonic())
     n = planned_steps(max(0, plan.epochs - done), steps, prediction.get("epoch_time_s"), time_left)
     expected = expected_peak_bytes(prediction, n)
+    now = rss()
     extra = None
-    startup = (prediction.get("growth") or {}).get("startup_bytes")
-    if after_planning and startup and expected is not None:
-        now = rss()
-        extra = max(0, int(now) - int(startup)) if now else None
-        expected += extra or 0
+    child = (prediction.get("growth") or {}).get("start_rss_bytes")
+    if after_planning and child and now and expected is not None:
+        extra = max(0, int(now) - int(child))
+        expected += extra
     return {
         "predicted_peak_bytes": expected,
         "predicted_steps": n,
         "planning_process_bytes": extra,
+        "start_rss_bytes": now,
         "plan_predicted_peak_bytes": prediction.get("peak_bytes"),
         "plan_predicted_steps": prediction.get("planned_steps"),
     }
