@@ -130,7 +130,7 @@ RUN_GROWTH_BOUND = 0.145
 # plans differ by a factor of two (efficientnet_b0's steps spread more than
 # mobilenet_v3_small's at the same tensor peak): one constant is what the verification
 # run's few steps can support. Stop 31 first set 0.035 from the last three runs; the
-# mobilenet_v3_small run came out 6.2% under that. Checked after the fit (stop 31): nine
+# mobilenet_v3_small run then peaked lower: that prediction was 6.2% over it. Checked after the fit (stop 31): nine
 # one-epoch runs (three datasets at 3, 4 and 6 GiB) -0.8% to +4.6% of their peaks; a
 # 20-minute run of the efficientnet_b0 384 4 x 1 plan, 540 steps, +385 MiB (implied
 # 0.037), 3.6% under its prediction. Over all five long runs the fit would give 0.026.
