@@ -130,10 +130,11 @@ RUN_GROWTH_BOUND = 0.145
 # plans differ by a factor of two (efficientnet_b0's steps spread more than
 # mobilenet_v3_small's at the same tensor peak): one constant is what the verification
 # run's few steps can support. Stop 31 first set 0.035 from the last three runs; the
-# mobilenet_v3_small run then peaked lower: that prediction was 6.2% over it. Checked after the fit (stop 31): nine
-# one-epoch runs (three datasets at 3, 4 and 6 GiB) -0.8% to +4.6% of their peaks; a
-# 20-minute run of the efficientnet_b0 384 4 x 1 plan, 540 steps, +385 MiB (implied
-# 0.037), 3.6% under its prediction. Over all five long runs the fit would give 0.026.
+# mobilenet_v3_small run then peaked lower: that prediction was 6.2% over it.
+# Checked after the fit (stop 31): nine one-epoch runs (three datasets at 3, 4 and 6 GiB),
+# predictions -0.8% to +4.6% of their peaks; a 20-minute run of the efficientnet_b0 384
+# 4 x 1 plan, 540 steps, +385 MiB (implied 0.037), the prediction 3.6% under its peak.
+# Over all five long runs the fit would give 0.026.
 # 0.025 x ln(1000 / 2) = 15.5% of the tensor peak at most: under RUN_GROWTH_BOUND for any
 # plan whose tensors are under 93% of its verification peak (epfl-em's: 61-64%); where the
 # expected peak over the planned steps would pass the budget anyway, verification steps
