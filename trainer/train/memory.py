@@ -34,27 +34,29 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def peak_rss_bytes() -> int:
-    """The process's peak resident set size since start (or the last `reset_peak_rss`)."""
+def _status_bytes(field: str) -> int | None:
+    """A size from `/proc/self/status` (`VmHWM`, `VmRSS`: kB there), or `None` off Linux."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size since start (or the last `reset_peak_rss`)."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def current_rss_bytes() -> int | None:
     """The process's resident set size now (Linux `VmRSS`), or `None` where unreadable."""
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> bool:
