@@ -187,7 +187,7 @@ def _prediction(
         source = "estimated (presets.TRAINING_OVERHEAD_BYTES, ACCUMULATION_PARAM_COPIES)"
     on_gpu = budget["device"] == "gpu"  # the cache is host RAM, not the GPU's
     cache = 0 if on_gpu else int(cache_bytes)
-    steps = int(choice.epochs) * int(choice.micro_batches_per_epoch)
+    steps = _planned_steps(choice)
     details = run.details if run is not None else None
     growth = None if on_gpu else growth_curve(details, run_peak + cache, choice.accumulation_steps)
     if growth is not None:
@@ -256,8 +256,14 @@ def planned_run_peak(
     curve = growth_curve(details, int(peak_bytes) + cache, choice.accumulation_steps)
     if curve is None:
         return None
-    steps = int(choice.epochs) * int(choice.micro_batches_per_epoch)
+    steps = _planned_steps(choice)
     return int(curve["base_bytes"]) + growth_bytes(curve, steps), steps
+
+
+def _planned_steps(choice: Choice) -> int:
+    """The planned run's train steps: its epochs (what the time budget allows) x
+    micro-batches per epoch."""
+    return int(choice.epochs) * int(choice.micro_batches_per_epoch)
 
 
 def _host_prediction(budget: dict[str, Any], run: VerifyStep | None, cache: int) -> dict[str, Any]:

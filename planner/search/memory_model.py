@@ -296,8 +296,9 @@ def step_up(
         details=dict(r.details or {}),
     )
     share = verified_peak * (1 + growth) / budget_bytes
-    too_long = over(target, r) if over is not None and r.ok and r.peak_bytes is not None else None
-    if too_long is None and r.ok and r.peak_bytes is not None and r.peak_bytes <= allowed:
+    fits = r.ok and r.peak_bytes is not None and r.peak_bytes <= allowed
+    too_long = over(target, r) if over is not None and fits else None  # as in `verify`
+    if fits and too_long is None:
         why = (
             f"micro-batch {verified_mb} used {share:.0%} of the budget with growth; "
             f"measured {gib(r.peak_bytes)} <= allowed {gib(allowed)}"

@@ -398,7 +398,7 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     throughput = Throughput(bundle.batch_size)  # images per step: micro_batch x replicas
     guard = MemoryGuard(_host_budget(plan))
     deadline = started_at + plan.time_limit_s if plan.time_limit_s else None
-    account = next((c for c in callbacks if isinstance(c, TimeAccount)), None)
+    account = next((c for c in callbacks if isinstance(c, TimeAccount)), None)  # metrics too
     after_planning = account is not None and "planning_s" in account.before_training
     expected = run_prediction(plan, steps, done, deadline, after_planning=after_planning)
     if expected["predicted_peak_bytes"] is not None:
@@ -480,7 +480,6 @@ def _fit_phases(run, plan, bundle, state, callbacks, started_at, adjustments, mo
     metrics["optimizer_updates"] = time_limit.micro_batches // time_limit.k
     if lr_deadline is not None:  # when plateau early stopping would have ended it
         metrics["early_stopping_would_stop_epoch"] = would_stop
-    account = next((c for c in callbacks if isinstance(c, TimeAccount)), None)
     if account is not None:  # where the budget's time went (time_account.py)
         metrics["time_account"] = account.summary(plan.time_limit_s)
     run.write_metrics(metrics)

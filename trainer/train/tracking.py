@@ -228,13 +228,13 @@ def run_summary(
     steps: int,
     monitor: str,
 ) -> dict[str, Any]:
-    """`metrics.json`: how the run went (docs/runs.md), its batch settings and versions."""
+    """`metrics.json`: how the run went (docs/runs.md), its batch settings and versions;
+    the predicted peak for the run's length comes from `fit.run_prediction`."""
     history = state.get("history", [])
     best_epoch = state.get("best_epoch")
     best_row = next((r for r in history if r.get("epoch") == best_epoch), {})
     val_dices = [r["val_dice"] for r in history if "val_dice" in r]
     peak = max([peak_memory_bytes()] + [int(r.get("peak_memory_bytes", 0)) for r in history])
-    prediction = plan.prediction or {}
     return {
         "best_val_dice": best_row.get("val_dice"),
         "max_val_dice": max(val_dices) if val_dices else None,
@@ -247,7 +247,6 @@ def run_summary(
         "wall_time_s": round(float(state.get("wall_time_s", 0.0)), 2),
         "images_per_s": round(throughput.images_per_s, 3),
         "peak_memory_bytes": int(peak),
-        "predicted_peak_bytes": prediction.get("peak_bytes"),
         "steps_per_epoch": steps,
         "train_pairs": len(bundle.train_pairs),
         "val_pairs": len(bundle.val_pairs),
