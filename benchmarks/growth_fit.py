@@ -53,8 +53,10 @@ class Point:
 
     @property
     def log_steps(self) -> float:
-        n = min(max(self.steps, self.verified_steps), max(self.max_steps, self.verified_steps))
-        return math.log(n / max(1, self.verified_steps))
+        """The curve's e-folds for this run (`trainer.peak.e_folds`)."""
+        from trainer.peak import e_folds
+
+        return e_folds(self.verified_steps, self.max_steps, self.steps)
 
     def predicted(self, c: float) -> int:
         return self.base + self.extra + int(self.tensor * c * self.log_steps)

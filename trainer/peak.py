@@ -30,12 +30,19 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def e_folds(verified_steps: int, max_steps: int, steps: int) -> float:
+    """ln(min(steps, max_steps) / verified_steps), never below 0: how many e-folds of steps
+    a run makes beyond the verification run's, the curve held flat past `max_steps`."""
+    verified = max(1, int(verified_steps))
+    n = min(max(int(steps), verified), max(verified, int(max_steps)))
+    return math.log(n / verified)
+
+
 def growth_bytes(growth: Mapping[str, Any], steps: int) -> int:
     """What a run of `steps` train steps (micro-batches) is expected to add to the
     verification run's peak, from `prediction.growth`'s figures."""
-    verified = max(1, int(growth["verified_steps"]))
-    n = min(max(int(steps), verified), max(verified, int(growth["max_steps"])))
-    return int(int(growth["tensor_bytes"]) * float(growth["per_e_fold"]) * math.log(n / verified))
+    folds = e_folds(growth["verified_steps"], growth["max_steps"], steps)
+    return int(int(growth["tensor_bytes"]) * float(growth["per_e_fold"]) * folds)
 
 
 def expected_peak_bytes(prediction: Mapping[str, Any] | None, steps: int | None) -> int | None:
